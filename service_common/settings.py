@@ -1,0 +1,86 @@
+"""Settings from command-line flags and environment variables with a per-service prefix.
+
+Every field of a settings dataclass becomes a flag (``--max-message-mb``) and an environment
+variable (``LSTM_SCALER_MAX_MESSAGE_MB``); a flag beats the environment, which beats the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+S = TypeVar("S", bound="ServerSettings")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """What both services share; each service subclasses it and sets ENV_PREFIX."""
+
+    ENV_PREFIX = "LSTM_"
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    store: Path = Path("./store")
+    max_message_mb: int = 64
+    max_concurrent_rpcs: int = 256
+    workers: int = 32
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    # HMAC key for artifacts; when empty, <store>/.signing-key is used (created on first start).
+    signing_key: str = ""
+    signing_key_file: str = ""
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got {text!r}")
+
+
+def _converter(kind: Any) -> Any:
+    if kind is bool:
+        return _parse_bool
+    if kind is Path:
+        return Path
+    return kind
+
+
+def load_settings(cls: type[S], argv: Sequence[str] | None = None, description: str = "") -> S:
+    hints = get_type_hints(cls)
+    parser = argparse.ArgumentParser(description=description)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        convert = _converter(hints[field.name])
+        env_name = f"{cls.ENV_PREFIX}{field.name.upper()}"
+        default = field.default
+        if env_name in os.environ:
+            try:
+                default = convert(os.environ[env_name])
+            except ValueError as exc:
+                parser.error(f"{env_name}: {exc}")
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=convert,
+            default=default,
+            help=f"(env {env_name}, default {field.default!s})",
+        )
+    namespace = parser.parse_args(argv)
+    for field in dataclasses.fields(cls):
+        values[field.name] = getattr(namespace, field.name)
+    return cls(**values)
