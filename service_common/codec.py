@@ -47,7 +47,9 @@ def to_numpy(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
             raise InvalidArgument(f"{name}: dtype {tensor_pb2.DType.Name(dtype_code)} needs whole numbers")
         return values.astype(target.newbyteorder("="), copy=False).reshape(shape)
     if tensor.dtype not in _PROTO_TO_NUMPY:
-        got = tensor_pb2.DType.Name(tensor.dtype) if tensor.dtype in tensor_pb2.DType.values() else tensor.dtype
+        got = (
+            tensor_pb2.DType.Name(tensor.dtype) if tensor.dtype in tensor_pb2.DType.values() else tensor.dtype
+        )
         raise InvalidArgument(f"{name}: dtype {got} is not supported; expected one of {SUPPORTED}")
     dtype = _PROTO_TO_NUMPY[tensor.dtype]
     shape = _check_shape(tensor.shape, name)

@@ -92,8 +92,12 @@ def serve(managed: ManagedServer, port: int, settings: ServerSettings, name: str
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
-        log.info("%s: received %s, shutting down (grace %.1fs)", name, signal.Signals(signum).name,
-                 settings.grace_seconds)
+        log.info(
+            "%s: received %s, shutting down (grace %.1fs)",
+            name,
+            signal.Signals(signum).name,
+            settings.grace_seconds,
+        )
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, request_stop)
