@@ -22,7 +22,16 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP)
+## Node client packages (clients/node) for tests/clients/test_node_client.py; Node.js from Debian if missing.
+NODE_STAMP := clients/node/node_modules/.installed-stamp
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	command -v node >/dev/null && command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	cd clients/node && npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)
+
+test: $(STAMP) node-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -83,7 +83,10 @@ class ArtifactStore:
     def _sweep_temp(self) -> None:
         # Leftovers of writes cut short by a crash; never listed, safe to drop.
         for leftover in self.root.glob(".tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     def _signature(self, digests: dict[str, str]) -> str:
         body = json.dumps(digests, sort_keys=True).encode()
@@ -108,8 +111,15 @@ class ArtifactStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             _fsync_dir(temp)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(temp, final)
+            for attempt in range(3):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(temp, final)
+                    break
+                except FileNotFoundError:
+                    # A concurrent delete of the id's last version removed the parent in between.
+                    if attempt == 2:
+                        raise
             _fsync_dir(final.parent)
             _fsync_dir(self.root)
         except BaseException:

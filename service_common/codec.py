@@ -20,15 +20,27 @@ _NUMPY_TO_PROTO: dict[str, int] = {dt.str: code for code, dt in _PROTO_TO_NUMPY.
 SUPPORTED = ", ".join(tensor_pb2.DType.Name(c) for c in _PROTO_TO_NUMPY)
 
 
+# No message can carry more elements; bounding the non-zero dimensions also keeps an empty tensor of
+# shape (0, 2**62) from overflowing numpy's size arithmetic.
+MAX_ELEMENTS = 2**31 - 1
+
+
 def _check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{name}: shape {list(shape)} has a negative dimension")
+    if math.prod(d for d in shape if d > 0) > MAX_ELEMENTS:
+        raise InvalidArgument(
+            f"{name}: shape {list(shape)} is too large; at most {MAX_ELEMENTS} elements (ignoring "
+            "zero-length dimensions) are accepted"
+        )
     return tuple(int(d) for d in shape)
 
 
 def to_numpy(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
     """Decode a Tensor, checking dtype and that the bytes match the shape. Returns native-endian data."""
-    has_raw = len(tensor.raw) > 0
+    # Read the bytes field once: every access copies the whole payload out of the message.
+    raw = tensor.raw
+    has_raw = len(raw) > 0
     has_values = len(tensor.values) > 0
     if has_raw and has_values:
         raise InvalidArgument(f"{name}: set either raw bytes or values, not both")
@@ -56,12 +68,12 @@ def to_numpy(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
     if not shape:
         raise InvalidArgument(f"{name}: shape is missing")
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.raw) != expected:
+    if len(raw) != expected:
         raise InvalidArgument(
             f"{name}: shape {list(shape)} of {tensor_pb2.DType.Name(tensor.dtype)} needs {expected} bytes, "
-            f"got {len(tensor.raw)}"
+            f"got {len(raw)}"
         )
-    array = np.frombuffer(tensor.raw, dtype=dtype).reshape(shape)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -92,3 +104,14 @@ def require_finite(array: np.ndarray, name: str) -> np.ndarray:
 def to_float_array(tensor: tensor_pb2.Tensor, name: str) -> np.ndarray:
     """Decode a tensor meant to hold real-valued data: any numeric dtype, as float64, finite."""
     return require_finite(to_numpy(tensor, name).astype(np.float64, copy=False), name)
+
+
+def uses_values(tensor: tensor_pb2.Tensor) -> bool:
+    """True when the caller used the JSON-friendly ``values`` form instead of raw bytes."""
+    return len(tensor.values) > 0
+
+
+def from_numpy_values(array: np.ndarray) -> tensor_pb2.Tensor:
+    """Encode as FLOAT64 ``values`` + shape: the reply form for callers that sent ``values`` (grpcurl)."""
+    array = np.asarray(array, dtype=np.float64)
+    return tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT64, shape=list(array.shape), values=array.ravel().tolist())

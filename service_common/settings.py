@@ -29,10 +29,23 @@ class ServerSettings:
     max_concurrent_rpcs: int = 256
     workers: int = 32
     grace_seconds: float = 10.0
+    # On SIGTERM: seconds of NOT_SERVING health while still answering, before new calls are refused.
+    drain_seconds: float = 0.0
     log_level: str = "INFO"
     # HMAC key for artifacts; when empty, <store>/.signing-key is used (created on first start).
     signing_key: str = ""
     signing_key_file: str = ""
+    # Bearer tokens callers must send (health is exempt); none set = no auth. The setting may list
+    # several comma-separated tokens (rotation); the file holds one per line.
+    auth_token: str = ""
+    auth_token_file: str = ""
+    # TLS: certificate chain + key turn it on; a client CA also requires client certificates (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Prometheus endpoint http://metrics_host:metrics_port/metrics; 0 = a free port, -1 = off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = -1
 
     @property
     def max_message_bytes(self) -> int:

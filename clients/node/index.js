@@ -1,0 +1,413 @@
+'use strict';
+// A small Node.js client for the lstm-stack scaler and model services.
+//
+// The .proto files are loaded at run time from the repo's protos/ folder (no generated code), so this
+// client always speaks the current contract. Tensors cross the wire as dtype + shape + little-endian raw
+// bytes, exactly like the Python codec (service_common/codec.py).
+
+const fs = require('node:fs');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+// Proto imports are written relative to the repo root ("protos/lstm_stack/v1/tensor.proto").
+const REPO_ROOT = path.resolve(__dirname, '..', '..');
+const PROTO_FILES = [
+  'protos/lstm_stack/v1/tensor.proto',
+  'protos/lstm_stack/v1/scaler.proto',
+  'protos/lstm_stack/v1/model.proto',
+];
+
+// keepCase: field names as in the .proto (snake_case), the same names grpcurl and Python use.
+// longs: Number — int64 fields here are shapes, counts and seeds, all far below 2^53.
+// enums: String — 'MINMAX', 'FLOAT64', ... (numbers are accepted when sending too).
+// defaults: true — unset scalars come back as their zero value instead of undefined.
+// oneofs: true — a virtual field names the set member of each oneof (e.g. event.event === 'epoch').
+const LOADER_OPTIONS = Object.freeze({
+  keepCase: true,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [REPO_ROOT],
+});
+
+const DEFAULT_DEADLINE_MS = 30_000;
+// Training streams one event per epoch; the whole stream still has a deadline, just a long one.
+const DEFAULT_TRAIN_DEADLINE_MS = 60 * 60 * 1000;
+// The services accept 64 MiB messages by default (--max-message-mb); match it.
+const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+let cachedPackage = null;
+
+/** Load the lstm_stack.v1 package definitions (cached). `protoRoot` overrides the repo root. */
+function loadProtos(protoRoot = REPO_ROOT) {
+  if (protoRoot === REPO_ROOT && cachedPackage) return cachedPackage;
+  const definition = protoLoader.loadSync(
+    PROTO_FILES.map((file) => path.join(protoRoot, file)),
+    { ...LOADER_OPTIONS, includeDirs: [protoRoot] },
+  );
+  const pkg = grpc.loadPackageDefinition(definition).lstm_stack.v1;
+  if (protoRoot === REPO_ROOT) cachedPackage = pkg;
+  return pkg;
+}
+
+// ---- Tensor codec ----
+
+const DTYPES = Object.freeze({
+  FLOAT32: { code: 1, size: 4, Array: Float32Array, get: 'getFloat32', set: 'setFloat32' },
+  FLOAT64: { code: 2, size: 8, Array: Float64Array, get: 'getFloat64', set: 'setFloat64' },
+  INT32: { code: 3, size: 4, Array: Int32Array, get: 'getInt32', set: 'setInt32' },
+  INT64: { code: 4, size: 8, Array: BigInt64Array, get: 'getBigInt64', set: 'setBigInt64' },
+});
+const DTYPE_BY_CODE = Object.fromEntries(Object.entries(DTYPES).map(([name, d]) => [d.code, name]));
+
+function dtypeName(dtype) {
+  const name = typeof dtype === 'number' ? DTYPE_BY_CODE[dtype] : dtype;
+  if (!DTYPES[name]) {
+    throw new TypeError(`unsupported dtype ${dtype}; expected one of ${Object.keys(DTYPES).join(', ')}`);
+  }
+  return name;
+}
+
+function dtypeOfTypedArray(array) {
+  if (array instanceof Float64Array) return 'FLOAT64';
+  if (array instanceof Float32Array) return 'FLOAT32';
+  if (array instanceof Int32Array) return 'INT32';
+  if (array instanceof BigInt64Array) return 'INT64';
+  return null;
+}
+
+/** Shape of a rectangular nested array; throws on ragged input. */
+function inferShape(nested) {
+  const shape = [];
+  let level = nested;
+  while (Array.isArray(level)) {
+    shape.push(level.length);
+    if (level.length === 0) break;
+    level = level[0];
+  }
+  const check = (node, depth, where) => {
+    if (depth === shape.length) {
+      if (Array.isArray(node)) throw new TypeError(`ragged array: ${where} nests deeper than shape [${shape}]`);
+      return;
+    }
+    if (!Array.isArray(node) || node.length !== shape[depth]) {
+      const got = Array.isArray(node) ? `length ${node.length}` : 'a scalar';
+      throw new TypeError(`ragged array: ${where} is ${got}, expected length ${shape[depth]}`);
+    }
+    node.forEach((child, i) => check(child, depth + 1, `${where}[${i}]`));
+  };
+  check(nested, 0, 'x');
+  return shape;
+}
+
+function product(shape) {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/**
+ * Encode data as a Tensor message: { dtype, shape, raw } with little-endian bytes.
+ *
+ * `data` is a nested array (shape inferred) or a typed array (Float64Array, Float32Array, Int32Array,
+ * BigInt64Array; pass `shape`, default 1-D). `dtype` defaults to the typed array's own, else FLOAT64.
+ */
+function encodeTensor(data, { shape, dtype } = {}) {
+  let flat;
+  let resolvedShape = shape;
+  if (ArrayBuffer.isView(data) && !(data instanceof DataView)) {
+    flat = data;
+    resolvedShape = shape ? [...shape] : [data.length];
+    dtype = dtype || dtypeOfTypedArray(data) || 'FLOAT64';
+  } else if (Array.isArray(data)) {
+    const inferred = inferShape(data);
+    flat = data.flat(Infinity);
+    resolvedShape = shape ? [...shape] : inferred;
+    dtype = dtype || 'FLOAT64';
+  } else {
+    throw new TypeError('encodeTensor: expected a nested array or a typed array');
+  }
+  const name = dtypeName(dtype);
+  const spec = DTYPES[name];
+  if (resolvedShape.some((d) => !Number.isInteger(d) || d < 0)) {
+    throw new TypeError(`encodeTensor: shape [${resolvedShape}] must hold non-negative integers`);
+  }
+  if (product(resolvedShape) !== flat.length) {
+    throw new TypeError(
+      `encodeTensor: shape [${resolvedShape}] holds ${product(resolvedShape)} values but ${flat.length} were given`,
+    );
+  }
+  const raw = Buffer.alloc(flat.length * spec.size);
+  // DataView with littleEndian=true writes the wire byte order on any host.
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  for (let i = 0; i < flat.length; i += 1) {
+    let value = flat[i];
+    if (name === 'INT64') value = BigInt(value);
+    else value = Number(value);
+    view[spec.set](i * spec.size, value, true);
+  }
+  return { dtype: name, shape: resolvedShape, raw };
+}
+
+/**
+ * Decode a Tensor message into { dtype, shape, data } where data is a flat typed array
+ * (INT64 decodes to a BigInt64Array). Accepts the JSON `values` fallback too.
+ */
+function decodeTensor(tensor) {
+  if (!tensor) throw new TypeError('decodeTensor: no tensor');
+  const raw = tensor.raw && tensor.raw.length ? Buffer.from(tensor.raw) : null;
+  const values = tensor.values || [];
+  const shape = (tensor.shape || []).map(Number);
+  if (raw && values.length) throw new TypeError('decodeTensor: tensor sets both raw and values');
+  if (values.length) {
+    const name = tensor.dtype && tensor.dtype !== 'DTYPE_UNSPECIFIED' ? dtypeName(tensor.dtype) : 'FLOAT64';
+    const spec = DTYPES[name];
+    const resolved = shape.length ? shape : [values.length];
+    if (product(resolved) !== values.length) {
+      throw new TypeError(`decodeTensor: shape [${resolved}] does not hold ${values.length} values`);
+    }
+    const data = name === 'INT64' ? BigInt64Array.from(values, (v) => BigInt(v)) : spec.Array.from(values);
+    return { dtype: name, shape: resolved, data };
+  }
+  const name = dtypeName(tensor.dtype);
+  const spec = DTYPES[name];
+  const count = product(shape);
+  const byteLength = raw ? raw.length : 0;
+  if (count * spec.size !== byteLength) {
+    throw new TypeError(
+      `decodeTensor: shape [${shape}] of ${name} needs ${count * spec.size} bytes, got ${byteLength}`,
+    );
+  }
+  const data = new spec.Array(count);
+  if (count) {
+    const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    for (let i = 0; i < count; i += 1) data[i] = view[spec.get](i * spec.size, true);
+  }
+  return { dtype: name, shape, data };
+}
+
+/** Turn a decoded tensor (or a Tensor message) into nested plain arrays of numbers. */
+function toNested(decodedOrTensor) {
+  const decoded = decodedOrTensor.data ? decodedOrTensor : decodeTensor(decodedOrTensor);
+  const flat = Array.from(decoded.data, Number);
+  const build = (offset, depth) => {
+    if (depth === decoded.shape.length) return flat[offset];
+    const stride = product(decoded.shape.slice(depth + 1));
+    return Array.from({ length: decoded.shape[depth] }, (_, i) => build(offset + i * stride, depth + 1));
+  };
+  if (decoded.shape.length === 0) return flat[0];
+  return build(0, 0);
+}
+
+// ---- Clients ----
+
+function readMaybeFile(value) {
+  if (value == null) return null;
+  if (Buffer.isBuffer(value)) return value;
+  return fs.readFileSync(value);
+}
+
+/**
+ * Channel credentials: insecure by default; TLS when `rootCert` (PEM Buffer or path) or `tls: true`
+ * is given; mutual TLS when `certChain` and `privateKey` are given too.
+ */
+function channelCredentials({ tls = false, rootCert, certChain, privateKey } = {}) {
+  if (!tls && !rootCert && !certChain) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(
+    readMaybeFile(rootCert),
+    readMaybeFile(privateKey),
+    readMaybeFile(certChain),
+  );
+}
+
+class LstmStackClient {
+  /**
+   * @param {object} options
+   * @param {string} [options.scalerAddress] host:port of the scaler service
+   * @param {string} [options.modelAddress] host:port of the model service
+   * @param {string} [options.token] sent as `authorization: Bearer <token>` on every call
+   * @param {boolean} [options.tls] use TLS with the system roots
+   * @param {Buffer|string} [options.rootCert] PEM (or its path) to trust instead of the system roots
+   * @param {Buffer|string} [options.certChain] client certificate for mutual TLS
+   * @param {Buffer|string} [options.privateKey] client key for mutual TLS
+   * @param {string} [options.serverNameOverride] TLS name to check when it differs from the address
+   * @param {number} [options.deadlineMs] deadline of each unary call (default 30 s)
+   * @param {number} [options.trainDeadlineMs] deadline of a whole Train stream (default 1 h)
+   */
+  constructor(options = {}) {
+    const {
+      scalerAddress = process.env.LSTM_STACK_SCALER_ADDRESS,
+      modelAddress = process.env.LSTM_STACK_MODEL_ADDRESS,
+      token,
+      serverNameOverride,
+      maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
+      deadlineMs = DEFAULT_DEADLINE_MS,
+      trainDeadlineMs = DEFAULT_TRAIN_DEADLINE_MS,
+      protoRoot,
+    } = options;
+    this.proto = loadProtos(protoRoot);
+    this.token = token || null;
+    this.deadlineMs = deadlineMs;
+    this.trainDeadlineMs = trainDeadlineMs;
+    const credentials = channelCredentials(options);
+    const channelOptions = {
+      'grpc.max_receive_message_length': maxMessageBytes,
+      'grpc.max_send_message_length': maxMessageBytes,
+    };
+    if (serverNameOverride) channelOptions['grpc.ssl_target_name_override'] = serverNameOverride;
+    this.scaler = scalerAddress
+      ? new this.proto.ScalerService(scalerAddress, credentials, channelOptions)
+      : null;
+    this.model = modelAddress ? new this.proto.ModelService(modelAddress, credentials, channelOptions) : null;
+  }
+
+  _metadata() {
+    const metadata = new grpc.Metadata();
+    // Sent as plain metadata so the same token works on a plaintext loopback channel and over TLS.
+    if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
+    return metadata;
+  }
+
+  _client(service) {
+    const client = this[service];
+    if (!client) {
+      const env = service === 'scaler' ? 'LSTM_STACK_SCALER_ADDRESS' : 'LSTM_STACK_MODEL_ADDRESS';
+      throw new Error(`no ${service} address: pass ${service}Address or set ${env}`);
+    }
+    return client;
+  }
+
+  /** Call any unary RPC: `call('scaler', 'Fit', request)`. Resolves with the response message. */
+  call(service, method, request, { deadlineMs = this.deadlineMs } = {}) {
+    const client = this._client(service);
+    if (typeof client[method] !== 'function') {
+      return Promise.reject(new Error(`${service} service has no method ${method}`));
+    }
+    const deadline = new Date(Date.now() + deadlineMs);
+    return new Promise((resolve, reject) => {
+      client[method](request, this._metadata(), { deadline }, (error, response) => {
+        if (error) reject(error);
+        else resolve(response);
+      });
+    });
+  }
+
+  /** Wait until both configured channels are connected (or the deadline passes). */
+  waitForReady(deadlineMs = this.deadlineMs) {
+    const deadline = new Date(Date.now() + deadlineMs);
+    const clients = [this.scaler, this.model].filter(Boolean);
+    return Promise.all(
+      clients.map(
+        (client) =>
+          new Promise((resolve, reject) => {
+            client.waitForReady(deadline, (error) => (error ? reject(error) : resolve()));
+          }),
+      ),
+    );
+  }
+
+  // ---- Scaler service ----
+
+  /** Fit a new scaler version on `data` (nested array or typed array). Resolves with ScalerInfo. */
+  fitScaler({ data, kind = 'MINMAX', layout, scalerId = '', params, shape, deadlineMs } = {}) {
+    const spec = { kind };
+    if (layout) spec.layout = layout;
+    if (params) Object.assign(spec, params); // e.g. { minmax: { feature_min: -1, feature_max: 1 } }
+    return this.call(
+      'scaler',
+      'Fit',
+      { scaler_id: scalerId, spec, data: encodeTensor(data, { shape }) },
+      { deadlineMs },
+    );
+  }
+
+  /** Transform data with a fitted scaler; resolves with nested arrays. */
+  async transform(scalerId, data, { version = 0, shape, deadlineMs } = {}) {
+    const response = await this.call(
+      'scaler',
+      'Transform',
+      { scaler_id: scalerId, version, data: encodeTensor(data, { shape }) },
+      { deadlineMs },
+    );
+    return toNested(response.data);
+  }
+
+  async inverseTransform(scalerId, data, { version = 0, shape, deadlineMs } = {}) {
+    const response = await this.call(
+      'scaler',
+      'InverseTransform',
+      { scaler_id: scalerId, version, data: encodeTensor(data, { shape }) },
+      { deadlineMs },
+    );
+    return toNested(response.data);
+  }
+
+  // ---- Model service ----
+
+  /**
+   * Start a Train stream. Returns the grpc-js stream: `for await (const event of stream)`, or listen to
+   * 'data'/'error'/'end'. Each event has `event.event` naming the set member: 'started', 'epoch', 'done'.
+   * `stream.cancel()` stops training (the server sees CANCELLED).
+   */
+  trainStream(request, { deadlineMs = this.trainDeadlineMs } = {}) {
+    const client = this._client('model');
+    return client.Train(request, this._metadata(), { deadline: new Date(Date.now() + deadlineMs) });
+  }
+
+  /** Train to completion, calling onEvent for every event; resolves with the final ModelInfo. */
+  async train(request, { onEvent, deadlineMs } = {}) {
+    let done = null;
+    for await (const event of this.trainStream(request, { deadlineMs })) {
+      if (onEvent) onEvent(event);
+      if (event.event === 'done') done = event.done;
+    }
+    if (!done) throw new Error('Train stream ended without a final ModelInfo');
+    return done;
+  }
+
+  /** Predict in original units; resolves with { model_id, version, values, probabilities, labels }. */
+  async predict(modelId, x, { version = 0, shape, deadlineMs } = {}) {
+    const response = await this.call(
+      'model',
+      'Predict',
+      { model_id: modelId, version, x: encodeTensor(x, { shape }) },
+      { deadlineMs },
+    );
+    const decode = (tensor) => (tensor && tensor.dtype !== 'DTYPE_UNSPECIFIED' ? toNested(tensor) : null);
+    return {
+      model_id: response.model_id,
+      version: response.version,
+      values: decode(response.values),
+      probabilities: decode(response.probabilities),
+      labels: decode(response.labels),
+    };
+  }
+
+  getModel(modelId, { version = 0, deadlineMs } = {}) {
+    return this.call('model', 'GetModel', { model_id: modelId, version }, { deadlineMs });
+  }
+
+  deleteModel(modelId, { version = 0, deadlineMs } = {}) {
+    return this.call('model', 'DeleteModel', { model_id: modelId, version }, { deadlineMs });
+  }
+
+  close() {
+    if (this.scaler) this.scaler.close();
+    if (this.model) this.model.close();
+  }
+}
+
+module.exports = {
+  LstmStackClient,
+  loadProtos,
+  encodeTensor,
+  decodeTensor,
+  toNested,
+  inferShape,
+  channelCredentials,
+  status: grpc.status,
+  Metadata: grpc.Metadata,
+  REPO_ROOT,
+  PROTO_FILES,
+  LOADER_OPTIONS,
+};

@@ -1,0 +1,36 @@
+"""Wiring: settings -> signed store -> registry -> servicer -> a ManagedServer (not yet started)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+
+from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
+from scaler_service.registry import ScalerRegistry
+from scaler_service.servicer import ScalerServicer
+from scaler_service.settings import ScalerSettings
+from service_common.artifacts import ArtifactStore, load_signing_key
+from service_common.interceptors import RpcObserver
+from service_common.server import ManagedServer, build_server
+
+SERVICE_NAME = scaler_pb2.DESCRIPTOR.services_by_name["ScalerService"].full_name
+# Scaler versions live under <store>/scalers; the signing key (if generated) at <store>/.signing-key.
+ARTIFACT_DIR = "scalers"
+
+
+def create_registry(settings: ScalerSettings) -> ScalerRegistry:
+    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
+    return ScalerRegistry(ArtifactStore(settings.store / ARTIFACT_DIR, key))
+
+
+def create_server(
+    settings: ScalerSettings, observers: Iterable[RpcObserver] = ()
+) -> tuple[ManagedServer, int]:
+    servicer = ScalerServicer(create_registry(settings), settings.max_message_bytes)
+
+    def register(server: grpc.Server) -> list[str]:
+        scaler_pb2_grpc.add_ScalerServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return build_server(settings, register, observers=observers)
