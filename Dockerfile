@@ -1,0 +1,70 @@
+# One image for both services (and the demo client); the compose file picks the command.
+#
+# Online (users):   docker build -t lstm-stack .
+# Offline (CI):     docker build --network host \
+#                     --build-arg BASE_IMAGE=lstm-stack-base:bookworm \
+#                     --build-arg WHEELHOUSE=.wheelhouse -t lstm-stack .
+# BASE_IMAGE must provide Python 3.11 with `python3 -m venv` (python:3.11-slim, or a Debian bookworm
+# rootfs with python3 + python3-venv). WHEELHOUSE is a directory inside the build context holding every
+# wheel the project needs (see scripts/compose_smoke.sh); empty means "install from PyPI".
+ARG BASE_IMAGE=python:3.11-slim
+
+# The runtime dependency list alone, so editing other parts of pyproject.toml (dev extras, tool settings)
+# keeps the cached dependency layer below: COPY --from is cached on the file's content.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /src/pyproject.toml
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /requirements.txt
+
+FROM ${BASE_IMAGE} AS build
+ARG WHEELHOUSE=
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+    && python3 -m venv /opt/lstm-stack
+# The wheelhouse contents land in /wheels; with WHEELHOUSE empty only a placeholder file is copied
+# (an empty source would copy the whole build context).
+COPY ${WHEELHOUSE:-pyproject.toml} /wheels/
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+# Dependencies first (runtime only, no dev extras) so source edits don't reinstall TensorFlow.
+RUN if [ -n "${WHEELHOUSE}" ]; then set -- --no-index --find-links /wheels; fi \
+    && /opt/lstm-stack/bin/pip install "$@" -r /tmp/requirements.txt
+COPY pyproject.toml /src/pyproject.toml
+COPY README.md /src/
+COPY protos /src/protos
+COPY service_common /src/service_common
+COPY scaler_service /src/scaler_service
+COPY model_service /src/model_service
+COPY clients/python /src/clients/python
+COPY demo /src/demo
+# A regular (non-editable) install; build isolation gets setuptools from the same index or wheelhouse.
+RUN if [ -n "${WHEELHOUSE}" ]; then set -- --no-index --find-links /wheels; fi \
+    && /opt/lstm-stack/bin/pip install --no-deps "$@" /src \
+    && /opt/lstm-stack/bin/python -c 'import scaler_service, model_service, service_common.healthcheck, lstm_stack_client, demo'
+
+FROM ${BASE_IMAGE} AS runtime
+# Fixed ids so named volumes keep matching ownership across rebuilds.
+ARG APP_UID=10001
+ARG APP_GID=10001
+RUN groupadd --system --gid "${APP_GID}" lstm \
+    && useradd --system --uid "${APP_UID}" --gid lstm --create-home --home-dir /home/lstm \
+        --shell /usr/sbin/nologin lstm \
+    && mkdir -p /data/scaler /data/model /data/demo-output \
+    && chown -R lstm:lstm /data
+COPY --from=build /opt/lstm-stack /opt/lstm-stack
+ENV PATH=/opt/lstm-stack/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    LSTM_SCALER_HOST=0.0.0.0 \
+    LSTM_SCALER_PORT=50051 \
+    LSTM_SCALER_STORE=/data/scaler \
+    LSTM_MODEL_HOST=0.0.0.0 \
+    LSTM_MODEL_PORT=50052 \
+    LSTM_MODEL_STORE=/data/model
+USER lstm
+WORKDIR /home/lstm
+EXPOSE 50051 50052
+CMD ["python", "-m", "scaler_service"]

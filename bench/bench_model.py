@@ -1,0 +1,478 @@
+"""Model service bench: gRPC Predict against in-process Keras, batching on/off, serving during training,
+and training wall time through the service against in-process model.fit. All figures side by side.
+
+Starts a scaler service and model services as separate processes on 127.0.0.1 (free ports chosen by the
+OS); clients run in separate processes (no TensorFlow in them) so they do not share a GIL with the server.
+
+1. In process (this process): the seed's example-1 model (LSTM(10,relu) -> LSTM(2,relu) -> LSTM(10,relu)
+   -> Dense(1)), batch 1: ``model.predict`` vs the compiled call (a warmed tf.function, as served),
+   with and without XLA.
+2. Through the service (default settings: adaptive batching on): sequential batch-1 Predict p50/p99;
+   32 concurrent clients; Predict latency while a training job runs; Train wall time vs in-process
+   ``model.fit`` on the same data and settings.
+3. The same service with batching off (max_batch_size 1), and with XLA (jit_compile), for 32 clients.
+
+Targets (issue 3): gRPC p50 >= 30x faster than model.predict and within +1 ms of the compiled call;
+32 clients >= 3x the unbatched throughput with p99 <= 30 ms; training <= 1.10x model.fit.
+Reference (MLServer 1.7.1, same model, these 2-core machines): p50 1.8 ms, 550 req/s sequential,
+700-780 req/s with 32 clients.
+
+Usage: .venv/bin/python bench/bench_model.py [--clients 32] [--seconds 8] [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2  # noqa: E402
+from service_common import codec  # noqa: E402
+
+MODEL_ID = "bench-seed"
+QUERY = np.array([[50.0, 60.0, 70.0]]).reshape(1, 3, 1)
+REFERENCE = {"p50_ms": 1.8, "sequential_rps": 550.0, "concurrent_rps": 740.0}
+# The training comparison: the seed stack on a long series, same data and settings both ways.
+TRAIN_EPOCHS = 20
+TRAIN_BATCH = 32
+TRAIN_ROWS = 3000
+VALIDATION_FRACTION = 0.2
+
+
+def seed_spec() -> model_pb2.ModelSpec:
+    lstm = model_pb2.LstmLayer
+    return model_pb2.ModelSpec(
+        input=model_pb2.InputShape(timesteps=3, features=1),
+        layers=[
+            model_pb2.Layer(lstm=lstm(units=10, activation="relu")),
+            model_pb2.Layer(lstm=lstm(units=2, activation="relu")),
+            model_pb2.Layer(lstm=lstm(units=10, activation="relu")),
+        ],
+        head=model_pb2.Head(task=model_pb2.REGRESSION),
+        optimizer=model_pb2.Optimizer(learning_rate=0.01),
+    )
+
+
+def seed_data() -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([[i, i + 1, i + 2] for i in range(1, 11)] + [[20, 30, 40], [30, 40, 50], [40, 50, 60]])
+    return x.reshape(13, 3, 1).astype(np.float64), np.array([*range(4, 14), 50, 60, 70], dtype=np.float64)
+
+
+def long_series() -> tuple[np.ndarray, np.ndarray]:
+    """TRAIN_ROWS windows of a noisy sine: (rows, 3, 1) -> next value."""
+    rng = np.random.default_rng(0)
+    t = np.arange(TRAIN_ROWS + 3)
+    series = 50 + 20 * np.sin(t / 15) + rng.normal(0, 1, len(t))
+    x = np.lib.stride_tricks.sliding_window_view(series, 3)[:TRAIN_ROWS].reshape(-1, 3, 1).copy()
+    return x, series[3 : TRAIN_ROWS + 3].copy()
+
+
+def percentiles(seconds: list[float] | np.ndarray) -> tuple[float, float]:
+    p50, p99 = np.percentile(np.asarray(seconds) * 1000.0, [50, 99])
+    return float(p50), float(p99)
+
+
+# ---- services ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def service(module: str, args: list[str], log: Path) -> Iterator[str]:
+    """``python -m module`` on a free port; yields its address once health says SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
+    with log.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        address = f"127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 240
+            with grpc.insecure_channel(address) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"{module} exited with {process.returncode}; see {log}")
+                    try:
+                        if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                            break
+                    except grpc.RpcError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{module} not SERVING in time; see {log}")
+                    time.sleep(0.2)
+            yield address
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def train_seed_model(address: str) -> None:
+    x, y = seed_data()
+    request = model_pb2.TrainRequest(
+        model_id=MODEL_ID,
+        spec=seed_spec(),
+        supervised=model_pb2.SupervisedData(x=codec.from_numpy(x), y=codec.from_numpy(y)),
+        epochs=100,
+        batch_size=4,
+        seed=3,
+        shuffle=True,
+        x_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX, layout=scaler_pb2.PER_COLUMN),
+        y_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+    )
+    with grpc.insecure_channel(address) as channel:
+        for _ in model_pb2_grpc.ModelServiceStub(channel).Train(request, timeout=600):
+            pass
+
+
+# ---- clients (separate processes, no TensorFlow) -------------------------------------------------
+
+
+def _client_loop(address: str, threads: int, seconds: float, start_at: float, queue: Any) -> None:
+    """One client process: ``threads`` callers, each on its own channel, batch-1 Predict until time's up."""
+    request = model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY)).SerializeToString()
+    results: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+
+    def caller(index: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            predict = channel.unary_unary(
+                "/lstm_stack.v1.ModelService/Predict",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            predict(request, timeout=30)  # connected before the clock starts
+            while time.time() < start_at:
+                time.sleep(0.001)
+            end = start_at + seconds
+            while True:
+                began = time.perf_counter()
+                if time.time() >= end:
+                    break
+                try:
+                    predict(request, timeout=30)
+                    results[index].append(time.perf_counter() - began)
+                except grpc.RpcError:
+                    errors[index] += 1
+
+    workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    queue.put(([t for r in results for t in r], sum(errors)))
+
+
+def concurrent(address: str, clients: int, seconds: float, processes: int = 4) -> dict[str, float]:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    start_at = time.time() + 3.0  # every process connected and waiting
+    per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    procs = [
+        context.Process(target=_client_loop, args=(address, n, seconds, start_at, queue))
+        for n in per_process
+        if n
+    ]
+    for proc in procs:
+        proc.start()
+    latencies: list[float] = []
+    errors = 0
+    for _ in procs:
+        got, failed = queue.get(timeout=seconds + 120)
+        latencies.extend(got)
+        errors += failed
+    for proc in procs:
+        proc.join()
+    p50, p99 = percentiles(latencies)
+    return {"rps": len(latencies) / seconds, "p50": p50, "p99": p99, "errors": errors}
+
+
+def sequential(address: str, requests: int) -> tuple[list[float], float]:
+    """Batch-1 Predict latencies and the sequential request rate, from one client (this process)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = model_pb2_grpc.ModelServiceStub(channel)
+        request = model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY))
+        for _ in range(200):
+            stub.Predict(request, timeout=30)
+        latencies = []
+        began = time.perf_counter()
+        for _ in range(requests):
+            start = time.perf_counter()
+            stub.Predict(request, timeout=30)
+            latencies.append(time.perf_counter() - start)
+        return latencies, requests / (time.perf_counter() - began)
+
+
+def predict_during_training(address: str) -> tuple[float, float, float, int]:
+    """Sequential Predict p50/p99 while a Train call runs; also returns the training wall time."""
+    x, y = long_series()
+    request = model_pb2.TrainRequest(
+        model_id="bench-busy",
+        spec=seed_spec(),
+        supervised=model_pb2.SupervisedData(x=codec.from_numpy(x), y=codec.from_numpy(y)),
+        epochs=TRAIN_EPOCHS,
+        batch_size=TRAIN_BATCH,
+        seed=1,
+        shuffle=True,
+        validation_fraction=VALIDATION_FRACTION,
+        x_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+        y_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+    )
+    done = threading.Event()
+    train_seconds = [0.0]
+
+    def run_training() -> None:
+        began = time.perf_counter()
+        with grpc.insecure_channel(address) as channel:
+            for _ in model_pb2_grpc.ModelServiceStub(channel).Train(request, timeout=900):
+                pass
+        train_seconds[0] = time.perf_counter() - began
+        done.set()
+
+    trainer = threading.Thread(target=run_training)
+    trainer.start()
+    latencies = []
+    with grpc.insecure_channel(address) as channel:
+        stub = model_pb2_grpc.ModelServiceStub(channel)
+        predict = model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY))
+        time.sleep(1.0)  # past scaling and model building: measure during fit
+        while not done.is_set():
+            start = time.perf_counter()
+            stub.Predict(predict, timeout=30)
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.002)  # a steady trickle, not a flood
+    trainer.join()
+    p50, p99 = percentiles(latencies)
+    return p50, p99, train_seconds[0], len(latencies)
+
+
+def train_through_service(address: str) -> float:
+    x, y = long_series()
+    request = model_pb2.TrainRequest(
+        model_id="bench-train",
+        spec=seed_spec(),
+        supervised=model_pb2.SupervisedData(x=codec.from_numpy(x), y=codec.from_numpy(y)),
+        epochs=TRAIN_EPOCHS,
+        batch_size=TRAIN_BATCH,
+        seed=1,
+        shuffle=True,
+        validation_fraction=VALIDATION_FRACTION,
+        x_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+        y_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+    )
+    began = time.perf_counter()
+    with grpc.insecure_channel(address) as channel:
+        for _ in model_pb2_grpc.ModelServiceStub(channel).Train(request, timeout=900):
+            pass
+    return time.perf_counter() - began
+
+
+# ---- in process ----------------------------------------------------------------------------------
+
+
+def in_process(requests: int) -> dict[str, Any]:
+    """model.predict vs the compiled call (no XLA / XLA), and model.fit on the training-bench data."""
+    from sklearn.preprocessing import MinMaxScaler
+
+    from model_service import builder, convert
+    from model_service.predictor import CompiledPredictor
+    from model_service.spec import resolve
+
+    spec = resolve(convert.spec_from_proto(seed_spec()))
+    with builder.seeded(3):
+        model = builder.build(spec, 3)
+    x, y = seed_data()
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    query = QUERY.astype(np.float32)
+    results: dict[str, Any] = {}
+    for _ in range(5):
+        model.predict(query, verbose=0)
+    timings = []
+    for _ in range(max(50, requests // 20)):
+        start = time.perf_counter()
+        model.predict(query, verbose=0)
+        timings.append(time.perf_counter() - start)
+    results["predict"] = percentiles(timings)
+    for jit in (False, True):
+        predictor = CompiledPredictor(model, 3, 1, jit_compile=jit, max_bucket=1)
+        predictor.warm()
+        timings = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            predictor(query)
+            timings.append(time.perf_counter() - start)
+        results["compiled_xla" if jit else "compiled"] = percentiles(timings)
+
+    # model.fit as one would write it in process: numpy arrays, same scaling, split, epochs, batch, shuffle.
+    xs, ys = long_series()
+    n_train = len(xs) - int(round(len(xs) * VALIDATION_FRACTION))
+    began = time.perf_counter()
+    x_scaler = MinMaxScaler().fit(xs[:n_train].reshape(-1, 1))
+    y_scaler = MinMaxScaler().fit(ys[:n_train].reshape(-1, 1))
+    xt = x_scaler.transform(xs.reshape(-1, 1)).reshape(xs.shape)
+    yt = y_scaler.transform(ys.reshape(-1, 1))
+    with builder.seeded(1):
+        fresh = builder.build(spec, 1)
+    fresh.fit(
+        xt[:n_train],
+        yt[:n_train],
+        validation_data=(xt[n_train:], yt[n_train:]),
+        epochs=TRAIN_EPOCHS,
+        batch_size=TRAIN_BATCH,
+        shuffle=True,
+        verbose=0,
+    )
+    results["fit_seconds"] = time.perf_counter() - began
+    return results
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="sequential requests measured")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each concurrent run")
+    args = parser.parse_args()
+
+    print(f"cpus: {os.cpu_count()}  python: {sys.version.split()[0]}", flush=True)
+    local = in_process(args.requests)
+    print("in-process figures done", flush=True)
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as root:
+        logs = Path(root)
+        scaler_args = ["--store", f"{root}/scaler"]
+        model_store = f"{root}/model"
+        with service("scaler_service", scaler_args, logs / "scaler.log") as scaler:
+            base = ["--store", model_store, "--scaler-address", scaler]
+            with service("model_service", base, logs / "model.log") as address:
+                train_seed_model(address)
+                figures["sequential"] = sequential(address, args.requests)
+                figures["batched"] = concurrent(address, args.clients, args.seconds)
+                figures["train_service"] = train_through_service(address)
+                figures["busy"] = predict_during_training(address)
+            print("default service done", flush=True)
+            variants = {
+                "unbatched": ["--max-batch-size", "1"],
+                "wait_1ms": ["--max-batch-wait-ms", "1"],
+                "xla": ["--jit-compile", "true"],
+            }
+            for name, extra in variants.items():
+                with service("model_service", [*base, *extra], logs / f"model-{name}.log") as address:
+                    figures[name] = concurrent(address, args.clients, args.seconds)
+                    if name == "xla":
+                        figures["xla_sequential"] = sequential(address, args.requests)
+                print(f"{name} service done", flush=True)
+
+    grpc_p50, grpc_p99 = percentiles(figures["sequential"][0])
+    predict_p50, predict_p99 = local["predict"]
+    compiled_p50, compiled_p99 = local["compiled"]
+    xla_p50, xla_p99 = local["compiled_xla"]
+    xla_grpc_p50, xla_grpc_p99 = percentiles(figures["xla_sequential"][0])
+    batched, unbatched = figures["batched"], figures["unbatched"]
+    busy_p50, busy_p99, busy_train, busy_n = figures["busy"]
+
+    print()
+    print("batch-1 latency (ms)                      p50       p99")
+    print(f"  in-process model.predict           {predict_p50:9.3f} {predict_p99:9.3f}")
+    print(f"  in-process compiled call           {compiled_p50:9.3f} {compiled_p99:9.3f}")
+    print(f"  in-process compiled call, XLA      {xla_p50:9.3f} {xla_p99:9.3f}")
+    print(f"  gRPC Predict (service default)     {grpc_p50:9.3f} {grpc_p99:9.3f}")
+    print(f"  gRPC Predict (service, XLA)        {xla_grpc_p50:9.3f} {xla_grpc_p99:9.3f}")
+    print(f"  gRPC Predict while training        {busy_p50:9.3f} {busy_p99:9.3f}   ({busy_n} requests)")
+    print(
+        f"  sequential rate: {figures['sequential'][1]:.0f} req/s (XLA: {figures['xla_sequential'][1]:.0f})"
+    )
+    print()
+    print(f"throughput, {args.clients} clients (batch 1)      req/s    p50 ms    p99 ms  errors")
+    for label, key in [
+        ("adaptive batching (default)", "batched"),
+        ("batching off (max_batch_size 1)", "unbatched"),
+        ("batching + max wait 1 ms", "wait_1ms"),
+        ("batching + XLA", "xla"),
+    ]:
+        f = figures[key]
+        print(f"  {label:34}{f['rps']:9.0f} {f['p50']:9.2f} {f['p99']:9.2f} {f['errors']:7d}")
+    print()
+    print(f"training {TRAIN_ROWS} rows x {TRAIN_EPOCHS} epochs, batch {TRAIN_BATCH}, 20% holdout, minmax x/y")
+    print(f"  through the service (Train, wall)  {figures['train_service']:8.2f} s")
+    print(f"  in-process model.fit (numpy)       {local['fit_seconds']:8.2f} s")
+    print(f"  same Train while Predict trickles  {busy_train:8.2f} s")
+    print()
+    rows = [
+        ("gRPC p50 vs model.predict", predict_p50 / grpc_p50, ">= 30x faster", predict_p50 / grpc_p50 >= 30),
+        ("gRPC p50 - compiled p50 (ms)", grpc_p50 - compiled_p50, "<= +1 ms", grpc_p50 - compiled_p50 <= 1.0),
+        (
+            "batched / unbatched throughput",
+            batched["rps"] / unbatched["rps"],
+            ">= 3x",
+            batched["rps"] >= 3 * unbatched["rps"],
+        ),
+        ("batched p99 (ms)", batched["p99"], "<= 30 ms", batched["p99"] <= 30),
+        (
+            "service Train / model.fit",
+            figures["train_service"] / local["fit_seconds"],
+            "<= 1.10x",
+            figures["train_service"] <= 1.10 * local["fit_seconds"],
+        ),
+        (
+            "sequential p50 vs MLServer 1.8 ms",
+            REFERENCE["p50_ms"] / grpc_p50,
+            "2x",
+            REFERENCE["p50_ms"] / grpc_p50 >= 2,
+        ),
+        (
+            "sequential rate vs MLServer 550/s",
+            figures["sequential"][1] / REFERENCE["sequential_rps"],
+            "2x",
+            figures["sequential"][1] >= 2 * REFERENCE["sequential_rps"],
+        ),
+        (
+            "32 clients vs MLServer ~740/s",
+            batched["rps"] / REFERENCE["concurrent_rps"],
+            "2x",
+            batched["rps"] >= 2 * REFERENCE["concurrent_rps"],
+        ),
+    ]
+    print(f"{'ratio':38}{'measured':>10}  {'target':<14}met")
+    for label, value, target, met in rows:
+        print(f"  {label:36}{value:10.2f}  {target:<14}{'yes' if met else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

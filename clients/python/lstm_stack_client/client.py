@@ -1,0 +1,730 @@
+"""Typed client for the lstm-stack scaler and model services: numpy in, numpy out.
+
+Every call carries a deadline. Only idempotent calls (Get/List/Transform/Predict/Validate/Evaluate)
+are retried, and only when the server is UNAVAILABLE, with exponential backoff inside that deadline.
+Fit, Train and Delete are never retried: a retry could create a second version or act twice.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc, tensor_pb2
+from service_common import codec
+
+from .specs import scaler_spec
+
+DEFAULT_SCALER_ADDRESS = "127.0.0.1:50051"
+DEFAULT_MODEL_ADDRESS = "127.0.0.1:50052"
+DEFAULT_TIMEOUT = 30.0
+# Training streams for as long as the epochs take; it still gets a deadline, just a long one.
+DEFAULT_TRAIN_TIMEOUT = 3600.0
+# Matches the services' default --max-message-mb.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+USER_AGENT = "lstm-stack-python-client/0.1"
+
+Response = TypeVar("Response")
+
+
+class LstmStackError(Exception):
+    """An RPC failed; ``code`` is the gRPC status, ``details`` the server's message."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str, attempts: int = 1):
+        self.method = method
+        self.code = code
+        self.details = details
+        self.attempts = attempts
+        suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
+        super().__init__(f"{method}: {code.name}: {details}{suffix}")
+
+
+class TrainingCancelled(LstmStackError):
+    """The caller cancelled a training stream; the service saves no model for it."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry idempotent calls on UNAVAILABLE: attempt n waits initial * multiplier**(n-1), capped, +-jitter."""
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.2
+    max_backoff: float = 3.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def backoff(self, retry_number: int) -> float:
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry_number - 1))
+        return base * (1.0 + random.uniform(-self.jitter, self.jitter))
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def _read_pem(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def channel_credentials(
+    tls_root_cert: bytes | str | Path | None = None,
+    tls_client_cert: bytes | str | Path | None = None,
+    tls_client_key: bytes | str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS credentials; PEM given as bytes or a file path. No root cert: the system roots."""
+    if (tls_client_cert is None) != (tls_client_key is None):
+        raise ValueError("mutual TLS needs both tls_client_cert and tls_client_key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(tls_root_cert),
+        private_key=_read_pem(tls_client_key),
+        certificate_chain=_read_pem(tls_client_cert),
+    )
+
+
+def open_channel(
+    address: str,
+    *,
+    tls: bool = False,
+    tls_root_cert: bytes | str | Path | None = None,
+    tls_client_cert: bytes | str | Path | None = None,
+    tls_client_key: bytes | str | Path | None = None,
+    tls_server_name: str | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> grpc.Channel:
+    """An insecure channel, or a TLS one when ``tls`` is set or any certificate is given."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.primary_user_agent", USER_AGENT),
+        # Retries are ours (below), so that only idempotent calls are retried.
+        ("grpc.enable_retries", 0),
+    ]
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    if tls or any(v is not None for v in (tls_root_cert, tls_client_cert, tls_client_key)):
+        credentials = channel_credentials(tls_root_cert, tls_client_cert, tls_client_key)
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def encode(array: Any, name: str) -> tensor_pb2.Tensor:
+    """numpy (or nested lists) -> Tensor; raises TypeError for non-numeric data before any RPC."""
+    data = np.asarray(array)
+    if data.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected numbers, got an array of dtype {data.dtype}")
+    return codec.from_numpy(data)
+
+
+def decode(tensor: tensor_pb2.Tensor, name: str) -> np.ndarray:
+    return codec.to_numpy(tensor, name)
+
+
+class _Rpc:
+    """Deadline, token metadata, retries and error translation shared by both clients."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout: float,
+        retry: RetryPolicy,
+        token: str | None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.channel = channel
+        self.timeout = timeout
+        self.retry = retry
+        self.metadata = token_metadata(token)
+        self.sleep = sleep
+
+    def call(
+        self,
+        method: str,
+        stub_method: Callable[..., Response],
+        request: Any,
+        *,
+        idempotent: bool,
+        timeout: float | None = None,
+    ) -> Response:
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            try:
+                return stub_method(request, timeout=max(remaining, 0.001), metadata=self.metadata)
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+                details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+                if idempotent and code == grpc.StatusCode.UNAVAILABLE and attempt < self.retry.max_attempts:
+                    pause = self.retry.backoff(attempt)
+                    if time.monotonic() + pause < deadline:
+                        self.sleep(pause)
+                        continue
+                raise LstmStackError(method, code, details, attempt) from None
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The grpc.health.v1 status name (SERVING, NOT_SERVING, ...) for ``service``."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = self.call(
+            "Health/Check",
+            stub.Check,
+            health_pb2.HealthCheckRequest(service=service),
+            idempotent=True,
+            timeout=timeout,
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, service: str, timeout: float) -> None:
+        """Poll the health service until ``service`` reports SERVING; raises LstmStackError on timeout."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            try:
+                status = self.health(service, timeout=min(2.0, max(deadline - time.monotonic(), 0.05)))
+                if status == "SERVING":
+                    return
+                last = status
+            except LstmStackError as exc:
+                last = f"{exc.code.name}: {exc.details}"
+            if time.monotonic() >= deadline:
+                raise LstmStackError(
+                    "Health/Check",
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{service or 'server'} not SERVING after {timeout:.0f}s (last: {last})",
+                )
+            time.sleep(0.2)
+
+
+class _Client:
+    SERVICE_NAME = ""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        token: str | None = None,
+        own_channel: bool = False,
+    ):
+        self._rpc = _Rpc(channel, timeout=timeout, retry=retry or RetryPolicy(), token=token)
+        self._own_channel = own_channel
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._rpc.channel
+
+    @property
+    def timeout(self) -> float:
+        return self._rpc.timeout
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._rpc.retry
+
+    def health(self, timeout: float | None = None) -> str:
+        return self._rpc.health(self.SERVICE_NAME, timeout)
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        self._rpc.wait_until_serving(self.SERVICE_NAME, timeout)
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- scaler
+
+
+@dataclass(frozen=True)
+class FitTransformResult:
+    scaler: scaler_pb2.ScalerInfo
+    train: np.ndarray
+    others: dict[str, np.ndarray]
+
+
+def _as_scaler_spec(spec: scaler_pb2.ScalerSpec | str, layout: str | None) -> scaler_pb2.ScalerSpec:
+    if isinstance(spec, scaler_pb2.ScalerSpec):
+        if layout is None:
+            return spec
+        merged = scaler_pb2.ScalerSpec()
+        merged.CopyFrom(spec)
+        merged.MergeFrom(scaler_spec(spec.kind, layout))
+        return merged
+    return scaler_spec(spec, layout)
+
+
+class ScalerClient(_Client):
+    """ScalerService: fit scalers on training data, then transform and invert other data with them."""
+
+    SERVICE_NAME = scaler_pb2.DESCRIPTOR.services_by_name["ScalerService"].full_name
+
+    def __init__(self, channel: grpc.Channel, **kwargs: Any):
+        super().__init__(channel, **kwargs)
+        self._stub = scaler_pb2_grpc.ScalerServiceStub(channel)
+
+    @classmethod
+    def connect(cls, address: str = DEFAULT_SCALER_ADDRESS, **options: Any) -> ScalerClient:
+        channel_options, client_options = _split_options(options)
+        return cls(open_channel(address, **channel_options), own_channel=True, **client_options)
+
+    def fit(
+        self,
+        data: Any,
+        spec: scaler_pb2.ScalerSpec | str,
+        *,
+        layout: str | None = None,
+        scaler_id: str = "",
+        timeout: float | None = None,
+    ) -> scaler_pb2.ScalerInfo:
+        """Fit a new immutable version (of ``scaler_id``, or of a new id) on ``data``."""
+        request = scaler_pb2.FitRequest(
+            scaler_id=scaler_id, spec=_as_scaler_spec(spec, layout), data=encode(data, "data")
+        )
+        return self._rpc.call("ScalerService/Fit", self._stub.Fit, request, idempotent=False, timeout=timeout)
+
+    def fit_stream(
+        self,
+        chunks: Iterable[Any],
+        spec: scaler_pb2.ScalerSpec | str,
+        *,
+        layout: str | None = None,
+        scaler_id: str = "",
+        timeout: float | None = None,
+    ) -> scaler_pb2.ScalerInfo:
+        """Fit with partial_fit over chunks, so data larger than one message can be fitted."""
+        resolved = _as_scaler_spec(spec, layout)
+
+        def requests() -> Iterator[scaler_pb2.FitChunk]:
+            for index, chunk in enumerate(chunks):
+                tensor = encode(chunk, f"chunk {index}")
+                if index == 0:
+                    yield scaler_pb2.FitChunk(scaler_id=scaler_id, spec=resolved, data=tensor)
+                else:
+                    yield scaler_pb2.FitChunk(data=tensor)
+
+        return self._rpc.call(
+            "ScalerService/FitStream", self._stub.FitStream, requests(), idempotent=False, timeout=timeout
+        )
+
+    def fit_transform(
+        self,
+        train: Any,
+        spec: scaler_pb2.ScalerSpec | str,
+        others: Mapping[str, Any] | None = None,
+        *,
+        layout: str | None = None,
+        scaler_id: str = "",
+        timeout: float | None = None,
+    ) -> FitTransformResult:
+        """Fit on ``train`` only, and transform ``train`` plus every set in ``others`` with that fit."""
+        request = scaler_pb2.FitTransformRequest(
+            scaler_id=scaler_id,
+            spec=_as_scaler_spec(spec, layout),
+            train=encode(train, "train"),
+            others={name: encode(value, name) for name, value in (others or {}).items()},
+        )
+        response = self._rpc.call(
+            "ScalerService/FitTransform", self._stub.FitTransform, request, idempotent=False, timeout=timeout
+        )
+        return FitTransformResult(
+            scaler=response.scaler,
+            train=decode(response.train, "train"),
+            others={name: decode(t, name) for name, t in response.others.items()},
+        )
+
+    def transform(
+        self, scaler_id: str, data: Any, *, version: int = 0, timeout: float | None = None
+    ) -> np.ndarray:
+        request = scaler_pb2.TransformRequest(scaler_id=scaler_id, version=version, data=encode(data, "data"))
+        response = self._rpc.call(
+            "ScalerService/Transform", self._stub.Transform, request, idempotent=True, timeout=timeout
+        )
+        return decode(response.data, "data")
+
+    def inverse_transform(
+        self, scaler_id: str, data: Any, *, version: int = 0, timeout: float | None = None
+    ) -> np.ndarray:
+        request = scaler_pb2.TransformRequest(scaler_id=scaler_id, version=version, data=encode(data, "data"))
+        response = self._rpc.call(
+            "ScalerService/InverseTransform",
+            self._stub.InverseTransform,
+            request,
+            idempotent=True,
+            timeout=timeout,
+        )
+        return decode(response.data, "data")
+
+    def get(self, scaler_id: str, *, version: int = 0, timeout: float | None = None) -> scaler_pb2.ScalerInfo:
+        request = scaler_pb2.GetScalerRequest(scaler_id=scaler_id, version=version)
+        return self._rpc.call(
+            "ScalerService/GetScaler", self._stub.GetScaler, request, idempotent=True, timeout=timeout
+        )
+
+    def list(
+        self, scaler_id: str = "", *, page_size: int = 0, timeout: float | None = None
+    ) -> list[scaler_pb2.ScalerInfo]:
+        """Every scaler version (of ``scaler_id`` if given), following page tokens."""
+        found: list[scaler_pb2.ScalerInfo] = []
+        token = ""
+        while True:
+            request = scaler_pb2.ListScalersRequest(
+                page_size=page_size, page_token=token, scaler_id=scaler_id
+            )
+            response = self._rpc.call(
+                "ScalerService/ListScalers", self._stub.ListScalers, request, idempotent=True, timeout=timeout
+            )
+            found.extend(response.scalers)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    def delete(self, scaler_id: str, *, version: int = 0, timeout: float | None = None) -> list[int]:
+        """Delete one version, or every version when ``version`` is 0; returns the deleted versions."""
+        request = scaler_pb2.DeleteScalerRequest(scaler_id=scaler_id, version=version)
+        response = self._rpc.call(
+            "ScalerService/DeleteScaler", self._stub.DeleteScaler, request, idempotent=False, timeout=timeout
+        )
+        return list(response.deleted_versions)
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model_id: str
+    version: int
+    values: np.ndarray | None  # regression, original units
+    probabilities: np.ndarray | None  # classification
+    labels: np.ndarray | None  # classification
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model_id: str
+    version: int
+    metrics: dict[str, float]
+    n_samples: int
+
+
+@dataclass
+class TrainRun:
+    """A running Train stream: iterate it for events; ``cancel()`` stops training (nothing is saved)."""
+
+    _call: Any
+    _method: str = "ModelService/Train"
+    started: model_pb2.TrainStarted | None = None
+    epochs: list[model_pb2.EpochEvent] = field(default_factory=list)
+    model: model_pb2.ModelInfo | None = None
+    cancelled: bool = False
+
+    def __iter__(self) -> Iterator[model_pb2.TrainEvent]:
+        try:
+            for event in self._call:
+                which = event.WhichOneof("event")
+                if which == "started":
+                    self.started = event.started
+                elif which == "epoch":
+                    self.epochs.append(event.epoch)
+                elif which == "done":
+                    self.model = event.done
+                yield event
+        except grpc.RpcError as exc:
+            if self.cancelled and exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise LstmStackError(self._method, exc.code(), exc.details() or str(exc)) from None
+
+    def cancel(self) -> None:
+        """Cancel the stream; the service stops after the current batch and keeps no model."""
+        self.cancelled = True
+        self._call.cancel()
+
+    def result(self) -> model_pb2.ModelInfo:
+        """Run to the end and return the trained model's info."""
+        for _ in self:
+            pass
+        if self.cancelled:
+            raise TrainingCancelled(self._method, grpc.StatusCode.CANCELLED, "training was cancelled")
+        if self.model is None:
+            raise LstmStackError(
+                self._method, grpc.StatusCode.INTERNAL, "the stream ended without a final 'done' event"
+            )
+        return self.model
+
+    def __enter__(self) -> TrainRun:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.model is None and not self.cancelled:
+            self.cancel()
+
+
+def _early_stopping(patience: int, min_delta: float, restore_best_weights: bool) -> model_pb2.EarlyStopping:
+    return model_pb2.EarlyStopping(
+        patience=patience, min_delta=min_delta, restore_best_weights=restore_best_weights
+    )
+
+
+class ModelClient(_Client):
+    """ModelService: validate specs, train stacked LSTMs (streamed progress), predict and evaluate."""
+
+    SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+    def __init__(self, channel: grpc.Channel, *, train_timeout: float = DEFAULT_TRAIN_TIMEOUT, **kwargs: Any):
+        super().__init__(channel, **kwargs)
+        self._stub = model_pb2_grpc.ModelServiceStub(channel)
+        self.train_timeout = train_timeout
+
+    @classmethod
+    def connect(cls, address: str = DEFAULT_MODEL_ADDRESS, **options: Any) -> ModelClient:
+        channel_options, client_options = _split_options(options)
+        return cls(open_channel(address, **channel_options), own_channel=True, **client_options)
+
+    def validate(
+        self, spec: model_pb2.ModelSpec, *, timeout: float | None = None
+    ) -> model_pb2.ValidateSpecResponse:
+        """Every layer's output shape and parameter count, without training."""
+        request = model_pb2.ValidateSpecRequest(spec=spec)
+        return self._rpc.call(
+            "ModelService/ValidateSpec", self._stub.ValidateSpec, request, idempotent=True, timeout=timeout
+        )
+
+    def train(
+        self,
+        spec: model_pb2.ModelSpec,
+        x: Any = None,
+        y: Any = None,
+        *,
+        series: Any = None,
+        window: int = 0,
+        target_feature: int = 0,
+        model_id: str = "",
+        epochs: int = 100,
+        batch_size: int = 0,
+        seed: int = 0,
+        shuffle: bool = False,
+        validation_fraction: float = 0.0,
+        patience: int = 0,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = False,
+        x_scaling: scaler_pb2.ScalerSpec | str | None = None,
+        y_scaling: scaler_pb2.ScalerSpec | str | None = None,
+        timeout: float | None = None,
+    ) -> TrainRun:
+        """Start training on (x, y) or on a raw ``series`` cut into windows; returns a TrainRun to iterate.
+
+        Never retried: each Train call creates a model version.
+        """
+        request = model_pb2.TrainRequest(
+            model_id=model_id,
+            spec=spec,
+            validation_fraction=validation_fraction,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            early_stopping=_early_stopping(patience, min_delta, restore_best_weights),
+        )
+        if series is not None:
+            if x is not None or y is not None:
+                raise ValueError("give either x and y, or series, not both")
+            request.series.CopyFrom(
+                model_pb2.SeriesData(
+                    series=encode(series, "series"), window=window, target_feature=target_feature
+                )
+            )
+        else:
+            if x is None or y is None:
+                raise ValueError("training needs x and y (or series)")
+            request.supervised.CopyFrom(model_pb2.SupervisedData(x=encode(x, "x"), y=encode(y, "y")))
+        if x_scaling is not None:
+            request.x_scaling.CopyFrom(_as_scaler_spec(x_scaling, None))
+        if y_scaling is not None:
+            request.y_scaling.CopyFrom(_as_scaler_spec(y_scaling, None))
+        call = self._stub.Train(
+            request,
+            timeout=self.train_timeout if timeout is None else timeout,
+            metadata=self._rpc.metadata,
+        )
+        return TrainRun(call)
+
+    def predict(self, model_id: str, x: Any, *, version: int = 0, timeout: float | None = None) -> Prediction:
+        """Predict in original units. ``x``: (batch, timesteps, features), (batch, timesteps), or one
+        window as 1-D (timesteps,)."""
+        data = np.asarray(x)
+        if data.ndim == 1:
+            data = data.reshape(1, -1)
+        request = model_pb2.PredictRequest(model_id=model_id, version=version, x=encode(data, "x"))
+        response = self._rpc.call(
+            "ModelService/Predict", self._stub.Predict, request, idempotent=True, timeout=timeout
+        )
+
+        def optional(name: str) -> np.ndarray | None:
+            return decode(getattr(response, name), name) if response.HasField(name) else None
+
+        return Prediction(
+            model_id=response.model_id,
+            version=response.version,
+            values=optional("values"),
+            probabilities=optional("probabilities"),
+            labels=optional("labels"),
+        )
+
+    def evaluate(
+        self, model_id: str, x: Any, y: Any, *, version: int = 0, timeout: float | None = None
+    ) -> Evaluation:
+        request = model_pb2.EvaluateRequest(
+            model_id=model_id, version=version, x=encode(x, "x"), y=encode(y, "y")
+        )
+        response = self._rpc.call(
+            "ModelService/Evaluate", self._stub.Evaluate, request, idempotent=True, timeout=timeout
+        )
+        return Evaluation(
+            model_id=response.model_id,
+            version=response.version,
+            metrics=dict(response.metrics),
+            n_samples=response.n_samples,
+        )
+
+    def get(self, model_id: str, *, version: int = 0, timeout: float | None = None) -> model_pb2.ModelInfo:
+        request = model_pb2.GetModelRequest(model_id=model_id, version=version)
+        return self._rpc.call(
+            "ModelService/GetModel", self._stub.GetModel, request, idempotent=True, timeout=timeout
+        )
+
+    def list(
+        self, model_id: str = "", *, page_size: int = 0, timeout: float | None = None
+    ) -> list[model_pb2.ModelInfo]:
+        found: list[model_pb2.ModelInfo] = []
+        token = ""
+        while True:
+            request = model_pb2.ListModelsRequest(page_size=page_size, page_token=token, model_id=model_id)
+            response = self._rpc.call(
+                "ModelService/ListModels", self._stub.ListModels, request, idempotent=True, timeout=timeout
+            )
+            found.extend(response.models)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    def delete(self, model_id: str, *, version: int = 0, timeout: float | None = None) -> list[int]:
+        request = model_pb2.DeleteModelRequest(model_id=model_id, version=version)
+        response = self._rpc.call(
+            "ModelService/DeleteModel", self._stub.DeleteModel, request, idempotent=False, timeout=timeout
+        )
+        return list(response.deleted_versions)
+
+
+# ---------------------------------------------------------------- both
+
+_CHANNEL_OPTIONS = {
+    "tls",
+    "tls_root_cert",
+    "tls_client_cert",
+    "tls_client_key",
+    "tls_server_name",
+    "max_message_bytes",
+}
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    channel = {k: v for k, v in options.items() if k in _CHANNEL_OPTIONS}
+    client = {k: v for k, v in options.items() if k not in _CHANNEL_OPTIONS}
+    return channel, client
+
+
+class LstmStackClient:
+    """Both services: ``.scaler`` and ``.model``. Use as a context manager to close the channels."""
+
+    def __init__(self, scaler: ScalerClient, model: ModelClient):
+        self.scaler = scaler
+        self.model = model
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        self.scaler.wait_until_serving(timeout)
+        self.model.wait_until_serving(max(deadline - time.monotonic(), 1.0))
+
+    def close(self) -> None:
+        self.scaler.close()
+        self.model.close()
+
+    def __enter__(self) -> LstmStackClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    address: str | None = None,
+    *,
+    scaler_address: str | None = None,
+    model_address: str | None = None,
+    tls: bool = False,
+    tls_root_cert: bytes | str | Path | None = None,
+    tls_client_cert: bytes | str | Path | None = None,
+    tls_client_key: bytes | str | Path | None = None,
+    tls_server_name: str | None = None,
+    token: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    train_timeout: float = DEFAULT_TRAIN_TIMEOUT,
+    retry: RetryPolicy | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> LstmStackClient:
+    """Connect to both services.
+
+    ``address`` serves both when they sit behind one endpoint; otherwise ``scaler_address`` and
+    ``model_address`` (default: $LSTM_STACK_SCALER_ADDRESS / $LSTM_STACK_MODEL_ADDRESS, then
+    127.0.0.1:50051 / 127.0.0.1:50052). TLS is used when ``tls`` is set or any certificate is given;
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call.
+    """
+    scaler_target = (
+        scaler_address or address or os.environ.get("LSTM_STACK_SCALER_ADDRESS") or DEFAULT_SCALER_ADDRESS
+    )
+    model_target = (
+        model_address or address or os.environ.get("LSTM_STACK_MODEL_ADDRESS") or DEFAULT_MODEL_ADDRESS
+    )
+    channel_options: dict[str, Any] = {
+        "tls": tls,
+        "tls_root_cert": _read_pem(tls_root_cert),
+        "tls_client_cert": _read_pem(tls_client_cert),
+        "tls_client_key": _read_pem(tls_client_key),
+        "tls_server_name": tls_server_name,
+        "max_message_bytes": max_message_bytes,
+    }
+    client_options: dict[str, Any] = {"timeout": timeout, "retry": retry, "token": token}
+    scaler = ScalerClient(open_channel(scaler_target, **channel_options), own_channel=True, **client_options)
+    model = ModelClient(
+        open_channel(model_target, **channel_options),
+        own_channel=True,
+        train_timeout=train_timeout,
+        **client_options,
+    )
+    return LstmStackClient(scaler, model)

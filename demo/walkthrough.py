@@ -1,0 +1,325 @@
+"""The two seed examples (shared/seed/learning-keras.md), run through the Python client.
+
+Example 1: a stacked LSTM (return_sequences, and the Reshape alternative), trained on 13 windows,
+asked for [50, 60, 70] (the seed expects about 80).
+Example 2: data with outliers scaled by MinMax, Standard and Robust scalers fitted on the training
+split only and applied to the test split, then a model trained with robust scaling whose predictions
+come back in original units.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from lstm_stack_client import LstmStackClient, display, model_spec, plots, scaler_spec
+
+from protos.lstm_stack.v1 import model_pb2
+
+# ---- seed data
+
+EXAMPLE1_X = np.array(
+    [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8], [7, 8, 9], [8, 9, 10],
+     [9, 10, 11], [10, 11, 12], [20, 30, 40], [30, 40, 50], [40, 50, 60]],
+    dtype=np.float64,
+)  # fmt: skip
+EXAMPLE1_Y = np.array([4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 50, 60, 70], dtype=np.float64)
+EXAMPLE1_QUERY = np.array([50, 60, 70], dtype=np.float64)
+EXAMPLE1_EXPECTED = 80.0
+# The seed's model: LSTM(10, relu, rs) -> LSTM(2, relu, rs) -> LSTM(10, relu) -> Dense(5) -> Dense(1).
+# return_sequences is derived by the service (on when an LSTM follows).
+EXAMPLE1_LAYERS = "lstm:10:relu,lstm:2:relu,lstm:10:relu,dense:5"
+# The seed's alternative: no return_sequences; Reshape((10, 1)) turns LSTM(10)'s (None, 10) into a sequence.
+EXAMPLE1_RESHAPE_LAYERS = "lstm:10:relu,reshape:10x1,lstm:2:relu,lstm:10:relu,dense:5"
+
+EXAMPLE2_X = np.array(
+    [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8], [7, 8, 9], [8, 9, 10],
+     [9, 10, 11], [10, 11, 12], [20000, 30000, 40000], [30000, 40000, 50000],
+     [40000, 50000, 60000], [100, 200, 300]],
+    dtype=np.float64,
+)  # fmt: skip
+EXAMPLE2_Y = np.array([4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 50000, 60000, 70000, 400], dtype=np.float64)
+# A fixed split with ordinary rows and outliers on both sides.
+EXAMPLE2_TEST_ROWS = [2, 7, 11, 13]
+EXAMPLE2_LAYERS = "lstm:16:relu,dense:8:relu"
+SCALER_KINDS = ("minmax", "standard", "robust")
+
+
+@dataclass(frozen=True)
+class Settings:
+    output: Path
+    epochs1: int = 400
+    epochs2: int = 300
+    # Seed 3 trains the seed's model to about 82 here; see example1() for what happens on a stuck start.
+    seed: int = 3
+
+
+@dataclass
+class Results:
+    example1_prediction: float = float("nan")
+    example1_model: str = ""
+    example2_predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    example2_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+
+
+def split_example2() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    test = np.zeros(len(EXAMPLE2_X), dtype=bool)
+    test[EXAMPLE2_TEST_ROWS] = True
+    return EXAMPLE2_X[~test], EXAMPLE2_Y[~test], EXAMPLE2_X[test], EXAMPLE2_Y[test]
+
+
+class Printer:
+    def __init__(self, out: TextIO):
+        self.out = out
+
+    def __call__(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def heading(self, text: str) -> None:
+        self(f"\n{'=' * 78}\n{text}\n{'=' * 78}")
+
+
+def _train(
+    client: LstmStackClient, say: Printer, label: str, **train_args: Any
+) -> tuple[str, int, list[model_pb2.EpochEvent]]:
+    run = client.model.train(**train_args)
+    progress = display.ProgressBar(say.out)
+    try:
+        for event in run:
+            if event.WhichOneof("event") == "started":
+                s = event.started
+                say(f"{label}: model {s.model_id} v{s.version}, {s.n_train} training samples")
+            elif event.WhichOneof("event") == "epoch":
+                progress.update(event.epoch)
+    finally:
+        progress.close()
+    model = run.result()
+    last = model.history[-1] if model.history else None
+    loss = f", final loss {display.number(last.loss)}" if last else ""
+    say(f"trained {model.id} v{model.version}: {model.epochs_run} epochs in {model.train_seconds:.1f}s{loss}")
+    return model.id, model.version, list(model.history)
+
+
+def example1(client: LstmStackClient, settings: Settings, say: Printer, results: Results) -> None:
+    say.heading("Example 1 - stacked LSTM (seed: 다중 LSTM)")
+    x = EXAMPLE1_X.reshape(len(EXAMPLE1_X), 3, 1)
+    say(f"x: {EXAMPLE1_X.shape} windows -> reshaped to {x.shape} (samples, timesteps, features)")
+    say(f"y: {EXAMPLE1_Y.shape} = {display.row_text(EXAMPLE1_Y)}")
+
+    spec = model_spec(EXAMPLE1_LAYERS, timesteps=3, features=1, task="regression", learning_rate=0.01)
+    say(f"\nspec: {EXAMPLE1_LAYERS} + regression head (return_sequences derived by the service)")
+    say(display.validation_report(client.model.validate(spec)))
+
+    alternative = model_spec(EXAMPLE1_RESHAPE_LAYERS, timesteps=3, features=1, task="regression")
+    say(f"\nthe Reshape((10, 1)) alternative: {EXAMPLE1_RESHAPE_LAYERS}")
+    say(display.validation_report(client.model.validate(alternative)))
+
+    say(
+        f"\ntraining for {settings.epochs1} epochs, full batch, adam lr 0.01; x and y min-max scaled "
+        "by the scaler service, fitted on the training data"
+    )
+    query = EXAMPLE1_QUERY.reshape(1, 3, 1)
+    # A 2-unit ReLU layer can die at initialisation: the network then outputs one constant for every
+    # input and the loss stalls. Training is deterministic per seed, so a dead start is shown as such
+    # and the next seed tried, up to three.
+    for attempt, seed in enumerate(range(settings.seed, settings.seed + 3)):
+        model_id, version, history = _train(
+            client,
+            say,
+            f"example 1 (seed {seed})",
+            spec=spec,
+            x=x,
+            y=EXAMPLE1_Y,
+            epochs=settings.epochs1,
+            batch_size=len(x),
+            seed=seed,
+            shuffle=True,
+            x_scaling=scaler_spec("minmax"),
+            y_scaling=scaler_spec("minmax"),
+        )
+        outputs = client.model.predict(model_id, np.concatenate([x, query]), version=version).values
+        assert outputs is not None
+        fitted, value = outputs[:-1, 0], float(outputs[-1, 0])
+        # Dead means exactly constant (to float32 precision), not merely undertrained.
+        if np.ptp(fitted) > 1e-6 * np.ptp(EXAMPLE1_Y) or attempt == 2:
+            break
+        say(
+            f"seed {seed}: every window gives the same {value:.2f} - the ReLUs died at the start (as the\n"
+            "seed note says, stacking LSTMs guarantees nothing); trying the next seed"
+        )
+    results.example1_prediction = value
+    say(
+        f"\npredict {display.row_text(EXAMPLE1_QUERY)} -> {value:.2f}   (the seed expects about {EXAMPLE1_EXPECTED:g})"
+    )
+    if abs(value - EXAMPLE1_EXPECTED) > 10:
+        say(
+            f"WARNING: {value:.2f} is not close to {EXAMPLE1_EXPECTED:g}; try another --seed or more --epochs"
+        )
+
+    labels = [display.row_text(row) for row in EXAMPLE1_X] + [display.row_text(EXAMPLE1_QUERY)]
+    results.plots.append(
+        plots.training_curve(
+            history, settings.output / "example1-training.png", title="example 1: stacked LSTM"
+        )
+    )
+    results.plots.append(
+        plots.predicted_vs_actual(
+            np.concatenate([fitted, [value]]),
+            settings.output / "example1-predictions.png",
+            np.concatenate([EXAMPLE1_Y, [EXAMPLE1_EXPECTED]]),
+            labels=labels,
+            title="example 1: training windows and [50, 60, 70]",
+        )
+    )
+
+
+def example2_scaling(client: LstmStackClient, settings: Settings, say: Printer, results: Results) -> None:
+    say.heading("Example 2 - scaling data with outliers (seed: scikit-learn Data Scaling)")
+    x_train, y_train, x_test, y_test = split_example2()
+    say(
+        f"x: {EXAMPLE2_X.shape}, y: {EXAMPLE2_Y.shape}; train split {len(x_train)} rows, test split {len(x_test)} rows"
+    )
+    say("every scaler is fitted on x_train only, then the same fit transforms x_test\n")
+
+    scaled_test: dict[str, np.ndarray] = {}
+    scaled_train: dict[str, np.ndarray] = {}
+    stats_rows = []
+    for kind in SCALER_KINDS:
+        result = client.scaler.fit_transform(x_train, scaler_spec(kind), {"test": x_test})
+        scaled_train[kind] = result.train
+        scaled_test[kind] = result.others["test"]
+        info = result.scaler
+        stats = info.statistics
+        if kind == "minmax":
+            detail = f"min {display.number(stats.data_min[0])}, max {display.number(stats.data_max[0])}"
+        elif kind == "standard":
+            detail = f"mean {display.number(stats.mean[0])}, std {display.number(stats.scale[0])}"
+        else:
+            detail = f"median {display.number(stats.center[0])}, IQR {display.number(stats.scale[0])}"
+        stats_rows.append([kind, f"{info.id} v{info.version}", detail])
+    say("fitted on x_train (first column):")
+    say(display.table(["scaler", "id", "statistics"], stats_rows))
+
+    say("\nx_test transformed with each fit:")
+    rows = [
+        [display.row_text(x_test[i], 6), *(display.row_text(scaled_test[k][i], 3) for k in SCALER_KINDS)]
+        for i in range(len(x_test))
+    ]
+    say(display.table(["x_test (original)", *SCALER_KINDS], rows))
+    say(
+        "\nminmax and standard let the outliers set the range, so the ordinary rows collapse together;\n"
+        "robust (median and interquartile range) keeps them apart."
+    )
+    results.plots.append(
+        plots.scaling_comparison(
+            x_train, scaled_train, settings.output / "example2-scaling.png", title="x_train scaled three ways"
+        )
+    )
+
+
+def example2_model(client: LstmStackClient, settings: Settings, say: Printer, results: Results) -> None:
+    x_train, y_train, x_test, y_test = split_example2()
+    spec = model_spec(EXAMPLE2_LAYERS, timesteps=3, features=1, task="regression", learning_rate=0.003)
+    say(
+        f"\nthe same model ({EXAMPLE2_LAYERS} + regression head) trained three times, once per scaler kind;\n"
+        "x (per column, as the seed scales its (14, 3) array) and y are scaled by the scaler service with a\n"
+        "fit on the training split only, and predictions come back in original units"
+    )
+    say(display.validation_report(client.model.validate(spec)))
+    train_windows = x_train.reshape(len(x_train), 3, 1)
+    test_windows = x_test.reshape(len(x_test), 3, 1)
+    histories: dict[str, list[model_pb2.EpochEvent]] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for kind in SCALER_KINDS:
+        say()
+        model_id, version, histories[kind] = _train(
+            client,
+            say,
+            f"example 2 ({kind})",
+            spec=spec,
+            x=train_windows,
+            y=y_train,
+            epochs=settings.epochs2,
+            batch_size=len(train_windows),
+            seed=settings.seed,
+            shuffle=True,
+            x_scaling=scaler_spec(kind, "per-column"),
+            y_scaling=scaler_spec(kind),
+        )
+        prediction = client.model.predict(model_id, test_windows, version=version)
+        assert prediction.values is not None
+        predictions[kind] = prediction.values.ravel()
+        evaluation = client.model.evaluate(model_id, test_windows, y_test, version=version)
+        results.example2_metrics[kind] = evaluation.metrics
+    results.example2_predictions = predictions
+
+    say("\ntest split, predicted y in original units by the scaling the model was trained with:")
+    rows = [
+        [
+            display.row_text(x_test[i]),
+            display.number(float(y_test[i])),
+            *(display.number(float(predictions[kind][i]), 1) for kind in SCALER_KINDS),
+        ]
+        for i in range(len(x_test))
+    ]
+    say(display.table(["x_test", "actual y", *SCALER_KINDS], rows, right=range(1, 2 + len(SCALER_KINDS))))
+    # Three groups: rows like the training's small ones, the lone in-between row, the large ones.
+    groups = {
+        "small rows": y_test < 100,
+        "[100, 200, 300]": (y_test >= 100) & (y_test < 1000),
+        "large rows": y_test >= 1000,
+    }
+    rows = []
+    small_error: dict[str, float] = {}
+    for kind in SCALER_KINDS:
+        errors = np.abs(predictions[kind] - y_test)
+        small_error[kind] = float(errors[groups["small rows"]].mean())
+        rows.append(
+            [
+                kind,
+                *(display.number(float(errors[mask].mean()), 2) for mask in groups.values()),
+                display.number(results.example2_metrics[kind].get("rmse", float("nan")), 1),
+            ]
+        )
+    say("\nmean absolute error (original units):")
+    say(display.table(["scaling", *groups, "RMSE (Evaluate)"], rows, right=range(1, 2 + len(groups))))
+    best = min(small_error, key=small_error.__getitem__)
+    say(
+        f"on the small rows {best} scaling does best (error {display.number(small_error[best], 2)}). Robust scaling\n"
+        "keeps those rows apart, while minmax and standard squeeze them next to each other; in exchange the\n"
+        "large rows sit thousands of IQRs out in robust units and are harder to fit. No training row lies\n"
+        "between the two groups, so [100, 200, 300] is a guess for every model."
+    )
+    results.plots.append(
+        plots.training_curves(
+            histories, settings.output / "example2-training.png", title="example 2: one model per scaler"
+        )
+    )
+    results.plots.append(
+        plots.compare_predictions(
+            y_test,
+            predictions,
+            settings.output / "example2-predictions.png",
+            labels=[display.row_text(row) for row in x_test],
+            title="example 2: test split, original units",
+        )
+    )
+
+
+def run(client: LstmStackClient, settings: Settings, out: TextIO | None = None) -> Results:
+    say = Printer(out or sys.stdout)
+    results = Results()
+    started = time.monotonic()
+    example1(client, settings, say, results)
+    example2_scaling(client, settings, say, results)
+    example2_model(client, settings, say, results)
+    say.heading("Done")
+    for path in results.plots:
+        say(f"wrote {path}")
+    say(f"walkthrough took {time.monotonic() - started:.1f}s")
+    return results

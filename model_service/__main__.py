@@ -1,0 +1,31 @@
+"""python -m model_service --port N --store DIR --scaler-address HOST:PORT (flags also from LSTM_MODEL_*)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from model_service.settings import ModelSettings
+from service_common.server import configure_logging, serve
+from service_common.settings import load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = load_settings(ModelSettings, argv, description="lstm-stack model service")
+    configure_logging(settings.log_level)
+    if not settings.scaler_address:
+        print("error: --scaler-address (or LSTM_MODEL_SCALER_ADDRESS) is required", file=sys.stderr)
+        return 2
+    # TensorFlow is imported here, after argument parsing, so --help stays instant; its C++ start-up
+    # chatter stays quiet unless the operator asked for it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from model_service.app import create_server
+
+    managed, port = create_server(settings)
+    serve(managed, port, settings, "model service")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

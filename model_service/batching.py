@@ -1,0 +1,151 @@
+"""Adaptive batching: one worker per served model turns concurrent requests into one forward pass.
+
+Requests queue up; the worker takes whatever is waiting (up to ``max_batch_size`` rows), optionally
+waits up to ``max_wait_seconds`` for more, runs a single forward pass and hands each caller its rows.
+Under heavy load the requests that arrive while a pass runs form the next batch, so the batch size
+follows the load by itself. Under light load (nothing queued, no pass running, no wait configured) a
+request runs straight away in the caller's thread: handing it to the worker and back would only add
+two thread switches (~0.2 ms here) to a pass that takes ~0.4 ms.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from service_common.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+class _Pending:
+    __slots__ = ("x", "rows", "result", "error", "done")
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.rows = int(x.shape[0])
+        self.result: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        forward: Forward,
+        max_batch_size: int,
+        max_wait_seconds: float,
+        name: str,
+        observe_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._forward = forward
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_wait_seconds = max(0.0, max_wait_seconds)
+        self.name = name
+        self._observe = observe_batch
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed_reason: str | None = None
+        # Held while a forward pass runs (worker or fast path): one pass per model at a time.
+        self._running = threading.Lock()
+        self._worker: threading.Thread | None = None
+        if self.max_batch_size > 1:
+            self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+            self._worker.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self._worker is not None
+
+    def submit(self, x: np.ndarray) -> np.ndarray:
+        """Run ``x`` (rows, ...) through the model, batched with whatever else is waiting."""
+        if self._closed_reason is not None:
+            raise FailedPrecondition(self._closed_reason)
+        if self._worker is None or x.shape[0] >= self.max_batch_size:
+            # Unbatched, or a full batch already: run in the caller's thread.
+            return self._run_direct(x)
+        if self.max_wait_seconds == 0 and not self._queue and self._running.acquire(blocking=False):
+            # Idle: nothing to batch with. Requests arriving meanwhile queue up for the worker.
+            try:
+                return self._run_direct(x)
+            finally:
+                self._running.release()
+        pending = _Pending(x)
+        with self._cond:
+            if self._closed_reason is not None:
+                raise FailedPrecondition(self._closed_reason)
+            self._queue.append(pending)
+            self._cond.notify()
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _run_direct(self, x: np.ndarray) -> np.ndarray:
+        if self._observe:
+            self._observe(int(x.shape[0]))
+        return self._forward(x)
+
+    def close(self, reason: str) -> None:
+        """Refuse new requests with FailedPrecondition(reason); queued ones still finish."""
+        with self._cond:
+            self._closed_reason = reason
+            self._cond.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=10)
+
+    def _take_batch(self) -> list[_Pending]:
+        """Everything queued (up to max_batch_size rows), after waiting up to max_wait for more."""
+        with self._cond:
+            batch: list[_Pending] = []
+            rows = 0
+            deadline = time.monotonic() + self.max_wait_seconds
+            while True:
+                while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_size):
+                    item = self._queue.popleft()
+                    batch.append(item)
+                    rows += item.rows
+                if rows >= self.max_batch_size or self._queue or self._closed_reason is not None:
+                    return batch
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return batch
+                self._cond.wait(remaining)
+
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while not self._queue:
+                if self._closed_reason is not None:
+                    return False
+                self._cond.wait()
+            return True
+
+    def _loop(self) -> None:
+        while self._wait_for_work():
+            # Take the batch only once the previous pass (maybe a fast-path one) is over: whatever
+            # queued up meanwhile joins it.
+            with self._running:
+                batch = self._take_batch()
+                try:
+                    x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+                    if self._observe:
+                        self._observe(int(x.shape[0]))
+                    out = self._forward(x)
+                    start = 0
+                    for pending in batch:
+                        pending.result = out[start : start + pending.rows]
+                        start += pending.rows
+                except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the error
+                    log.exception("batch of %d request(s) on %s failed", len(batch), self.name)
+                    for pending in batch:
+                        pending.error = exc
+            for pending in batch:
+                pending.done.set()

@@ -1,0 +1,237 @@
+"""Proto <-> domain conversions for the model service (specs, reports, records, events, tensors)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_service import spec as specs
+from model_service.records import EpochProgress, ModelRecord
+from model_service.registry import TRAINING, VersionView
+from model_service.scaling import ScalerRef
+from model_service.serving import Prediction
+from model_service.training import TrainInput, TrainOptions, TrainStarted
+from protos.lstm_stack.v1 import model_pb2, tensor_pb2
+from service_common import codec
+from service_common.errors import InvalidArgument
+
+TASK_FROM_PROTO = {
+    model_pb2.REGRESSION: specs.Task.REGRESSION,
+    model_pb2.BINARY: specs.Task.BINARY,
+    model_pb2.MULTICLASS: specs.Task.MULTICLASS,
+}
+TASK_TO_PROTO = {task: code for code, task in TASK_FROM_PROTO.items()}
+
+
+# ---- specs ---------------------------------------------------------------------------------------
+
+
+def _layer_from_proto(index: int, layer: model_pb2.Layer) -> specs.LayerSpec:
+    which = layer.WhichOneof("kind")
+    if which == "lstm":
+        sequences = layer.lstm.return_sequences if layer.lstm.HasField("return_sequences") else None
+        return specs.Lstm(layer.lstm.units, layer.lstm.activation, sequences)
+    if which == "dense":
+        return specs.Dense(layer.dense.units, layer.dense.activation)
+    if which == "reshape":
+        return specs.Reshape(tuple(int(d) for d in layer.reshape.target_shape))
+    if which == "dropout":
+        return specs.Dropout(layer.dropout.rate)
+    raise InvalidArgument(
+        f"layers[{index}]: no layer kind set; expected one of lstm, dense, reshape, dropout"
+    )
+
+
+def spec_from_proto(spec: model_pb2.ModelSpec) -> specs.ModelSpec:
+    task = spec.head.task
+    if task != model_pb2.TASK_UNSPECIFIED and task not in TASK_FROM_PROTO:
+        raise InvalidArgument(f"head.task {task} is not known; expected REGRESSION, BINARY or MULTICLASS")
+    return specs.ModelSpec(
+        timesteps=spec.input.timesteps,
+        features=spec.input.features,
+        layers=tuple(_layer_from_proto(i, layer) for i, layer in enumerate(spec.layers)),
+        head=specs.Head(TASK_FROM_PROTO.get(task), spec.head.outputs, spec.head.n_classes),
+        optimizer=specs.Optimizer(spec.optimizer.name, spec.optimizer.learning_rate),
+    )
+
+
+def _layer_to_proto(layer: specs.LayerSpec) -> model_pb2.Layer:
+    if isinstance(layer, specs.Lstm):
+        return model_pb2.Layer(
+            lstm=model_pb2.LstmLayer(
+                units=layer.units, activation=layer.activation, return_sequences=bool(layer.return_sequences)
+            )
+        )
+    if isinstance(layer, specs.Dense):
+        return model_pb2.Layer(dense=model_pb2.DenseLayer(units=layer.units, activation=layer.activation))
+    if isinstance(layer, specs.Reshape):
+        return model_pb2.Layer(reshape=model_pb2.ReshapeLayer(target_shape=list(layer.target_shape)))
+    return model_pb2.Layer(dropout=model_pb2.DropoutLayer(rate=layer.rate))
+
+
+def spec_to_proto(spec: specs.ModelSpec) -> model_pb2.ModelSpec:
+    return model_pb2.ModelSpec(
+        input=model_pb2.InputShape(timesteps=spec.timesteps, features=spec.features),
+        layers=[_layer_to_proto(layer) for layer in spec.layers],
+        head=model_pb2.Head(
+            task=TASK_TO_PROTO[spec.task], outputs=spec.head.outputs, n_classes=spec.head.n_classes
+        ),
+        optimizer=model_pb2.Optimizer(name=spec.optimizer.name, learning_rate=spec.optimizer.learning_rate),
+    )
+
+
+def _shape_list(shape: specs.Shape) -> list[int]:
+    return [-1 if d is None else int(d) for d in shape]
+
+
+def layer_reports(plan: specs.SpecPlan) -> list[model_pb2.LayerReport]:
+    return [
+        model_pb2.LayerReport(
+            index=layer.index,
+            name=layer.name,
+            kind=layer.kind,
+            output_shape=_shape_list(layer.output_shape),
+            output_shape_text=layer.output_shape_text,
+            params=layer.params,
+            return_sequences=layer.return_sequences,
+            activation=layer.activation,
+        )
+        for layer in plan.layers
+    ]
+
+
+def validate_response(plan: specs.SpecPlan) -> model_pb2.ValidateSpecResponse:
+    return model_pb2.ValidateSpecResponse(
+        layers=layer_reports(plan),
+        input_shape=_shape_list(plan.input_shape),
+        total_params=plan.total_params,
+        resolved_spec=spec_to_proto(plan.spec),
+    )
+
+
+# ---- records and events --------------------------------------------------------------------------
+
+
+def _ref(ref: ScalerRef | None) -> model_pb2.ScalerRef | None:
+    return model_pb2.ScalerRef(scaler_id=ref.scaler_id, version=ref.version) if ref else None
+
+
+def epoch_to_proto(epoch: EpochProgress) -> model_pb2.EpochEvent:
+    event = model_pb2.EpochEvent(
+        epoch=epoch.epoch,
+        epochs=epoch.epochs,
+        loss=epoch.loss,
+        metrics=epoch.metrics,
+        elapsed_seconds=epoch.elapsed_seconds,
+        rows_per_second=epoch.rows_per_second,
+    )
+    if epoch.val_loss is not None:
+        event.val_loss = epoch.val_loss
+    return event
+
+
+def record_to_info(view: VersionView) -> model_pb2.ModelInfo:
+    record: ModelRecord = view.record
+    plan = record.plan
+    return model_pb2.ModelInfo(
+        id=record.model_id,
+        version=record.version,
+        state=model_pb2.TRAINING if view.state == TRAINING else model_pb2.READY,
+        spec=spec_to_proto(record.spec),
+        layers=layer_reports(plan),
+        total_params=plan.total_params,
+        x_scaler=_ref(record.x_scaler.ref if record.x_scaler else None),
+        y_scaler=_ref(record.y_scaler.ref if record.y_scaler else None),
+        history=[epoch_to_proto(e) for e in record.history],
+        holdout_metrics=record.holdout_metrics,
+        n_train=record.n_train,
+        n_validation=record.n_validation,
+        epochs_run=record.epochs_run,
+        seed=record.seed,
+        created_at=record.created_at,
+        train_seconds=record.train_seconds,
+    )
+
+
+def started_to_proto(started: TrainStarted) -> model_pb2.TrainStarted:
+    return model_pb2.TrainStarted(
+        model_id=started.model_id,
+        version=started.version,
+        n_train=started.n_train,
+        n_validation=started.n_validation,
+        x_scaler=_ref(started.x_scaler),
+        y_scaler=_ref(started.y_scaler),
+    )
+
+
+# ---- tensors -------------------------------------------------------------------------------------
+
+
+def required_tensor(message: object, field: str, name: str) -> np.ndarray:
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        raise InvalidArgument(f"{name} is required")
+    return codec.to_numpy(getattr(message, field), name)
+
+
+def train_input(request: model_pb2.TrainRequest) -> TrainInput:
+    options = TrainOptions(
+        epochs=request.epochs,
+        batch_size=request.batch_size,
+        seed=request.seed,
+        shuffle=request.shuffle,
+        validation_fraction=request.validation_fraction,
+        patience=request.early_stopping.patience,
+        min_delta=request.early_stopping.min_delta,
+        restore_best_weights=request.early_stopping.restore_best_weights,
+    )
+    common = {
+        "model_id": request.model_id,
+        "spec": spec_from_proto(request.spec),
+        "options": options,
+        "x_scaling": request.x_scaling if request.HasField("x_scaling") else None,
+        "y_scaling": request.y_scaling if request.HasField("y_scaling") else None,
+    }
+    which = request.WhichOneof("data")
+    if which == "supervised":
+        supervised = request.supervised
+        return TrainInput(
+            x=required_tensor(supervised, "x", "supervised.x"),
+            y=required_tensor(supervised, "y", "supervised.y"),
+            **common,
+        )
+    if which == "series":
+        series = request.series
+        if series.window < 0:
+            raise InvalidArgument(f"series.window must be > 0, got {series.window}")
+        return TrainInput(
+            series=required_tensor(series, "series", "series.series"),
+            window=series.window,
+            target_feature=series.target_feature,
+            **common,
+        )
+    raise InvalidArgument("training data is missing: set supervised {x, y} or series {series, window}")
+
+
+def _labels_tensor(labels: np.ndarray, as_values: bool) -> tensor_pb2.Tensor:
+    if as_values:
+        return tensor_pb2.Tensor(
+            dtype=tensor_pb2.INT64, shape=list(labels.shape), values=labels.astype(np.float64).tolist()
+        )
+    return codec.from_numpy(labels.astype(np.int64))
+
+
+def _float_tensor(array: np.ndarray, as_values: bool) -> tensor_pb2.Tensor:
+    return codec.from_numpy_values(array) if as_values else codec.from_numpy(array.astype(np.float64))
+
+
+def predict_response(
+    model_id: str, version: int, prediction: Prediction, as_values: bool
+) -> model_pb2.PredictResponse:
+    """Raw bytes, or ``values`` when the caller sent values (JSON callers such as grpcurl)."""
+    response = model_pb2.PredictResponse(model_id=model_id, version=version)
+    if prediction.values is not None:
+        response.values.CopyFrom(_float_tensor(prediction.values, as_values))
+    if prediction.probabilities is not None:
+        response.probabilities.CopyFrom(_float_tensor(prediction.probabilities, as_values))
+    if prediction.labels is not None:
+        response.labels.CopyFrom(_labels_tensor(prediction.labels, as_values))
+    return response

@@ -1,0 +1,220 @@
+"""Open Inference Protocol semantics on top of the model runtime; protocol messages in, messages out.
+
+Model name = model id, version string = model version ("" = the latest ready one). One input "x",
+FP32 or FP64, shape [batch, timesteps, features], from raw_input_contents or typed contents. Outputs are
+always raw: regression "values" FP64 [batch, outputs]; classification "probabilities" FP64
+[batch, 1 | n_classes] and "labels" INT64 [batch]. Predictions go through ServedModel.predict, i.e. the
+same scaling, inverse scaling and adaptive batcher as the Predict RPC. Imports no grpc: errors are the
+domain's (service_common.errors), mapped to status codes by the servicer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_service.inference_protocol import codec
+from protos.inference import grpc_service_pb2 as pb
+from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
+
+SERVER_NAME = "lstm-stack"
+EXTENSIONS = ("model_repository",)
+PLATFORM = "keras_lstm"
+INPUT_NAME = "x"
+INPUT_DATATYPES = ("FP32", "FP64")
+INPUT_DATATYPE = "FP32"  # advertised in metadata; FP64 is accepted as well
+# Request/tensor parameters asking for features we do not offer; silently ignoring them would return
+# something other than what the caller asked for.
+UNSUPPORTED_PARAMETERS = {
+    "sequence_id": "sequence batching",
+    "shared_memory_region": "shared memory",
+    "classification": "the classification extension",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 = any size
+    dtype: np.dtype
+
+
+def server_version() -> str:
+    try:
+        return importlib.metadata.version(SERVER_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def parse_version(model_id: str, version: str) -> int:
+    """Protocol version string -> runtime version (0 = latest ready). Non-numbers name no version."""
+    if version == "":
+        return 0
+    # isascii: str.isdigit() also accepts digits such as '¹' that int() rejects.
+    if not (version.isascii() and version.isdigit()) or int(version) == 0:
+        raise NotFound(f"model '{model_id}' has no version '{version}': versions are positive integers")
+    return int(version)
+
+
+def resolve(runtime: Any, model_id: str, version: str) -> Any:
+    if not model_id:
+        raise NotFound("model name is empty")
+    return runtime.resolve(model_id, parse_version(model_id, version))
+
+
+def is_ready(runtime: Any, model_id: str, version: str) -> bool:
+    try:
+        resolve(runtime, model_id, version)
+    except (NotFound, FailedPrecondition):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)  # signatures are frozen dataclasses; specs are asked per request
+def input_spec(signature: Any) -> TensorSpec:
+    return TensorSpec(
+        INPUT_NAME, INPUT_DATATYPE, (-1, signature.timesteps, signature.features), np.dtype(np.float32)
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def output_specs(signature: Any) -> dict[str, TensorSpec]:
+    if signature.task == "regression":
+        specs = [TensorSpec("values", "FP64", (-1, signature.outputs), np.dtype(np.float64))]
+    else:
+        specs = [
+            TensorSpec("probabilities", "FP64", (-1, signature.outputs), np.dtype(np.float64)),
+            TensorSpec("labels", "INT64", (-1,), np.dtype(np.int64)),
+        ]
+    return {spec.name: spec for spec in specs}
+
+
+def _tensor_metadata(spec: TensorSpec) -> Any:
+    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+
+
+def model_metadata(runtime: Any, request: Any) -> Any:
+    model = resolve(runtime, request.name, request.version)
+    versions = sorted(
+        {int(e.version) for e in runtime.index() if e.model_id == model.model_id and e.state == "READY"}
+        | {int(model.version)}
+    )
+    return pb.ModelMetadataResponse(
+        name=model.model_id,
+        versions=[str(v) for v in versions],
+        platform=PLATFORM,
+        inputs=[_tensor_metadata(input_spec(model.signature))],
+        outputs=[_tensor_metadata(s) for s in output_specs(model.signature).values()],
+    )
+
+
+def _reject_unsupported(parameters: Any, where: str) -> None:
+    for key, feature in UNSUPPORTED_PARAMETERS.items():
+        if key in parameters:
+            raise InvalidArgument(f"{where}: parameter '{key}' asks for {feature}, which is not supported")
+
+
+def decode_input(request: Any, signature: Any) -> np.ndarray:
+    """The request's single input as a (batch, timesteps, features) float array, checked against the model."""
+    if len(request.inputs) != 1:
+        names = [t.name for t in request.inputs]
+        raise InvalidArgument(f"expected exactly 1 input '{INPUT_NAME}', got {len(names)}: {names}")
+    tensor = request.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise InvalidArgument(f"expected input '{INPUT_NAME}', got '{tensor.name}'")
+    _reject_unsupported(tensor.parameters, f"input '{tensor.name}'")
+    codec.dtype_of(tensor.datatype, tensor.name, INPUT_DATATYPES)
+    expected = input_spec(signature).shape
+    shape = list(tensor.shape)
+    if len(shape) != 3 or shape[1:] != list(expected[1:]) or shape[0] < 1:
+        raise InvalidArgument(
+            f"input '{tensor.name}': expected shape [batch>=1, {expected[1]}, {expected[2]}], got {shape}"
+        )
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidArgument(
+                f"expected 1 raw_input_contents entry (one per input), got {len(request.raw_input_contents)}"
+            )
+        if tensor.HasField("contents"):
+            raise InvalidArgument(f"input '{tensor.name}': set raw_input_contents or contents, not both")
+        return codec.decode_raw(request.raw_input_contents[0], tensor.datatype, shape, tensor.name)
+    return codec.decode_contents(tensor.contents, tensor.datatype, shape, tensor.name)
+
+
+def requested_outputs(request: Any, available: dict[str, TensorSpec]) -> list[TensorSpec]:
+    if not request.outputs:
+        return list(available.values())
+    chosen = []
+    for output in request.outputs:
+        if output.name not in available:
+            raise InvalidArgument(f"unknown output '{output.name}'; the model has {sorted(available)}")
+        _reject_unsupported(output.parameters, f"output '{output.name}'")
+        chosen.append(available[output.name])
+    return chosen
+
+
+def _prediction_arrays(prediction: Any) -> dict[str, np.ndarray | None]:
+    labels = prediction.labels
+    return {
+        "values": prediction.values,
+        "probabilities": prediction.probabilities,
+        "labels": None if labels is None else np.asarray(labels).reshape(-1),
+    }
+
+
+def infer(runtime: Any, request: Any) -> Any:
+    model = resolve(runtime, request.model_name, request.model_version)
+    _reject_unsupported(request.parameters, "request")
+    outputs = requested_outputs(request, output_specs(model.signature))
+    x = decode_input(request, model.signature)
+    arrays = _prediction_arrays(model.predict(x))
+    response = pb.ModelInferResponse(
+        model_name=model.model_id, model_version=str(model.version), id=request.id
+    )
+    for spec in outputs:
+        array = arrays[spec.name]
+        if array is None:
+            raise FailedPrecondition(f"model '{model.model_id}' produced no '{spec.name}' output")
+        datatype, shape, raw = codec.encode_raw(np.asarray(array, dtype=spec.dtype))
+        response.outputs.add(name=spec.name, datatype=datatype, shape=shape)
+        response.raw_output_contents.append(raw)
+    return response
+
+
+def repository_index(runtime: Any, request: Any) -> Any:
+    response = pb.RepositoryIndexResponse()
+    for entry in runtime.index():
+        if request.ready and entry.state != "READY":
+            continue
+        response.models.add(
+            name=entry.model_id, version=str(entry.version), state=entry.state, reason=entry.reason or ""
+        )
+    return response
+
+
+def _check_repository_request(request: Any) -> None:
+    if not request.model_name:
+        raise InvalidArgument("model_name is empty")
+    overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+    if overrides:
+        raise InvalidArgument(
+            f"model '{request.model_name}': overriding {overrides} is not supported; models are "
+            "created by training through lstm_stack.v1.ModelService"
+        )
+
+
+def load(runtime: Any, request: Any) -> Any:
+    _check_repository_request(request)
+    runtime.load(request.model_name)
+    return pb.RepositoryModelLoadResponse()
+
+
+def unload(runtime: Any, request: Any) -> Any:
+    _check_repository_request(request)
+    runtime.unload(request.model_name)
+    return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,92 @@
+"""gRPC servicer for inference.GRPCInferenceService: protocol messages <-> protocol.py, nothing more."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from model_service.inference_protocol import protocol
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc
+from service_common.errors import ServiceError
+from service_common.grpc_errors import map_errors
+
+log = logging.getLogger(__name__)
+
+
+class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self._server_metadata = pb.ServerMetadataResponse(
+            name=protocol.SERVER_NAME, version=protocol.server_version(), extensions=protocol.EXTENSIONS
+        )
+
+    @map_errors
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    @map_errors
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        # This service answers only once the server started; readiness of single models is ModelReady.
+        return pb.ServerReadyResponse(ready=True)
+
+    @map_errors
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ModelReadyResponse(ready=protocol.is_ready(self._runtime, request.name, request.version))
+
+    @map_errors
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._server_metadata
+
+    @map_errors
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return protocol.model_metadata(self._runtime, request)
+
+    @map_errors
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return protocol.infer(self._runtime, request)
+
+    @map_errors
+    def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        # As Triton does: a failed request is reported in-stream and the stream stays open.
+        for request in requests:
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=protocol.infer(self._runtime, request))
+            except ServiceError as exc:
+                yield _stream_error(request, str(exc))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not end the stream
+                log.exception("stream inference failed")
+                yield _stream_error(request, f"internal error: {type(exc).__name__}: {exc}")
+
+    @map_errors
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return protocol.repository_index(self._runtime, request)
+
+    @map_errors
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return protocol.load(self._runtime, request)
+
+    @map_errors
+    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return protocol.unload(self._runtime, request)
+
+
+def _stream_error(request: Any, message: str) -> Any:
+    # Echo name/version/id so a client with several requests in flight can tell which one failed.
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def add_servicer(servicer: InferenceProtocolServicer, server: grpc.Server) -> str:
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    return SERVICE_NAME

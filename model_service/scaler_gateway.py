@@ -1,0 +1,135 @@
+"""The one place the model service talks to the scaler service: gRPC in here, domain types and errors out.
+
+A scaler service that is down, slow or failing becomes ``Unavailable`` (the model service itself stays
+up and answers UNAVAILABLE for that call); what the scaler service rejects as invalid stays
+``InvalidArgument`` with its message, prefixed by which scaling it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from model_service.scaling import PER_COLUMN, PER_FEATURE, AffineScaler, FitOutcome, ScalerRef
+from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
+from service_common import codec
+from service_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from service_common.security import load_tokens, open_channel
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[grpc.StatusCode, type[ServiceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+}
+
+
+def to_affine(info: scaler_pb2.ScalerInfo) -> AffineScaler:
+    layout = PER_COLUMN if info.layout == scaler_pb2.PER_COLUMN else PER_FEATURE
+    clip = None
+    if info.spec.WhichOneof("params") == "minmax" and info.spec.minmax.clip:
+        minmax = info.spec.minmax
+        low = minmax.feature_min if minmax.HasField("feature_min") else 0.0
+        high = minmax.feature_max if minmax.HasField("feature_max") else 1.0
+        clip = (low, high)
+    return AffineScaler(
+        ScalerRef(info.id, info.version),
+        layout,
+        tuple(int(d) for d in info.sample_shape),
+        np.asarray(info.affine.scale, dtype=np.float64),
+        np.asarray(info.affine.offset, dtype=np.float64),
+        clip,
+    )
+
+
+class ScalerGateway:
+    """Implements scaling.ScalerFitter over gRPC."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout_seconds: float,
+        *,
+        token: str = "",
+        token_file: str = "",
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_server_name: str = "",
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if not address:
+            raise ValueError("scaler_address is required (host:port of the scaler service)")
+        self.address = address
+        self.timeout_seconds = timeout_seconds
+        tokens = load_tokens(token, token_file)
+        options: Sequence[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel = open_channel(
+            address,
+            token=tokens[0] if tokens else "",
+            root_ca=tls_ca or None,
+            client_cert=tls_cert or None,
+            client_key=tls_key or None,
+            server_name=tls_server_name,
+            options=options,
+        )
+        self._stub = scaler_pb2_grpc.ScalerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _error(self, exc: grpc.RpcError, what: str) -> ServiceError:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        kind = _ERRORS.get(code) if code is not None else None
+        if kind is not None:
+            return kind(f"scaler service rejected {what}: {details}")
+        name = code.name if code is not None else "no status"
+        return Unavailable(f"scaler service at {self.address} is unavailable for {what} ({name}: {details})")
+
+    def fit_transform(
+        self, scaler_id: str, spec: scaler_pb2.ScalerSpec, train: np.ndarray, others: dict[str, np.ndarray]
+    ) -> FitOutcome:
+        what = f"scaler {scaler_id!r}"
+        request = scaler_pb2.FitTransformRequest(
+            scaler_id=scaler_id,
+            spec=spec,
+            train=codec.from_numpy(np.ascontiguousarray(train, dtype=np.float64)),
+            others={
+                name: codec.from_numpy(np.ascontiguousarray(data, dtype=np.float64))
+                for name, data in others.items()
+            },
+        )
+        try:
+            reply = self._stub.FitTransform(request, timeout=self.timeout_seconds)
+        except grpc.RpcError as exc:
+            raise self._error(exc, what) from None
+        transformed = {name: codec.to_numpy(t, name).astype(np.float64) for name, t in reply.others.items()}
+        return FitOutcome(
+            to_affine(reply.scaler),
+            codec.to_numpy(reply.train, "train").astype(np.float64).reshape(train.shape),
+            {name: data.reshape(others[name].shape) for name, data in transformed.items()},
+        )
+
+    def delete(self, ref: ScalerRef) -> None:
+        request = scaler_pb2.DeleteScalerRequest(scaler_id=ref.scaler_id, version=ref.version)
+        try:
+            self._stub.DeleteScaler(request, timeout=self.timeout_seconds)
+        except grpc.RpcError as exc:
+            raise self._error(exc, f"deleting scaler {ref.scaler_id!r} v{ref.version}") from None

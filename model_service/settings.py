@@ -1,0 +1,38 @@
+"""Model service settings: the shared server settings plus training, batching and the scaler channel.
+
+Every field is a flag (``--max-training-jobs``) and an LSTM_MODEL_ environment variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from service_common.settings import ServerSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings(ServerSettings):
+    ENV_PREFIX = "LSTM_MODEL_"
+
+    # host:port of the scaler service (it fits every scaler on the training split).
+    scaler_address: str = ""
+    scaler_timeout_seconds: float = 30.0
+    # Bearer token(s) / TLS for the model -> scaler channel (see the README's SECURITY section).
+    scaler_token: str = ""
+    scaler_token_file: str = ""
+    scaler_tls_ca: str = ""
+    scaler_tls_cert: str = ""
+    scaler_tls_key: str = ""
+    scaler_tls_server_name: str = ""
+    # Training jobs running at once; the next Train gets RESOURCE_EXHAUSTED.
+    max_training_jobs: int = 2
+    # Ceiling on one job's work, epochs x training rows.
+    max_training_work: int = 200_000_000
+    # Adaptive batching (chosen by bench/bench_model.py): drain whatever is queued, up to this many rows,
+    # without waiting for more; 1 turns batching off (every request runs its own forward pass).
+    max_batch_size: int = 64
+    max_batch_wait_ms: float = 0.0
+    # XLA for the serving function: a little faster per call, ~0.7 s to compile per batch-size bucket.
+    jit_compile: bool = False
+    # Trace every stored model in the background after start, so first requests are fast.
+    warm_on_start: bool = True

@@ -1,0 +1,72 @@
+"""The seed walkthrough end to end: in process against the test stack, and as `python -m demo` would run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from demo import main as demo_main
+from demo.services import REPO_ROOT
+from tests.clients.pngs import assert_png
+
+PLOTS = [
+    "example1-training.png",
+    "example1-predictions.png",
+    "example2-scaling.png",
+    "example2-training.png",
+    "example2-predictions.png",
+]
+
+
+def test_demo_needs_both_addresses_or_neither(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        demo_main.main(["--scaler-address", "127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert "both --scaler-address and --model-address" in capsys.readouterr().err
+
+
+def test_demo_fails_non_zero_when_services_are_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    from demo.services import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    code = demo_main.main(["--scaler-address", address, "--model-address", address, "--wait", "1"])
+    assert code == 1
+    assert "demo failed:" in capsys.readouterr().err
+
+
+def test_python_m_demo_runs_the_walkthrough_with_its_own_services(tmp_path: Path) -> None:
+    """What `make run` does, with few epochs: services as subprocesses on free ports, the walkthrough
+    through the client, plots written, services stopped cleanly."""
+    output = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "demo", "--epochs", "3", "--output", str(output), "--run-dir", str(tmp_path / "run")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    printed = result.stdout
+    assert result.returncode == 0, printed[-3000:] + result.stderr[-3000:]
+    assert "services SERVING after" in printed
+    # Example 1: both shape flows, training progress, the [50, 60, 70] prediction.
+    for shape in ("(None, 3, 10)", "(None, 3, 2)", "(None, 10)", "(None, 10, 1)"):
+        assert shape in printed
+    assert "epoch 3/3 [" in printed
+    assert "predict [50, 60, 70] -> " in printed
+    # Example 2: the three scalers side by side on the test split, then one model per scaler.
+    assert "x_test (original)      minmax" in printed
+    assert "[30000, 40000, 50000]" in printed
+    for kind in ("minmax", "standard", "robust"):
+        assert f"example 2 ({kind}): model " in printed
+    assert "mean absolute error (original units):" in printed
+    for name in PLOTS:
+        assert_png(output / name)
+        assert f"wrote {output / name}" in printed
+    assert "services stopped (exit codes [0, 0])" in printed
+    assert "demo finished in" in printed
+    # The services used their own signed stores under --run-dir, and logged there.
+    assert (tmp_path / "run" / "logs" / "model.log").stat().st_size > 0
+    assert any((tmp_path / "run" / "scaler-store").rglob("SIGNATURE"))
+    assert any((tmp_path / "run" / "model-store").rglob("SIGNATURE"))

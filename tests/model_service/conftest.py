@@ -1,0 +1,77 @@
+"""Model-service fixtures: in-process servers on 127.0.0.1 port 0, next to an in-process scaler service."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from model_service.app import create_server
+from model_service.settings import ModelSettings
+from protos.lstm_stack.v1 import model_pb2_grpc
+from service_common.server import ManagedServer
+from tests.scaler_service.harness import ScalerServerHandle, running_scaler_server
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+]
+
+
+@dataclasses.dataclass
+class ModelServerHandle:
+    address: str
+    stub: model_pb2_grpc.ModelServiceStub
+    channel: grpc.Channel
+    server: ManagedServer
+    settings: ModelSettings
+
+    @property
+    def store(self) -> Path:
+        return self.settings.store
+
+
+@contextmanager
+def running_model_server(store: Path, scaler_address: str, **overrides: Any) -> Iterator[ModelServerHandle]:
+    settings = ModelSettings(
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "store": store,
+            "scaler_address": scaler_address,
+            "grace_seconds": 0.0,
+            "scaler_timeout_seconds": 10.0,
+            "warm_on_start": False,
+            **overrides,
+        }
+    )
+    server, port = create_server(settings)
+    server.start()
+    address = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    try:
+        yield ModelServerHandle(address, model_pb2_grpc.ModelServiceStub(channel), channel, server, settings)
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def shared_scaler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScalerServerHandle]:
+    """One scaler service for a whole test module (its tests do not depend on each other's scalers)."""
+    with running_scaler_server(tmp_path_factory.mktemp("scaler-store")) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def model_server(
+    shared_scaler: ScalerServerHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelServerHandle]:
+    """One model service per test module, wired to the module's scaler service."""
+    with running_model_server(tmp_path_factory.mktemp("model-store"), shared_scaler.address) as handle:
+        yield handle

@@ -1,0 +1,105 @@
+"""Input shaping and checks (data.py): windows, x against the model, y against the task, the holdout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_service import data
+from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from service_common.errors import InvalidArgument
+
+
+def spec(task: Task = Task.REGRESSION, timesteps: int = 3, features: int = 1, **head: int) -> ModelSpec:
+    return resolve(ModelSpec(timesteps, features, (Lstm(4),), Head(task, **head)))
+
+
+def test_windows_make_the_seed_samples() -> None:
+    x, y = data.windows(np.arange(1, 8, dtype=np.float64), 3, 0, spec())
+    assert x.shape == (4, 3, 1)
+    assert x[0, :, 0].tolist() == [1, 2, 3] and y[0] == 4
+    assert x[-1, :, 0].tolist() == [4, 5, 6] and y[-1] == 7
+
+
+def test_windows_of_a_multi_feature_series_take_y_from_the_target_column() -> None:
+    series = np.stack([np.arange(10.0), 100 + np.arange(10.0)], axis=1)
+    x, y = data.windows(series, 4, 1, spec(timesteps=4, features=2))
+    assert x.shape == (6, 4, 2)
+    assert x[2].tolist() == series[2:6].tolist()
+    assert y.tolist() == series[4:, 1].tolist()
+
+
+@pytest.mark.parametrize(
+    ("series", "window", "target", "fragment"),
+    [
+        (np.arange(3.0), 3, 0, "needs at least 4"),
+        (np.arange(10.0), 4, 0, "window is 4 but the model's input has timesteps=3"),
+        (np.arange(10.0), 3, 2, "target_feature 2 is out of range"),
+        (np.ones((10, 2)), 3, 0, "2 feature(s)"),
+        (np.array([1.0, np.nan, 3, 4, 5]), 3, 0, "finite"),
+    ],
+)
+def test_bad_series_are_refused(series: np.ndarray, window: int, target: int, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        data.windows(series, window, target, spec())
+    assert fragment in str(info.value)
+
+
+def test_model_input_accepts_2d_when_there_is_one_feature() -> None:
+    assert data.model_input(np.ones((2, 3)), 3, 1).shape == (2, 3, 1)
+    with pytest.raises(InvalidArgument) as info:
+        data.model_input(np.ones((2, 3)), 3, 2)
+    assert "(batch, 3, 2)" in str(info.value) and "[2, 3]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("x", "fragment"),
+    [
+        (np.ones((2, 4, 1)), "x has shape [2, 4, 1]; the model expects (batch, 3, 1)"),
+        (np.ones((2, 3, 2)), "x has shape [2, 3, 2]"),
+        (np.ones((0, 3, 1)), "x is empty"),
+        (np.array([[[1.0], [np.inf], [2.0]]]), "finite"),
+        (np.ones(3), "x has shape [3]"),
+    ],
+)
+def test_model_input_refuses_what_does_not_fit(x: np.ndarray, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        data.model_input(x, 3, 1)
+    assert fragment in str(info.value)
+
+
+def test_targets_per_task() -> None:
+    assert data.targets(np.arange(4.0), 4, spec()).shape == (4, 1)
+    assert data.targets(np.ones((4, 2)), 4, spec(outputs=2)).shape == (4, 2)
+    binary = data.targets(np.array([0, 1, 1, 0]), 4, spec(Task.BINARY))
+    assert binary.shape == (4, 1) and binary.dtype == np.float64
+    multi = data.targets(np.array([[0], [2], [1]]), 3, spec(Task.MULTICLASS, n_classes=3))
+    assert multi.tolist() == [0, 2, 1] and multi.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("y", "task_spec", "fragment"),
+    [
+        (np.arange(5.0), spec(), "x has 4 samples but y has 5"),
+        (np.ones((4, 3)), spec(outputs=2), "regression head has 2 output(s)"),
+        (np.array([0, 1, 2, 1]), spec(Task.BINARY), "y[2] = 2 is out of range"),
+        (np.array([0, 1, 0.5, 1]), spec(Task.BINARY), "class indices (whole numbers); found 0.5"),
+        (np.array([0, 3, 1, 1]), spec(Task.MULTICLASS, n_classes=3), "labels in 0..2"),
+        (np.array([0, -1, 1, 1]), spec(Task.MULTICLASS, n_classes=3), "y[1] = -1"),
+        (np.array([0.0, np.nan, 1, 2]), spec(), "finite"),
+    ],
+)
+def test_bad_targets_are_refused(y: np.ndarray, task_spec: ModelSpec, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        data.targets(y, 4, task_spec)
+    assert fragment in str(info.value)
+
+
+def test_holdout_is_the_last_fraction() -> None:
+    assert data.holdout_size(13, 0.0) == 0
+    assert data.holdout_size(10, 0.2) == 2
+    assert data.holdout_size(13, 0.01) == 1  # any fraction > 0 holds out at least one sample
+    with pytest.raises(InvalidArgument, match="leaves nothing to train on"):
+        data.holdout_size(1, 0.5)
+    with pytest.raises(InvalidArgument, match=r"\[0, 1\)"):
+        data.holdout_size(10, 1.0)

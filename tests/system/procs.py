@@ -1,0 +1,195 @@
+"""The real services as subprocesses (``python -m scaler_service ...``) on 127.0.0.1, for system tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service_common.security import open_channel
+
+REPO = Path(__file__).resolve().parents[2]
+# The model service imports TensorFlow on start; on 2 busy cores that can take a while.
+START_TIMEOUT = 120.0
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    # Services here restart within seconds: reconnect fast instead of backing off for up to 2 minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bound on loopback, then released for the service)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # No prefix settings leak in from the developer's shell.
+    for name in list(env):
+        if name.startswith(("LSTM_SCALER_", "LSTM_MODEL_")):
+            del env[name]
+    env.update(
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """One service process; restartable on the same port and store."""
+
+    def __init__(
+        self,
+        module: str,
+        store: Path,
+        log_dir: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        channel_kwargs: dict[str, Any] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.module = module
+        self.store = store
+        self.port = port or free_port()
+        self.extra_args = list(extra_args or [])
+        self.env = env or child_env()
+        self.channel_kwargs = dict(channel_kwargs or {})
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.module}-{self.port}.log"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            self.module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--store",
+            str(self.store),
+            *self.extra_args,
+        ]
+
+    def start(self, wait: bool = True) -> ServiceProcess:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {self.starts}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        if wait:
+            self.wait_serving()
+        return self
+
+    def channel(self, **overrides: Any) -> grpc.Channel:
+        kwargs = {**self.channel_kwargs, **overrides}
+        return open_channel(self.address, options=CHANNEL_OPTIONS, **kwargs)
+
+    def health(self, timeout: float = 2.0) -> str:
+        with self.channel() as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise AssertionError(f"{self.module} exited early:\n{self.log_tail()}")
+            try:
+                if self.health(timeout=1.0) == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.module} not SERVING after {timeout}s:\n{self.log_tail()}")
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no handler runs, no cleanup happens, exactly like a power cut for the process."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@contextmanager
+def running(*services: ServiceProcess) -> Iterator[tuple[ServiceProcess, ...]]:
+    """Start in order (scaler before model), stop all at the end whatever happens."""
+    try:
+        for service in services:
+            service.start()
+        yield services
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def scaler_process(store: Path, log_dir: Path, *extra: str, **kwargs: Any) -> ServiceProcess:
+    return ServiceProcess("scaler_service", store, log_dir, list(extra), **kwargs)
+
+
+def model_process(
+    store: Path, log_dir: Path, scaler: ServiceProcess, *extra: str, **kwargs: Any
+) -> ServiceProcess:
+    return ServiceProcess(
+        "model_service", store, log_dir, ["--scaler-address", scaler.address, *extra], **kwargs
+    )

@@ -1,0 +1,351 @@
+"""Property-based fuzzing of every RPC of the real services (subprocesses): malformed tensors, specs and
+requests get documented status codes only (never UNKNOWN, INTERNAL, DATA_LOSS) and the server stays SERVING.
+
+Examples are derandomized so CI sees the same inputs every run, and bounded to keep the module short.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protos.inference import grpc_service_pb2 as inference_pb2
+from protos.inference import grpc_service_pb2_grpc as inference_pb2_grpc
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
+from service_common import codec
+from tests.system import fuzz_strategies as fz
+from tests.system import workloads
+from tests.system.procs import ServiceProcess, scaler_process
+
+DOCUMENTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+BASE_SCALER = "fuzz-base"
+COLUMN_SCALER = "fuzz-columns"
+ROWS = np.arange(6, dtype=np.float64).reshape(2, 3)
+
+
+class Outcomes:
+    """Every status seen per RPC; an undocumented one fails the test with the request that caused it."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Counter[str]] = {}
+        self.messages: dict[str, set[str]] = {}
+
+    def call(self, rpc: str, invoke: Callable[[], Any], request: Any) -> grpc.StatusCode:
+        try:
+            invoke()
+            code = grpc.StatusCode.OK
+            details = ""
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details()
+        self.seen.setdefault(rpc, Counter())[code.name] += 1
+        self.messages.setdefault(f"{rpc} {code.name}", set()).add(details[:90])
+        assert code in DOCUMENTED, f"{rpc} answered {code.name} ({details}) to {request!r:.600}"
+        if code != grpc.StatusCode.OK:
+            assert details, f"{rpc} answered {code.name} without a message"
+        return code
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> Iterator[Outcomes]:
+    record = Outcomes()
+    yield record
+    for rpc, counts in sorted(record.seen.items()):
+        print(f"{rpc}: {dict(counts)}")
+    if os.environ.get("FUZZ_VERBOSE"):
+        for key, messages in sorted(record.messages.items()):
+            print(key, len(messages), sorted(messages)[:8])
+
+
+@pytest.fixture(scope="module")
+def scaler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    root: Path = tmp_path_factory.mktemp("fuzz-scaler")
+    service = scaler_process(root / "store", root / "logs", "--workers", "8")
+    service.start()
+    channel = service.channel()
+    stub = scaler_pb2_grpc.ScalerServiceStub(channel)
+    data = np.arange(30, dtype=np.float64).reshape(10, 3)
+    stub.Fit(
+        scaler_pb2.FitRequest(
+            scaler_id=BASE_SCALER,
+            spec=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+            data=codec.from_numpy(data),
+        ),
+        timeout=30,
+    )
+    stub.Fit(
+        scaler_pb2.FitRequest(
+            scaler_id=COLUMN_SCALER,
+            spec=scaler_pb2.ScalerSpec(kind=scaler_pb2.STANDARD, layout=scaler_pb2.PER_COLUMN),
+            data=codec.from_numpy(data.reshape(10, 3, 1)),
+        ),
+        timeout=30,
+    )
+    channel.close()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def scaler_stub(scaler: ServiceProcess) -> Iterator[scaler_pb2_grpc.ScalerServiceStub]:
+    with scaler.channel() as channel:
+        yield scaler_pb2_grpc.ScalerServiceStub(channel)
+
+
+def _assert_serving(service: ServiceProcess) -> None:
+    assert service.running(), f"{service.module} died:\n{service.log_tail()}"
+    assert service.health() == "SERVING"
+
+
+# The fitted scalers most of the time, so requests reach the transform code.
+known_scalers = st.sampled_from([BASE_SCALER, COLUMN_SCALER])
+scaler_ids = st.one_of(known_scalers, fz.ids)
+
+
+# ---- scaler service ----
+
+
+@FUZZ
+@given(scaler_id=fz.ids, spec=fz.scaler_specs(), data=st.one_of(st.none(), fz.tensors()))
+def test_fuzz_fit(scaler, scaler_stub, outcomes, scaler_id, spec, data) -> None:
+    request = scaler_pb2.FitRequest(scaler_id=scaler_id, spec=spec)
+    if data is not None:
+        request.data.CopyFrom(data)
+    outcomes.call("Fit", lambda: scaler_stub.Fit(request, timeout=30), request)
+    _assert_serving(scaler)
+
+
+@settings(FUZZ, max_examples=30)
+@given(
+    first_id=fz.ids,
+    spec=fz.scaler_specs(),
+    chunks=st.lists(st.one_of(st.none(), fz.tensors()), max_size=4),
+    respec=st.booleans(),
+)
+def test_fuzz_fit_stream(scaler, scaler_stub, outcomes, first_id, spec, chunks, respec) -> None:
+    messages = []
+    for index, data in enumerate(chunks):
+        chunk = scaler_pb2.FitChunk()
+        if index == 0 or respec:
+            chunk.scaler_id = first_id
+            chunk.spec.CopyFrom(spec)
+        if data is not None:
+            chunk.data.CopyFrom(data)
+        messages.append(chunk)
+    outcomes.call("FitStream", lambda: scaler_stub.FitStream(iter(messages), timeout=30), messages)
+    _assert_serving(scaler)
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    spec=fz.scaler_specs(),
+    train=st.one_of(st.none(), fz.tensors()),
+    others=st.dictionaries(st.text(max_size=8), fz.tensors(), max_size=3),
+)
+def test_fuzz_fit_transform(scaler, scaler_stub, outcomes, spec, train, others) -> None:
+    request = scaler_pb2.FitTransformRequest(spec=spec)
+    if train is not None:
+        request.train.CopyFrom(train)
+    for name, tensor in others.items():
+        request.others[name].CopyFrom(tensor)
+    outcomes.call("FitTransform", lambda: scaler_stub.FitTransform(request, timeout=30), request)
+    _assert_serving(scaler)
+
+
+@FUZZ
+@given(
+    scaler_id=known_scalers,
+    version=st.sampled_from([0, 1]),
+    data=st.one_of(
+        st.none(),
+        fz.tensors(),
+        fz.shaped_data((3,)),
+        fz.shaped_data((3,), finite=True),
+        fz.shaped_data((3, 1), finite=True),
+    ),
+    inverse=st.booleans(),
+)
+def test_fuzz_transform(scaler, scaler_stub, outcomes, scaler_id, version, data, inverse) -> None:
+    request = scaler_pb2.TransformRequest(scaler_id=scaler_id, version=version)
+    if data is not None:
+        request.data.CopyFrom(data)
+    rpc = scaler_stub.InverseTransform if inverse else scaler_stub.Transform
+    name = "InverseTransform" if inverse else "Transform"
+    outcomes.call(name, lambda: rpc(request, timeout=30), request)
+    _assert_serving(scaler)
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    scaler_id=scaler_ids,
+    version=fz.versions,
+    page_size=fz.page_sizes,
+    page_token=fz.page_tokens,
+    delete_id=fz.ids,
+)
+def test_fuzz_get_list_delete(
+    scaler, scaler_stub, outcomes, scaler_id, version, page_size, page_token, delete_id
+) -> None:
+    get = scaler_pb2.GetScalerRequest(scaler_id=scaler_id, version=version)
+    outcomes.call("GetScaler", lambda: scaler_stub.GetScaler(get, timeout=30), get)
+    transform = scaler_pb2.TransformRequest(scaler_id=scaler_id, version=version, data=codec.from_numpy(ROWS))
+    outcomes.call("Transform", lambda: scaler_stub.Transform(transform, timeout=30), transform)
+    listing = scaler_pb2.ListScalersRequest(scaler_id=scaler_id, page_size=page_size, page_token=page_token)
+    outcomes.call("ListScalers", lambda: scaler_stub.ListScalers(listing, timeout=30), listing)
+    # Random ids only: the base scalers other examples rely on stay.
+    delete = scaler_pb2.DeleteScalerRequest(scaler_id=delete_id, version=version)
+    outcomes.call("DeleteScaler", lambda: scaler_stub.DeleteScaler(delete, timeout=30), delete)
+    _assert_serving(scaler)
+
+
+def test_scalers_still_answer_after_fuzzing(scaler, scaler_stub) -> None:
+    data = codec.from_numpy(np.array([[0.0, 1.0, 2.0], [27.0, 28.0, 29.0]]))
+    reply = scaler_stub.Transform(scaler_pb2.TransformRequest(scaler_id=BASE_SCALER, data=data), timeout=30)
+    np.testing.assert_allclose(codec.to_numpy(reply.data), [[0, 0, 0], [1, 1, 1]])
+    _assert_serving(scaler)
+
+
+# ---- model service (and its Open Inference Protocol endpoint) ----
+
+MODEL_FUZZ = settings(FUZZ, max_examples=60)
+model_ids = st.one_of(st.just(workloads.BASE_MODEL), fz.ids)
+
+
+@pytest.fixture(scope="module")
+def model_stubs(model_stack) -> Iterator[tuple[model_pb2_grpc.ModelServiceStub, Any]]:
+    _scaler, model = model_stack
+    with model.channel() as channel:
+        yield model_pb2_grpc.ModelServiceStub(channel), inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@MODEL_FUZZ
+@given(spec=fz.model_specs())
+def test_fuzz_validate_spec(model_stack, model_stubs, outcomes, spec) -> None:
+    request = model_pb2.ValidateSpecRequest(spec=spec)
+    outcomes.call("ValidateSpec", lambda: model_stubs[0].ValidateSpec(request, timeout=60), request)
+    _assert_serving(model_stack[1])
+
+
+@settings(FUZZ, max_examples=30)
+@given(request=fz.train_requests())
+def test_fuzz_train(model_stack, model_stubs, outcomes, request) -> None:
+    outcomes.call("Train", lambda: list(model_stubs[0].Train(request, timeout=120)), request)
+    _assert_serving(model_stack[1])
+
+
+@MODEL_FUZZ
+@given(
+    model_id=model_ids,
+    version=st.one_of(st.sampled_from([0, 1]), fz.versions),
+    x=st.one_of(st.none(), fz.tensors(), fz.shaped_data((3, 1)), fz.shaped_data((3,), finite=True)),
+    y=st.one_of(st.none(), fz.tensors(), fz.shaped_data(())),
+    evaluate=st.booleans(),
+)
+def test_fuzz_predict_and_evaluate(
+    model_stack, model_stubs, outcomes, model_id, version, x, y, evaluate
+) -> None:
+    stub = model_stubs[0]
+    if evaluate:
+        request = model_pb2.EvaluateRequest(model_id=model_id, version=version)
+        if y is not None:
+            request.y.CopyFrom(y)
+        rpc, name = stub.Evaluate, "Evaluate"
+    else:
+        request = model_pb2.PredictRequest(model_id=model_id, version=version)
+        rpc, name = stub.Predict, "Predict"
+    if x is not None:
+        request.x.CopyFrom(x)
+    outcomes.call(name, lambda: rpc(request, timeout=60), request)
+    _assert_serving(model_stack[1])
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    model_id=model_ids,
+    version=fz.versions,
+    page_size=fz.page_sizes,
+    page_token=fz.page_tokens,
+    delete_id=fz.ids,
+)
+def test_fuzz_model_get_list_delete(
+    model_stack, model_stubs, outcomes, model_id, version, page_size, page_token, delete_id
+) -> None:
+    stub = model_stubs[0]
+    get = model_pb2.GetModelRequest(model_id=model_id, version=version)
+    outcomes.call("GetModel", lambda: stub.GetModel(get, timeout=30), get)
+    listing = model_pb2.ListModelsRequest(model_id=model_id, page_size=page_size, page_token=page_token)
+    outcomes.call("ListModels", lambda: stub.ListModels(listing, timeout=30), listing)
+    delete = model_pb2.DeleteModelRequest(model_id=delete_id, version=version)
+    outcomes.call("DeleteModel", lambda: stub.DeleteModel(delete, timeout=30), delete)
+    _assert_serving(model_stack[1])
+
+
+@MODEL_FUZZ
+@given(request=fz.infer_requests(model_ids), stream=st.booleans())
+def test_fuzz_model_infer(model_stack, model_stubs, outcomes, request, stream) -> None:
+    stub = model_stubs[1]
+    if stream:
+        # Errors travel inside the stream as error_message; the call itself must end OK.
+        outcomes.call(
+            "ModelStreamInfer", lambda: list(stub.ModelStreamInfer(iter([request] * 2), timeout=60)), request
+        )
+    else:
+        outcomes.call("ModelInfer", lambda: stub.ModelInfer(request, timeout=60), request)
+    _assert_serving(model_stack[1])
+
+
+@settings(FUZZ, max_examples=30)
+@given(name=model_ids, version=st.one_of(st.just(""), st.text(max_size=5)))
+def test_fuzz_inference_metadata_and_repository(model_stack, model_stubs, outcomes, name, version) -> None:
+    stub = model_stubs[1]
+    ready = inference_pb2.ModelReadyRequest(name=name, version=version)
+    outcomes.call("ModelReady", lambda: stub.ModelReady(ready, timeout=30), ready)
+    metadata = inference_pb2.ModelMetadataRequest(name=name, version=version)
+    outcomes.call("ModelMetadata", lambda: stub.ModelMetadata(metadata, timeout=30), metadata)
+    index = inference_pb2.RepositoryIndexRequest(repository_name=version, ready=bool(version))
+    outcomes.call("RepositoryIndex", lambda: stub.RepositoryIndex(index, timeout=30), index)
+    load = inference_pb2.RepositoryModelLoadRequest(model_name=name, repository_name=version)
+    outcomes.call("RepositoryModelLoad", lambda: stub.RepositoryModelLoad(load, timeout=60), load)
+    if name != workloads.BASE_MODEL:  # the base model stays loaded for the other examples
+        unload = inference_pb2.RepositoryModelUnloadRequest(model_name=name, repository_name=version)
+        outcomes.call("RepositoryModelUnload", lambda: stub.RepositoryModelUnload(unload, timeout=30), unload)
+    for rpc_name, rpc, empty in (
+        ("ServerLive", stub.ServerLive, inference_pb2.ServerLiveRequest()),
+        ("ServerReady", stub.ServerReady, inference_pb2.ServerReadyRequest()),
+        ("ServerMetadata", stub.ServerMetadata, inference_pb2.ServerMetadataRequest()),
+    ):
+        outcomes.call(rpc_name, lambda rpc=rpc, empty=empty: rpc(empty, timeout=30), empty)
+    _assert_serving(model_stack[1])
+
+
+def test_model_still_predicts_after_fuzzing(model_stack) -> None:
+    _scaler, model = model_stack
+    with model.channel() as channel:
+        values = workloads.predict_seed(channel, workloads.BASE_MODEL)
+    assert values.shape == (1, 1) and np.isfinite(values).all()
+    _assert_serving(model)
