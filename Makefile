@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Regenerate protos/**/*_pb2*.py(i) from the .proto files.
+## Regenerate protos/**/*_pb2*.py(i) and docs/API.md from the .proto files.
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
+	$(PY) scripts/api_overview.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,11 +23,10 @@ import grpc
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
+from service_common import codec
 
-from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc  # noqa: E402
-from service_common import codec  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FEATURES = 3
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")

@@ -7,18 +7,12 @@ cached (id, version) must never be handed different parameters under the same na
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 import logging
-import os
-import secrets
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import joblib
 import sklearn
@@ -26,13 +20,13 @@ import sklearn
 from scaler_service.scaling import ESTIMATOR_BY_KIND, FittedScaler, make_spec
 from service_common.artifacts import ArtifactStore, validate_id
 from service_common.errors import IntegrityError, InvalidArgument, NotFound
+from service_common.versioning import VersionCounter, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
 ESTIMATOR_FILE = "scaler.joblib"
 META_FILE = "meta.json"
 FORMAT = 1
-HIGH_WATER_FILE = ".version-high-water.json"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -95,48 +89,21 @@ def _deserialize(scaler_id: str, version: int, files: dict[str, bytes]) -> Scale
     return ScalerVersion(scaler_id, version, created_at, fitted)
 
 
-def encode_page_token(scaler_id: str, version: int) -> str:
-    return base64.urlsafe_b64encode(f"{scaler_id}/{version}".encode()).decode()
-
-
-def decode_page_token(token: str) -> tuple[str, int]:
-    try:
-        scaler_id, version = base64.urlsafe_b64decode(token.encode()).decode().rsplit("/", 1)
-        return scaler_id, int(version)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            f"page_token {token!r} is not valid; pass back a next_page_token from ListScalers"
-        ) from None
-
-
 class ScalerRegistry:
     def __init__(self, store: ArtifactStore) -> None:
         self._store = store
         self._lock = threading.RLock()
         self._versions: dict[str, dict[int, ScalerVersion]] = {}
-        # Highest version number ever handed out per id, deleted ones included.
-        self._high_water: dict[str, int] = {}
+        self._numbers = VersionCounter(store.root)
         self._load()
 
     # ---- persistence ---------------------------------------------------------------------------
 
-    @property
-    def _high_water_path(self) -> Path:
-        return self._store.root / HIGH_WATER_FILE
-
     def _load(self) -> None:
-        try:
-            self._high_water = {
-                str(k): int(v) for k, v in json.loads(self._high_water_path.read_text()).items()
-            }
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._high_water_path, exc)
         loaded = skipped = 0
         for ref in self._store.scan():
             # Even a skipped artifact occupies its number: a new fit must not collide with its directory.
-            self._bump_high_water(ref.artifact_id, ref.version)
+            self._numbers.observe(ref.artifact_id, ref.version)
             try:
                 record = _deserialize(
                     ref.artifact_id, ref.version, self._store.read(ref.artifact_id, ref.version)
@@ -149,39 +116,16 @@ class ScalerRegistry:
             loaded += 1
         log.info("loaded %d scaler versions from %s (%d skipped)", loaded, self._store.root, skipped)
 
-    def _bump_high_water(self, scaler_id: str, version: int) -> None:
-        self._high_water[scaler_id] = max(self._high_water.get(scaler_id, 0), version)
-
-    def _save_high_water(self) -> None:
-        # Called with the lock held; temp file + fsync + rename so a crash leaves the old or new file.
-        fd, temp = tempfile.mkstemp(prefix=".tmp-hw-", dir=self._store.root)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self._high_water, fh, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, self._high_water_path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-
     # ---- operations ----------------------------------------------------------------------------
-
-    def _new_id(self) -> str:
-        while True:
-            candidate = f"scaler-{secrets.token_hex(4)}"
-            if candidate not in self._high_water:
-                return candidate
 
     def add(self, scaler_id: str, fitted: FittedScaler) -> ScalerVersion:
         """Persist ``fitted`` as the next version of ``scaler_id`` (a new id when empty)."""
         if scaler_id:
             validate_id(scaler_id, "scaler")
         with self._lock:
-            scaler_id = scaler_id or self._new_id()
-            version = self._high_water.get(scaler_id, 0) + 1
+            scaler_id = scaler_id or self._numbers.new_id("scaler")
             # Reserved now, so concurrent fits of one id get distinct versions while writing unlocked.
-            self._high_water[scaler_id] = version
+            version = self._numbers.next(scaler_id)
         record = ScalerVersion(scaler_id, version, datetime.now(UTC), fitted)
         self._store.write(scaler_id, version, _serialize(record))
         with self._lock:
@@ -211,7 +155,7 @@ class ScalerRegistry:
         if scaler_id:
             validate_id(scaler_id, "scaler")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token) if page_token else None
+        after = decode_page_token(page_token, "ListScalers") if page_token else None
         with self._lock:
             ids = [scaler_id] if scaler_id else sorted(self._versions)
             keys = [(i, v) for i in ids for v in sorted(self._versions.get(i, {}))]
@@ -231,7 +175,7 @@ class ScalerRegistry:
             if not versions:
                 raise NotFound(f"scaler {scaler_id!r} not found")
             # The high-water mark is on disk before anything goes, so numbers stay unique after a restart.
-            self._save_high_water()
+            self._numbers.save()
             for number in versions:
                 self._store.delete(scaler_id, number)
                 del self._versions[scaler_id][number]
