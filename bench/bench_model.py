@@ -17,12 +17,17 @@ Targets (issue 3): gRPC p50 >= 30x faster than model.predict and within +1 ms of
 Reference (MLServer 1.7.1, same model, these 2-core machines): p50 1.8 ms, 550 req/s sequential,
 700-780 req/s with 32 clients.
 
-Usage: .venv/bin/python bench/bench_model.py [--clients 32] [--seconds 8] [--requests 2000]
+Usage: .venv/bin/python bench/bench_model.py [--clients 32] [--seconds 8] [--requests 2000] [--train-epochs 20]
+       .venv/bin/python bench/bench_model.py --quick   # ~2 minutes: a smoke run, figures only indicative
+
+The default (about 5 minutes on 2 quiet cores) is the measurement the issue asks for; --quick shortens
+every phase (300 sequential requests, 3 s concurrent runs, 5 training epochs) but keeps every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -40,11 +45,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
+from service_common import codec
 
-from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2  # noqa: E402
-from service_common import codec  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MODEL_ID = "bench-seed"
 QUERY = np.array([[50.0, 60.0, 70.0]]).reshape(1, 3, 1)
@@ -85,6 +89,9 @@ def long_series() -> tuple[np.ndarray, np.ndarray]:
 
 
 def percentiles(seconds: list[float] | np.ndarray) -> tuple[float, float]:
+    """p50 and p99 in ms; NaN when nothing succeeded (the errors column says why)."""
+    if len(seconds) == 0:
+        return math.nan, math.nan
     p50, p99 = np.percentile(np.asarray(seconds) * 1000.0, [50, 99])
     return float(p50), float(p99)
 
@@ -104,7 +111,7 @@ def service(module: str, args: list[str], log: Path) -> Iterator[str]:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with log.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
@@ -147,7 +154,7 @@ def train_seed_model(address: str) -> None:
         supervised=model_pb2.SupervisedData(x=codec.from_numpy(x), y=codec.from_numpy(y)),
         epochs=100,
         batch_size=4,
-        seed=3,
+        seed=1,  # as tests/model_service/test_service.py trains it; predicts ~80 for [50, 60, 70]
         shuffle=True,
         x_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX, layout=scaler_pb2.PER_COLUMN),
         y_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
@@ -155,6 +162,16 @@ def train_seed_model(address: str) -> None:
     with grpc.insecure_channel(address) as channel:
         for _ in model_pb2_grpc.ModelServiceStub(channel).Train(request, timeout=600):
             pass
+
+
+def wait_until_warm(address: str, timeout: float = 600.0) -> float:
+    """First Predict, however long it takes (with XLA it compiles every batch bucket: tens of seconds on a
+    busy machine); returns its seconds. Measurements start only after it."""
+    request = model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY))
+    began = time.perf_counter()
+    with grpc.insecure_channel(address) as channel:
+        model_pb2_grpc.ModelServiceStub(channel).Predict(request, timeout=timeout)
+    return time.perf_counter() - began
 
 
 # ---- clients (separate processes, no TensorFlow) -------------------------------------------------
@@ -173,7 +190,10 @@ def _client_loop(address: str, threads: int, seconds: float, start_at: float, qu
                 request_serializer=lambda b: b,
                 response_deserializer=lambda b: b,
             )
-            predict(request, timeout=30)  # connected before the clock starts
+            try:
+                predict(request, timeout=60)  # connected before the clock starts
+            except grpc.RpcError:
+                errors[index] += 1
             while time.time() < start_at:
                 time.sleep(0.001)
             end = start_at + seconds
@@ -198,7 +218,7 @@ def _client_loop(address: str, threads: int, seconds: float, start_at: float, qu
 def concurrent(address: str, clients: int, seconds: float, processes: int = 4) -> dict[str, float]:
     context = mp.get_context("spawn")
     queue = context.Queue()
-    start_at = time.time() + 3.0  # every process connected and waiting
+    start_at = time.time() + 5.0  # every process spawned, connected and waiting
     per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     procs = [
         context.Process(target=_client_loop, args=(address, n, seconds, start_at, queue))
@@ -235,14 +255,14 @@ def sequential(address: str, requests: int) -> tuple[list[float], float]:
         return latencies, requests / (time.perf_counter() - began)
 
 
-def predict_during_training(address: str) -> tuple[float, float, float, int]:
+def predict_during_training(address: str, epochs: int) -> tuple[float, float, float, int]:
     """Sequential Predict p50/p99 while a Train call runs; also returns the training wall time."""
     x, y = long_series()
     request = model_pb2.TrainRequest(
         model_id="bench-busy",
         spec=seed_spec(),
         supervised=model_pb2.SupervisedData(x=codec.from_numpy(x), y=codec.from_numpy(y)),
-        epochs=TRAIN_EPOCHS,
+        epochs=epochs,
         batch_size=TRAIN_BATCH,
         seed=1,
         shuffle=True,
@@ -278,13 +298,13 @@ def predict_during_training(address: str) -> tuple[float, float, float, int]:
     return p50, p99, train_seconds[0], len(latencies)
 
 
-def train_through_service(address: str) -> float:
+def train_through_service(address: str, epochs: int) -> float:
     x, y = long_series()
     request = model_pb2.TrainRequest(
         model_id="bench-train",
         spec=seed_spec(),
         supervised=model_pb2.SupervisedData(x=codec.from_numpy(x), y=codec.from_numpy(y)),
-        epochs=TRAIN_EPOCHS,
+        epochs=epochs,
         batch_size=TRAIN_BATCH,
         seed=1,
         shuffle=True,
@@ -302,7 +322,7 @@ def train_through_service(address: str) -> float:
 # ---- in process ----------------------------------------------------------------------------------
 
 
-def in_process(requests: int) -> dict[str, Any]:
+def in_process(requests: int, epochs: int) -> dict[str, Any]:
     """model.predict vs the compiled call (no XLA / XLA), and model.fit on the training-bench data."""
     from sklearn.preprocessing import MinMaxScaler
 
@@ -349,7 +369,7 @@ def in_process(requests: int) -> dict[str, Any]:
         xt[:n_train],
         yt[:n_train],
         validation_data=(xt[n_train:], yt[n_train:]),
-        epochs=TRAIN_EPOCHS,
+        epochs=epochs,
         batch_size=TRAIN_BATCH,
         shuffle=True,
         verbose=0,
@@ -368,10 +388,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests measured")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each concurrent run")
+    parser.add_argument(
+        "--train-epochs", type=int, default=TRAIN_EPOCHS, help="epochs of the training comparison"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: --requests 300 --seconds 3 --train-epochs 5 (every row, figures only indicative)",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.seconds, args.train_epochs = 300, 3.0, 5
 
     print(f"cpus: {os.cpu_count()}  python: {sys.version.split()[0]}", flush=True)
-    local = in_process(args.requests)
+    local = in_process(args.requests, args.train_epochs)
     print("in-process figures done", flush=True)
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-model-") as root:
@@ -382,10 +412,11 @@ def main() -> None:
             base = ["--store", model_store, "--scaler-address", scaler]
             with service("model_service", base, logs / "model.log") as address:
                 train_seed_model(address)
+                wait_until_warm(address)
                 figures["sequential"] = sequential(address, args.requests)
                 figures["batched"] = concurrent(address, args.clients, args.seconds)
-                figures["train_service"] = train_through_service(address)
-                figures["busy"] = predict_during_training(address)
+                figures["train_service"] = train_through_service(address, args.train_epochs)
+                figures["busy"] = predict_during_training(address, args.train_epochs)
             print("default service done", flush=True)
             variants = {
                 "unbatched": ["--max-batch-size", "1"],
@@ -394,6 +425,8 @@ def main() -> None:
             }
             for name, extra in variants.items():
                 with service("model_service", [*base, *extra], logs / f"model-{name}.log") as address:
+                    first = wait_until_warm(address)
+                    print(f"{name} service: first Predict took {first:.1f} s (tracing/compiling)", flush=True)
                     figures[name] = concurrent(address, args.clients, args.seconds)
                     if name == "xla":
                         figures["xla_sequential"] = sequential(address, args.requests)
@@ -429,7 +462,9 @@ def main() -> None:
         f = figures[key]
         print(f"  {label:34}{f['rps']:9.0f} {f['p50']:9.2f} {f['p99']:9.2f} {f['errors']:7d}")
     print()
-    print(f"training {TRAIN_ROWS} rows x {TRAIN_EPOCHS} epochs, batch {TRAIN_BATCH}, 20% holdout, minmax x/y")
+    print(
+        f"training {TRAIN_ROWS} rows x {args.train_epochs} epochs, batch {TRAIN_BATCH}, 20% holdout, minmax x/y"
+    )
     print(f"  through the service (Train, wall)  {figures['train_service']:8.2f} s")
     print(f"  in-process model.fit (numpy)       {local['fit_seconds']:8.2f} s")
     print(f"  same Train while Predict trickles  {busy_train:8.2f} s")

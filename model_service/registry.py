@@ -9,16 +9,9 @@ a delete and a restart.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
-import os
-import secrets
-import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from model_service import builder
 from model_service.records import ModelRecord, now_text
@@ -26,12 +19,12 @@ from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
 from service_common.artifacts import ArtifactStore, validate_id
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from service_common.versioning import VersionCounter, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
-HIGH_WATER_FILE = ".version-high-water.json"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # Scaler ids are derived from model ids ("<id>-x", "<id>-y") and must stay within 128 characters.
@@ -77,44 +70,22 @@ class VersionView:
     state: str  # TRAINING | READY
 
 
-def encode_page_token(model_id: str, version: int) -> str:
-    return base64.urlsafe_b64encode(f"{model_id}/{version}".encode()).decode()
-
-
-def decode_page_token(token: str) -> tuple[str, int]:
-    try:
-        model_id, version = base64.urlsafe_b64decode(token.encode()).decode().rsplit("/", 1)
-        return model_id, int(version)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            f"page_token {token!r} is not valid; pass back a next_page_token from ListModels"
-        ) from None
-
-
 class ModelRegistry:
     def __init__(self, store: ArtifactStore, options: ServingOptions) -> None:
         self._store = store
         self._options = options
         self._lock = threading.RLock()
         self._entries: dict[str, dict[int, _Entry]] = {}
-        # Highest version number ever handed out per id: reserved, skipped and deleted ones included.
-        self._high_water: dict[str, int] = {}
+        self._numbers = VersionCounter(store.root)
         self._closed = threading.Event()
 
     # ---- start and stop ------------------------------------------------------------------------
 
     def load_all(self) -> None:
         """Verify and load every stored version; a bad artifact is logged and skipped, never trusted."""
-        try:
-            stored = json.loads((self._store.root / HIGH_WATER_FILE).read_text())
-            self._high_water = {str(k): int(v) for k, v in stored.items()}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._store.root / HIGH_WATER_FILE, exc)
         loaded = skipped = 0
         for ref in self._store.scan():
-            self._bump_high_water(ref.artifact_id, ref.version)
+            self._numbers.observe(ref.artifact_id, ref.version)
             try:
                 record, served = self._read(ref.artifact_id, ref.version)
             except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
@@ -154,33 +125,13 @@ class ModelRegistry:
 
     # ---- versions ------------------------------------------------------------------------------
 
-    def _bump_high_water(self, model_id: str, version: int) -> None:
-        self._high_water[model_id] = max(self._high_water.get(model_id, 0), version)
-
-    def _save_high_water(self) -> None:
-        # Called with the lock held; temp file + fsync + rename so a crash leaves the old or new file.
-        fd, temp = tempfile.mkstemp(prefix=".tmp-hw-", dir=self._store.root)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self._high_water, fh, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, self._store.root / HIGH_WATER_FILE)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-
     def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> ModelRecord:
         """A new version number for ``model_id`` (a new id when empty), listed as TRAINING."""
         if model_id:
             check_model_id(model_id)
         with self._lock:
-            while not model_id:
-                candidate = f"model-{secrets.token_hex(4)}"
-                if candidate not in self._high_water:
-                    model_id = candidate
-            version = self._high_water.get(model_id, 0) + 1
-            self._high_water[model_id] = version
+            model_id = model_id or self._numbers.new_id("model")
+            version = self._numbers.next(model_id)
             record = ModelRecord(model_id, version, spec, seed, now_text())
             self._entries.setdefault(model_id, {})[version] = _Entry(record, TRAINING)
             return record
@@ -235,7 +186,7 @@ class ModelRegistry:
         if model_id:
             check_model_id(model_id)
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token) if page_token else None
+        after = decode_page_token(page_token, "ListModels") if page_token else None
         with self._lock:
             ids = [model_id] if model_id else sorted(self._entries)
             keys = [(i, v) for i in ids for v in sorted(self._entries.get(i, {}))]
@@ -261,7 +212,7 @@ class ModelRegistry:
                         "first, or delete the ready versions one by one"
                     )
             # The high-water mark is on disk before anything goes, so numbers stay unique after a restart.
-            self._save_high_water()
+            self._numbers.save()
             removed = []
             for number in chosen:
                 self._store.delete(model_id, number)

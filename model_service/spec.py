@@ -277,31 +277,35 @@ def _resolve_layer(index: int, layer: LayerSpec, layers: tuple[LayerSpec, ...]) 
 
 
 def _resolve_head(head: Head) -> Head:
+    """The head is the output layer; every refusal names it, its task and the output shape that task gives."""
     if head.task is None:
         raise InvalidArgument("head.task is required: REGRESSION, BINARY or MULTICLASS")
     if head.task is Task.REGRESSION:
-        if head.n_classes:
-            raise InvalidArgument(f"head: n_classes ({head.n_classes}) is for MULTICLASS, not REGRESSION")
         outputs = head.outputs or 1
+        if head.n_classes:
+            raise InvalidArgument(
+                f"head (REGRESSION, output (None, {outputs})): n_classes ({head.n_classes}) is for MULTICLASS, "
+                "not REGRESSION; set outputs for several targets per sample"
+            )
         _check_count(outputs, 1, MAX_OUTPUTS, "head.outputs (REGRESSION targets per sample)")
         return Head(Task.REGRESSION, outputs, 0)
     if head.task is Task.BINARY:
         if head.outputs not in (0, 1) or head.n_classes not in (0, 2):
             raise InvalidArgument(
-                "head: BINARY has one sigmoid output (P(class 1)); leave outputs and n_classes unset "
-                f"(or 1 and 2), got outputs={head.outputs}, n_classes={head.n_classes}"
+                "head (BINARY, output (None, 1) = P(class 1)): BINARY has one sigmoid output; leave outputs and "
+                f"n_classes unset (or 1 and 2), got outputs={head.outputs}, n_classes={head.n_classes}"
             )
         return Head(Task.BINARY, 1, 2)
     if head.n_classes < 2:
         raise InvalidArgument(
-            f"head: MULTICLASS needs n_classes >= 2, got {head.n_classes} (use BINARY for two classes "
-            "with one sigmoid output, or set n_classes)"
+            "head (MULTICLASS, output (None, n_classes)): MULTICLASS needs n_classes >= 2, got "
+            f"{head.n_classes} (use BINARY for two classes with one sigmoid output, or set n_classes)"
         )
     _check_count(head.n_classes, 2, MAX_CLASSES, "head.n_classes")
     if head.outputs not in (0, head.n_classes):
         raise InvalidArgument(
-            f"head: MULTICLASS outputs one probability per class; outputs={head.outputs} does not match "
-            f"n_classes={head.n_classes} (leave outputs unset)"
+            f"head (MULTICLASS, output (None, {head.n_classes})): one probability per class; "
+            f"outputs={head.outputs} does not match n_classes={head.n_classes} (leave outputs unset)"
         )
     return Head(Task.MULTICLASS, head.n_classes, head.n_classes)
 

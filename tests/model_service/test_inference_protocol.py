@@ -145,12 +145,31 @@ def test_infer_equals_predict(served: Served, batch: int) -> None:
         "1",
         f"batch-{batch}",
     )
+    # Outputs travel in raw_output_contents only (the reference client reads nothing else).
+    assert [o.name for o in response.outputs] == ["values"] and len(response.raw_output_contents) == 1
+    assert not response.outputs[0].HasField("contents")
     got = result.as_numpy("values")
     assert got.dtype == np.float64 and got.shape == (batch, 1)
     expected = values(predict(served.server.stub, REGRESSION_ID, x))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     # The y scaler was applied inversely: outputs are in the data's units, not in [0, 1] squashed form.
     assert not np.allclose(got, 0.0)
+
+
+def test_infer_goes_through_the_adaptive_batcher_like_predict(served: Served) -> None:
+    metrics = served.server.server.metrics.registry
+
+    def batches() -> tuple[float, float]:
+        labels = {"operation": "predict"}
+        count = metrics.get_sample_value("lstm_batch_rows_count", labels) or 0.0
+        return count, metrics.get_sample_value("lstm_batch_rows_sum", labels) or 0.0
+
+    before = batches()
+    served.client.infer(REGRESSION_ID, [raw_input(query(5))])
+    values(predict(served.server.stub, REGRESSION_ID, query(3)))
+    after = batches()
+    # Every forward pass is counted by the batcher, whichever protocol the request came in by.
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 8)
 
 
 @pytest.mark.parametrize(

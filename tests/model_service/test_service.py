@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from tests.model_service.helpers import (
     scaler,
     seed_example,
     seed_spec,
+    supervised,
     tiny_spec,
     train,
     train_request,
@@ -27,9 +30,15 @@ from tests.model_service.helpers import (
 from tests.scaler_service.harness import ScalerServerHandle
 
 SEED_SHAPES = ["(None, 3, 10)", "(None, 3, 2)", "(None, 10)", "(None, 1)"]
-# Chosen by running the seed example with seeds 0..19 (see the report): this configuration lands in
-# 70..90 for most seeds; seed 3 is one of them, with a margin on both sides.
-SEED_TRAINING = {"epochs": 100, "batch_size": 4, "seed": 3, "shuffle": True}
+# The seed's example 1 is 13 samples, and [50, 60, 70] lies past every training window: the answer is
+# an extrapolation, and one training run depends on its initialisation. With this configuration (x MinMax
+# per column, y MinMax, 100 epochs, batch 4, shuffled) seeds 0..9 gave, through the services,
+# [74.1, 81.9, 79.7, 55.4, 82.4, 82.0, 81.0, 84.5, 20.8, 82.7]: most runs land near 80, a few saturate
+# or die. So the test trains the first three seeds (not picked for their results) and asserts their
+# MEDIAN is in 70..90: one bad run, e.g. from another CPU's float rounding, cannot fail it, and the
+# figure asserted is the typical result rather than a lucky one.
+SEED_TRAINING = {"epochs": 100, "batch_size": 4, "shuffle": True}
+SEED_EXAMPLE_SEEDS = (0, 1, 2)
 
 
 def test_validate_spec_reports_the_seed_shapes(model_server: ModelServerHandle) -> None:
@@ -58,27 +67,38 @@ def test_seed_example_predicts_about_80(
     model_server: ModelServerHandle, shared_scaler: ScalerServerHandle
 ) -> None:
     x, y = seed_example()
-    request = train_request(
-        seed_spec(),
-        x,
-        y,
-        x_scaling=scaler(scaler_pb2.MINMAX, scaler_pb2.PER_COLUMN),
-        y_scaling=scaler(scaler_pb2.MINMAX),
-        **SEED_TRAINING,
-    )
-    events, info = train(model_server.stub, request)
-    started = events[0].started
-    assert (started.n_train, started.n_validation) == (13, 0)
-    assert started.x_scaler.scaler_id == f"{info.id}-x" and started.y_scaler.scaler_id == f"{info.id}-y"
-    epochs = [e.epoch for e in events if e.HasField("epoch")]
-    assert [e.epoch for e in epochs] == list(range(1, 101))
-    assert all(e.loss >= 0 and e.rows_per_second > 0 and "mae" in e.metrics for e in epochs)
-    assert epochs[-1].loss < epochs[0].loss
-    assert info.state == model_pb2.READY and info.version == 1 and info.epochs_run == 100
-    assert [layer.output_shape_text for layer in info.layers] == SEED_SHAPES
-    prediction = values(predict(model_server.stub, info.id, SEED_QUERY))
-    assert prediction.shape == (1, 1)
-    assert 70 <= prediction[0, 0] <= 90, prediction
+
+    def train_and_predict(seed: int) -> tuple[model_pb2.ModelInfo, float]:
+        request = train_request(
+            seed_spec(),
+            x,
+            y,
+            seed=seed,
+            x_scaling=scaler(scaler_pb2.MINMAX, scaler_pb2.PER_COLUMN),
+            y_scaling=scaler(scaler_pb2.MINMAX),
+            **SEED_TRAINING,
+        )
+        events, info = train(model_server.stub, request)
+        started = events[0].started
+        assert (started.n_train, started.n_validation) == (13, 0)
+        assert started.x_scaler.scaler_id == f"{info.id}-x" and started.y_scaler.scaler_id == f"{info.id}-y"
+        epochs = [e.epoch for e in events if e.HasField("epoch")]
+        assert [e.epoch for e in epochs] == list(range(1, 101))
+        assert all(e.loss >= 0 and e.rows_per_second > 0 and "mae" in e.metrics for e in epochs)
+        assert epochs[-1].loss < epochs[0].loss
+        assert info.state == model_pb2.READY and info.version == 1 and info.epochs_run == 100
+        assert info.seed == seed
+        assert [layer.output_shape_text for layer in info.layers] == SEED_SHAPES
+        prediction = values(predict(model_server.stub, info.id, SEED_QUERY))
+        assert prediction.shape == (1, 1) and np.isfinite(prediction).all()
+        return info, float(prediction[0, 0])
+
+    # Two at a time (the server's default max_training_jobs): same results as one by one, less wall time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(train_and_predict, SEED_EXAMPLE_SEEDS))
+    predictions = [prediction for _, prediction in runs]
+    assert 70 <= float(np.median(predictions)) <= 90, predictions
+    info = runs[0][0]
     # The scaler service holds the fitted versions the model refers to.
     fitted = shared_scaler.stub.GetScaler(
         scaler_pb2.GetScalerRequest(scaler_id=info.x_scaler.scaler_id), timeout=10
@@ -117,6 +137,22 @@ def test_outlier_example_trains_with_scalers_fitted_on_the_training_split(
     predicted = values(predict(model_server.stub, info.id, x))
     assert predicted.shape == (14, 1) and np.isfinite(predicted).all()
     assert predicted[11, 0] > 1000 > abs(predicted[0, 0])
+    # The final event carries the streamed per-epoch history; elapsed time grows epoch by epoch.
+    epochs = [e.epoch for e in events if e.HasField("epoch")]
+    assert list(info.history) == epochs and info.epochs_run == 40
+    elapsed = [e.elapsed_seconds for e in epochs]
+    assert elapsed[0] > 0 and all(b > a for a, b in zip(elapsed, elapsed[1:], strict=False))
+    # Evaluate scores in original units; on the last 3 samples it reproduces the holdout metrics.
+    holdout = model_server.stub.Evaluate(
+        model_pb2.EvaluateRequest(model_id=info.id, x=codec.from_numpy(x[11:]), y=codec.from_numpy(y[11:])),
+        timeout=30,
+    )
+    assert holdout.n_samples == 3
+    for name in ("mse", "mae", "rmse"):
+        assert holdout.metrics[name] == pytest.approx(info.holdout_metrics[name], rel=1e-6)
+    errors = predicted[11:, 0] - y[11:]
+    assert holdout.metrics["mse"] == pytest.approx(np.mean(errors**2), rel=1e-6)
+    assert holdout.metrics["mae"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-6)
 
 
 def test_binary_task_predicts_probabilities_and_labels(model_server: ModelServerHandle) -> None:
@@ -142,6 +178,12 @@ def test_binary_task_predicts_probabilities_and_labels(model_server: ModelServer
     ).metrics
     assert metrics["accuracy"] == pytest.approx(info.holdout_metrics["accuracy"])
     assert metrics["log_loss"] == pytest.approx(info.holdout_metrics["log_loss"], rel=1e-4)
+    # The same figures computed here from Predict's probabilities.
+    p = codec.to_numpy(predict(model_server.stub, info.id, x[120:]).probabilities)[:, 0]
+    truth = y[120:]
+    assert metrics["accuracy"] == pytest.approx(np.mean((p >= 0.5) == truth))
+    log_loss = -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p))
+    assert metrics["log_loss"] == pytest.approx(log_loss, rel=1e-4)
 
 
 def test_multiclass_task_probabilities_sum_to_one(model_server: ModelServerHandle) -> None:
@@ -174,6 +216,36 @@ def test_series_training_makes_windows(model_server: ModelServerHandle) -> None:
     events, info = train(model_server.stub, request)
     assert (events[0].started.n_train, events[0].started.n_validation) == (24, 3)
     assert not info.HasField("x_scaler")
+    # The windows are the seed's: [1, 2, 3] -> 4, ... Training on them directly, with the same seed,
+    # gives the very same model.
+    x = np.stack([series[i : i + 3] for i in range(27)]).reshape(27, 3, 1)
+    same = model_pb2.TrainRequest(
+        spec=tiny_spec(), supervised=supervised(x, series[3:]), epochs=2, validation_fraction=0.1
+    )
+    _, twin = train(model_server.stub, same)
+    np.testing.assert_allclose(
+        values(predict(model_server.stub, twin.id, x)),
+        values(predict(model_server.stub, info.id, x)),
+        rtol=1e-6,
+    )
+    assert twin.holdout_metrics == pytest.approx(info.holdout_metrics, rel=1e-6)
+
+
+def test_early_stopping_ends_training_and_the_events_say_so(model_server: ModelServerHandle) -> None:
+    x, y = seed_example()
+    # Nothing counts as an improvement after the first epoch (min_delta is enormous): stop after 1 + patience.
+    request = train_request(
+        tiny_spec(),
+        x,
+        y,
+        epochs=50,
+        validation_fraction=0.2,
+        early_stopping=model_pb2.EarlyStopping(patience=2, min_delta=1e9),
+    )
+    events, info = train(model_server.stub, request)
+    epochs = [e.epoch for e in events if e.HasField("epoch")]
+    assert [e.epoch for e in epochs] == [1, 2, 3] and all(e.epochs == 50 for e in epochs)
+    assert info.epochs_run == 3 and len(info.history) == 3
 
 
 def test_versions_list_paging_get_and_delete(model_server: ModelServerHandle) -> None:

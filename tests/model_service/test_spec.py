@@ -112,12 +112,19 @@ def test_defaults_are_filled_in() -> None:
         (ModelSpec(3, 1, (Lstm(4),), Head(None)), ["head.task is required"]),
         (
             ModelSpec(3, 1, (Lstm(4),), Head(Task.MULTICLASS, n_classes=1)),
-            ["MULTICLASS needs n_classes >= 2", "1"],
+            ["head (MULTICLASS", "MULTICLASS needs n_classes >= 2", "got 1"],
         ),
-        (ModelSpec(3, 1, (Lstm(4),), Head(Task.BINARY, outputs=3)), ["BINARY", "outputs=3"]),
+        (
+            ModelSpec(3, 1, (Lstm(4),), Head(Task.BINARY, outputs=3)),
+            ["head (BINARY, output (None, 1)", "outputs=3"],
+        ),
+        (
+            ModelSpec(3, 1, (Lstm(4),), Head(Task.MULTICLASS, outputs=4, n_classes=3)),
+            ["head (MULTICLASS, output (None, 3))", "outputs=4 does not match n_classes=3"],
+        ),
         (
             ModelSpec(3, 1, (Lstm(4),), Head(Task.REGRESSION, n_classes=3)),
-            ["n_classes (3) is for MULTICLASS"],
+            ["head (REGRESSION, output (None, 1))", "n_classes (3) is for MULTICLASS"],
         ),
         (
             ModelSpec(3, 1, (Lstm(4, return_sequences=True),), REGRESSION),

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from model_service import builder, training
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import ModelRegistry
+from model_service.registry import META_FILE, MODEL_FILE, ModelRegistry
 from model_service.runtime import ModelRuntime, ModelSignature
 from model_service.scaling import PER_FEATURE, AffineScaler, FitOutcome, ScalerRef
-from model_service.serving import ServingOptions
+from model_service.serving import ServedModel, ServingOptions
 from model_service.spec import Dense, Head, Lstm, ModelSpec, Task
 from model_service.training import TrainingManager, TrainInput, TrainOptions, TrainStarted
 from scaler_service import scaling as fitting
 from service_common.artifacts import ArtifactStore
-from service_common.errors import Cancelled, FailedPrecondition, NotFound, ResourceExhausted
+from service_common.errors import Cancelled, FailedPrecondition, IntegrityError, NotFound, ResourceExhausted
 from tests.model_service.helpers import seed_example
 
 
@@ -230,3 +235,145 @@ def test_concurrent_predictions_through_the_runtime_match_single_ones(stack: Sta
         thread.join(30)
     for got, want in zip(results, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_holdout_is_the_time_ordered_tail_scaled_with_the_training_fit(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[tuple[np.ndarray, np.ndarray, int | None, Any]] = []
+    original = training._dataset
+
+    def spy(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None) -> Any:
+        dataset = original(x, y, batch_size, shuffle_seed)
+        built.append((x.copy(), y.copy(), shuffle_seed, dataset))
+        return dataset
+
+    monkeypatch.setattr(training, "_dataset", spy)
+    x, y = seed_example()
+    run(stack, seed_input(validation_fraction=0.25))  # shuffle on; 13 samples: 10 train, last 3 holdout
+    (train_x, train_y, train_seed, train_set), (val_x, val_y, val_seed, _) = built
+    assert train_seed is not None and val_seed is None  # only the training split is ever shuffled
+    # x: MinMax fitted on the 10 training windows (values 1..12); y: standard, on y[:10] only.
+    low, high = x[:10].min(), x[:10].max()
+    np.testing.assert_allclose(train_x, (x[:10] - low) / (high - low))
+    np.testing.assert_allclose(val_x, (x[10:] - low) / (high - low))
+    assert val_x.max() > 4  # [40, 50, 60] far outside [0, 1]: the holdout took no part in the fit
+    mean, std = y[:10].mean(), y[:10].std()
+    np.testing.assert_allclose(train_y.reshape(-1), (y[:10] - mean) / std)
+    np.testing.assert_allclose(val_y.reshape(-1), (y[10:] - mean) / std)
+    # One epoch of the shuffled training set (ceil(10 / 4) = 3 batches) holds exactly the 10 training rows.
+    epoch = np.concatenate([batch_x.numpy() for batch_x, _ in train_set.take(3)]).reshape(10, 3)
+    assert not np.array_equal(epoch, train_x.reshape(10, 3).astype(np.float32))  # shuffled...
+    by_first_value = np.argsort(epoch[:, 0])
+    np.testing.assert_allclose(
+        epoch[by_first_value], train_x.reshape(10, 3), rtol=1e-6
+    )  # ...training rows only
+
+
+def test_serving_is_a_warmed_compiled_function_never_model_predict(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("model.predict must not be used for serving")
+
+    monkeypatch.setattr(keras.Model, "predict", forbidden)
+    monkeypatch.setattr(keras.Model, "predict_on_batch", forbidden)
+    _, record = run(stack, seed_input(validation_fraction=0.25))  # the holdout is scored by serving too
+    model = stack.runtime.resolve(record.model_id)
+    predictor = model.predictor
+    assert predictor._warm  # traced before the version was published: no request pays for it
+    (signature,), _ = predictor._call.structured_input_signature
+    assert signature.shape.as_list() == [None, 3, 1] and signature.dtype == tf.float32
+    rng = np.random.default_rng(2)
+    for batch in (1, 7, 64):  # one concrete function serves every batch size
+        x = rng.uniform(0, 60, size=(batch, 3, 1))
+        got = model.predict(x).values
+        scaled = record_scalers(stack, record.model_id)
+        direct = predictor.model(scaled[0].transform(x).astype(np.float32), training=False).numpy()
+        np.testing.assert_allclose(got, scaled[1].inverse_transform(direct), rtol=1e-5, atol=1e-5)
+    # After a restart the loaded model is served the same way.
+    reopened = ModelRegistry(stack.store, ServingOptions())
+    reopened.load_all()
+    again = ModelRuntime(reopened).resolve(record.model_id)
+    assert again.predictor._call.structured_input_signature[0][0].shape.as_list() == [None, 3, 1]
+    np.testing.assert_allclose(again.predict(x).values, got, rtol=1e-6)
+    reopened.close()
+
+
+def record_scalers(stack: Stack, model_id: str) -> tuple[AffineScaler, AffineScaler]:
+    record = stack.runtime.resolve(model_id).record
+    assert record.x_scaler is not None and record.y_scaler is not None
+    return record.x_scaler, record.y_scaler
+
+
+def test_concurrent_requests_share_forward_passes_in_the_serving_path(stack: Stack) -> None:
+    _, record = run(stack, seed_input())
+    served = stack.runtime.resolve(record.model_id)
+    inner = served.predictor
+    first_pass, release = threading.Event(), threading.Event()
+    passes: list[int] = []
+
+    class GatedPredictor:
+        """The real compiled pass; the first one blocks so that the next requests queue up behind it."""
+
+        def warm(self) -> None:
+            inner.warm()
+
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            passes.append(int(x.shape[0]))
+            if len(passes) == 1:
+                first_pass.set()
+                assert release.wait(10)
+            return inner(x)
+
+    observed: list[int] = []
+    options = ServingOptions(max_batch_size=64, observe_batch=observed.append)
+    model = ServedModel(served.record, GatedPredictor(), options)  # type: ignore[arg-type]
+    queries = [np.full((1, 3, 1), float(i)) + np.arange(3.0).reshape(1, 3, 1) for i in range(12)]
+    expected = [served.predict(q).values for q in queries]
+    with ThreadPoolExecutor(13) as pool:
+        blocker = pool.submit(model.predict, np.ones((1, 3, 1)))
+        assert first_pass.wait(10)
+        futures = [pool.submit(model.predict, q) for q in queries]
+        deadline = time.monotonic() + 10
+        while len(model._batcher._queue) < len(queries):
+            assert time.monotonic() < deadline, "requests did not queue up"
+            time.sleep(0.005)
+        release.set()
+        results = [future.result(10).values for future in futures]
+        blocker.result(10)
+    assert passes == [1, 12] and observed == [1, 12]  # twelve requests, one forward pass
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)  # each caller gets its own rows
+    model.close("done")
+
+
+def test_a_signed_artifact_with_code_in_it_is_refused_by_safe_mode(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, record = run(stack, seed_input(model_id="kept"))
+    # A model that runs arbitrary Python (a Lambda layer), signed with the store's own key.
+    unsafe = keras.Sequential(
+        [
+            keras.Input((3, 1)),
+            keras.layers.Lambda(lambda t: t * 2.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    keras_bytes = builder.to_keras_bytes(unsafe)
+    with pytest.raises(IntegrityError, match="Keras refused the model"):
+        builder.from_keras_bytes(keras_bytes, record.spec, "sneaky v1")
+    sneaky = dataclasses.replace(record, model_id="sneaky", version=1)
+    stack.store.write("sneaky", 1, {MODEL_FILE: keras_bytes, META_FILE: sneaky.to_json()})
+    reopened = ModelRegistry(stack.store, ServingOptions())
+    reopened.load_all()
+    try:
+        assert [(e.model_id, e.version) for e in reopened.index()] == [("kept", 1)]
+        with pytest.raises(NotFound):
+            reopened.resolve("sneaky")
+    finally:
+        reopened.close()
+    assert any(
+        "skipping model artifact" in r.getMessage() and "sneaky" in r.getMessage() for r in caplog.records
+    )

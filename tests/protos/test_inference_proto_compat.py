@@ -137,3 +137,185 @@ def test_our_contract_lives_in_a_private_pool_next_to_tritonclient() -> None:
     assert pb.DESCRIPTOR.pool is not descriptor_pool.Default()
     assert descriptor_pool.Default().FindMessageTypeByName("inference.ModelInferRequest").file is THEIRS
     assert pb.ModelInferRequest.DESCRIPTOR.file is OURS
+
+
+# ---- the published specification, independently of tritonclient -------------------------------------
+#
+# Transcribed by hand from the published texts, as proto declarations: the core messages from KServe's
+# open-inference-protocol specification/protocol/open_inference_grpc.proto; ModelStreamInfer and the
+# repository extension (which KServe leaves to servers) from Triton's protobuf/grpc_service.proto, the
+# layout MLServer copies. Every field: (number, declared type).
+PUBLISHED_FIELDS: dict[str, dict[str, tuple[int, str]]] = {
+    "ServerLiveRequest": {},
+    "ServerLiveResponse": {"live": (1, "bool")},
+    "ServerReadyRequest": {},
+    "ServerReadyResponse": {"ready": (1, "bool")},
+    "ModelReadyRequest": {"name": (1, "string"), "version": (2, "string")},
+    "ModelReadyResponse": {"ready": (1, "bool")},
+    "ServerMetadataRequest": {},
+    "ServerMetadataResponse": {
+        "name": (1, "string"),
+        "version": (2, "string"),
+        "extensions": (3, "repeated string"),
+    },
+    "ModelMetadataRequest": {"name": (1, "string"), "version": (2, "string")},
+    "ModelMetadataResponse": {
+        "name": (1, "string"),
+        "versions": (2, "repeated string"),
+        "platform": (3, "string"),
+        "inputs": (4, "repeated TensorMetadata"),
+        "outputs": (5, "repeated TensorMetadata"),
+    },
+    "ModelMetadataResponse.TensorMetadata": {
+        "name": (1, "string"),
+        "datatype": (2, "string"),
+        "shape": (3, "repeated int64"),
+    },
+    "ModelInferRequest": {
+        "model_name": (1, "string"),
+        "model_version": (2, "string"),
+        "id": (3, "string"),
+        "parameters": (4, "map<string, InferParameter>"),
+        "inputs": (5, "repeated InferInputTensor"),
+        "outputs": (6, "repeated InferRequestedOutputTensor"),
+        "raw_input_contents": (7, "repeated bytes"),
+    },
+    "ModelInferRequest.InferInputTensor": {
+        "name": (1, "string"),
+        "datatype": (2, "string"),
+        "shape": (3, "repeated int64"),
+        "parameters": (4, "map<string, InferParameter>"),
+        "contents": (5, "InferTensorContents"),
+    },
+    "ModelInferRequest.InferRequestedOutputTensor": {
+        "name": (1, "string"),
+        "parameters": (2, "map<string, InferParameter>"),
+    },
+    "ModelInferResponse": {
+        "model_name": (1, "string"),
+        "model_version": (2, "string"),
+        "id": (3, "string"),
+        "parameters": (4, "map<string, InferParameter>"),
+        "outputs": (5, "repeated InferOutputTensor"),
+        "raw_output_contents": (6, "repeated bytes"),
+    },
+    "ModelInferResponse.InferOutputTensor": {
+        "name": (1, "string"),
+        "datatype": (2, "string"),
+        "shape": (3, "repeated int64"),
+        "parameters": (4, "map<string, InferParameter>"),
+        "contents": (5, "InferTensorContents"),
+    },
+    "InferParameter": {
+        "bool_param": (1, "bool"),
+        "int64_param": (2, "int64"),
+        "string_param": (3, "string"),
+        "double_param": (4, "double"),
+        "uint64_param": (5, "uint64"),
+    },
+    "InferTensorContents": {
+        "bool_contents": (1, "repeated bool"),
+        "int_contents": (2, "repeated int32"),
+        "int64_contents": (3, "repeated int64"),
+        "uint_contents": (4, "repeated uint32"),
+        "uint64_contents": (5, "repeated uint64"),
+        "fp32_contents": (6, "repeated float"),
+        "fp64_contents": (7, "repeated double"),
+        "bytes_contents": (8, "repeated bytes"),
+    },
+    "ModelStreamInferResponse": {
+        "error_message": (1, "string"),
+        "infer_response": (2, "ModelInferResponse"),
+    },
+    "ModelRepositoryParameter": {
+        "bool_param": (1, "bool"),
+        "int64_param": (2, "int64"),
+        "string_param": (3, "string"),
+        "bytes_param": (4, "bytes"),
+    },
+    "RepositoryIndexRequest": {"repository_name": (1, "string"), "ready": (2, "bool")},
+    "RepositoryIndexResponse": {"models": (1, "repeated ModelIndex")},
+    "RepositoryIndexResponse.ModelIndex": {
+        "name": (1, "string"),
+        "version": (2, "string"),
+        "state": (3, "string"),
+        "reason": (4, "string"),
+    },
+    "RepositoryModelLoadRequest": {
+        "repository_name": (1, "string"),
+        "model_name": (2, "string"),
+        "parameters": (3, "map<string, ModelRepositoryParameter>"),
+    },
+    "RepositoryModelLoadResponse": {},
+    "RepositoryModelUnloadRequest": {
+        "repository_name": (1, "string"),
+        "model_name": (2, "string"),
+        "parameters": (3, "map<string, ModelRepositoryParameter>"),
+    },
+    "RepositoryModelUnloadResponse": {},
+}
+# Oneofs of the published texts (the parameter value types).
+PUBLISHED_ONEOFS = {"InferParameter": "parameter_choice", "ModelRepositoryParameter": "parameter_choice"}
+# rpc name: (request, response, client streaming, server streaming).
+PUBLISHED_RPCS = {
+    "ServerLive": ("ServerLiveRequest", "ServerLiveResponse", False, False),
+    "ServerReady": ("ServerReadyRequest", "ServerReadyResponse", False, False),
+    "ModelReady": ("ModelReadyRequest", "ModelReadyResponse", False, False),
+    "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse", False, False),
+    "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse", False, False),
+    "ModelInfer": ("ModelInferRequest", "ModelInferResponse", False, False),
+    "ModelStreamInfer": ("ModelInferRequest", "ModelStreamInferResponse", True, True),
+    "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse", False, False),
+    "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse", False, False),
+    "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse", False, False),
+}
+_SCALARS = {
+    descriptor.FieldDescriptor.TYPE_BOOL: "bool",
+    descriptor.FieldDescriptor.TYPE_STRING: "string",
+    descriptor.FieldDescriptor.TYPE_BYTES: "bytes",
+    descriptor.FieldDescriptor.TYPE_INT32: "int32",
+    descriptor.FieldDescriptor.TYPE_INT64: "int64",
+    descriptor.FieldDescriptor.TYPE_UINT32: "uint32",
+    descriptor.FieldDescriptor.TYPE_UINT64: "uint64",
+    descriptor.FieldDescriptor.TYPE_FLOAT: "float",
+    descriptor.FieldDescriptor.TYPE_DOUBLE: "double",
+}
+
+
+def _declared_type(field: descriptor.FieldDescriptor) -> str:
+    """The field as a .proto file declares it, e.g. 'repeated int64' or 'map<string, InferParameter>'."""
+    message = field.message_type
+    if message is not None and message.GetOptions().map_entry:
+        key, value = message.fields_by_name["key"], message.fields_by_name["value"]
+        return f"map<{_declared_type(key)}, {_declared_type(value)}>"
+    name = message.name if message is not None else _SCALARS[field.type]
+    return f"repeated {name}" if field.is_repeated else name
+
+
+def _ours(relative_name: str) -> descriptor.Descriptor:
+    top, *nested = relative_name.split(".")
+    message = OURS.message_types_by_name[top]
+    for part in nested:
+        message = message.nested_types_by_name[part]
+    return message
+
+
+def test_every_message_matches_the_published_specification() -> None:
+    ours = {m.full_name.removeprefix("inference.") for m in OUR_MESSAGES if not m.GetOptions().map_entry}
+    assert ours == set(PUBLISHED_FIELDS)  # no message missing, none invented
+    for name, fields in PUBLISHED_FIELDS.items():
+        message = _ours(name)
+        got = {f.name: (f.number, _declared_type(f)) for f in message.fields}
+        assert got == fields, name
+        assert [o.name for o in message.oneofs] == (
+            [PUBLISHED_ONEOFS[name]] if name in PUBLISHED_ONEOFS else []
+        )
+
+
+def test_every_rpc_matches_the_published_specification() -> None:
+    service = OURS.services_by_name["GRPCInferenceService"]
+    got = {
+        m.name: (m.input_type.name, m.output_type.name, m.client_streaming, m.server_streaming)
+        for m in service.methods
+    }
+    assert got == PUBLISHED_RPCS
