@@ -6,18 +6,24 @@
 #  2. a base image: python:3.11-slim when it can be pulled, otherwise a debootstrapped Debian bookworm
 #     imported as lstm-stack-base:bookworm (cached: built once per machine);
 #  3. a wheelhouse (.wheelhouse/, git-ignored) downloaded on the host, and the image built offline from it;
-#  4. docker-compose.yml rewritten to host networking (network_mode: host, no published ports, addresses
-#     127.0.0.1, free ports 58051/58052 by default) and brought up; bounded wait for both healthchecks;
+#  4. docker-compose.yml validated as users run it (plain, and with TLS + tokens: ports published on
+#     127.0.0.1 only), then rewritten to host networking (network_mode: host, no published ports,
+#     addresses 127.0.0.1, free ports 58051/58052 by default) and brought up; bounded wait for both
+#     healthchecks; every listening socket of the stack must be on 127.0.0.1;
 #  5. the demo client (compose profile `demo`) runs the seed walkthrough against the stack;
 #  6. the stack is taken down WITHOUT -v and brought up again: the demo's scalers and models must still
 #     be listed, and give the same predictions as before the restart;
-#  7. teardown on every exit path (trap): down -v, the test image removed, a dockerd we started stopped.
+#  7. the same stores served with mutual TLS + bearer tokens (~1 min; SMOKE_TLS=0 skips it): healthchecks
+#     over TLS, plaintext / certificate-less / tokenless callers refused, a model trained through the CLI
+#     (so the model -> scaler channel runs TLS + token);
+#  8. teardown on every exit path (trap): down -v, the test image removed, a dockerd we started stopped.
 #
 # If no engine can be started the script fails loudly; ALLOW_SKIP_DOCKER=1 turns that into a loud skip.
 # Knobs (environment): SMOKE_SCALER_PORT, SMOKE_MODEL_PORT, BASE_IMAGE, SMOKE_BASE_CACHE_IMAGE,
-# DEBOOTSTRAP_MIRROR, WHEELHOUSE_DIR, SMOKE_KEEP_IMAGE=1, SMOKE_KEEP_DOCKERD=1, SMOKE_DEMO_ARGS (extra
-# demo flags, e.g. "--epochs 50"),
-# and the *_TIMEOUT variables below.
+# DEBOOTSTRAP_MIRROR, WHEELHOUSE_DIR, SMOKE_TLS=0, SMOKE_KEEP_IMAGE=1, SMOKE_KEEP_DOCKERD=1,
+# SMOKE_DEMO_ARGS (extra demo flags, e.g. "--epochs 50"), and the *_TIMEOUT variables below.
+# Kept between runs on purpose: the base image, .wheelhouse/ and the build-stage cache images
+# (lstm-stack-cache:requirements / :build; each run replaces the previous ones).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +31,7 @@ REPO_ROOT=$(pwd)
 
 PROJECT=lstmsmoke                    # plain letters: compose v1 and v2 derive the same volume names
 IMAGE=lstm-stack:smoke
+CACHE_REPO=lstm-stack-cache          # :<stage> tags keep the classic builder's cache of the build stages
 CACHED_BASE_IMAGE=${SMOKE_BASE_CACHE_IMAGE:-lstm-stack-base:bookworm}
 DEFAULT_BASE_IMAGE=python:3.11-slim
 SMOKE_DIR=$REPO_ROOT/run/compose-smoke
@@ -47,11 +54,20 @@ PHASE_START=$SCRIPT_START
 PHASE_NAME=""
 PHASE_TIMES=()
 STARTED_DOCKERD_PID=""
+DOCKERD_CHILDREN=""
+ENGINE_UP=0
 STACK_STARTED=0
 IMAGE_BUILT=0
 SKIPPED=0
 COMPOSE=()
 COMPOSE_FILE=$SMOKE_DIR/docker-compose.host.yml
+TLS_DIR=$SMOKE_DIR/tls
+# The optional security settings of docker-compose.yml: cleared, so the plain run is plain whatever the
+# caller's shell holds; the TLS phase sets them itself.
+SECURITY_VARS=(LSTM_SECRETS_DIR LSTM_SCALER_TOKEN LSTM_SCALER_TOKEN_FILE LSTM_MODEL_TOKEN LSTM_MODEL_TOKEN_FILE
+    LSTM_SCALER_TLS_CERT LSTM_SCALER_TLS_KEY LSTM_MODEL_TLS_CERT LSTM_MODEL_TLS_KEY LSTM_TLS_CA
+    LSTM_TLS_CLIENT_CA LSTM_TLS_CLIENT_CERT LSTM_TLS_CLIENT_KEY LSTM_STACK_TOKEN)
+unset "${SECURITY_VARS[@]}"
 
 log() { printf '[compose-smoke %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 phase() {
@@ -96,6 +112,18 @@ engine_unavailable() {
 
 compose() { timeout "$COMPOSE_TIMEOUT" "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
 
+# Containers and volumes of this project, whatever compose file made them (a killed earlier run, or a
+# `down -v` that failed): found by the label compose puts on them.
+remove_project_leftovers() {
+    local containers=() volumes=()
+    mapfile -t containers < <(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
+    ((${#containers[@]} == 0)) || docker rm -f "${containers[@]}" >/dev/null 2>&1
+    mapfile -t volumes < <(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
+    ((${#volumes[@]} == 0)) || docker volume rm -f "${volumes[@]}" >/dev/null 2>&1
+    ((${#containers[@]} + ${#volumes[@]} == 0)) \
+        || log "removed leftovers of project $PROJECT: ${#containers[@]} container(s), ${#volumes[@]} volume(s)"
+}
+
 cleanup() {
     local rc=$?
     set +e
@@ -109,20 +137,31 @@ cleanup() {
         log "teardown: down -v"
         compose --profile demo down -v --remove-orphans --timeout 30 >"$SMOKE_DIR/down.log" 2>&1 \
             || show_tail "$SMOKE_DIR/down.log" 20
-        log "teardown: stack and its volumes removed"
     fi
+    if [[ $ENGINE_UP == 1 ]]; then
+        remove_project_leftovers
+        [[ $STACK_STARTED == 0 ]] || log "teardown: stack and its volumes removed"
+    fi
+    rm -rf "$TLS_DIR"
     if [[ $IMAGE_BUILT == 1 && "${SMOKE_KEEP_IMAGE:-0}" != "1" ]]; then
-        # The build cache and the base image stay, so a rerun on this machine is quick.
+        # The base image and the build-stage cache stay, so a rerun on this machine is quick.
         docker image rm "$IMAGE" >/dev/null 2>&1 && log "teardown: removed image $IMAGE"
     fi
     if [[ -n "$STARTED_DOCKERD_PID" && "${SMOKE_KEEP_DOCKERD:-0}" != "1" ]]; then
         log "teardown: stopping the dockerd this script started (pid $STARTED_DOCKERD_PID)"
+        DOCKERD_CHILDREN+=" $(pgrep -P "$STARTED_DOCKERD_PID" | tr '\n' ' ')"
         kill -TERM "$STARTED_DOCKERD_PID" 2>/dev/null
         for _ in $(seq 1 30); do
             kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break
             sleep 1
         done
         kill -KILL "$STARTED_DOCKERD_PID" 2>/dev/null
+        # dockerd stops the containerd it spawned; after a KILL that one would be left behind.
+        local child
+        for child in $DOCKERD_CHILDREN; do
+            [[ $(cat "/proc/$child/comm" 2>/dev/null) == containerd* ]] && kill -TERM "$child" 2>/dev/null \
+                && log "teardown: stopped dockerd's leftover containerd (pid $child)"
+        done
     fi
     local total=$(($(date +%s) - SCRIPT_START))
     PHASE_TIMES+=("teardown: $(($(date +%s) - PHASE_START))s")
@@ -178,9 +217,11 @@ else
             (($(date +%s) < deadline)) || engine_unavailable "dockerd not answering after ${DOCKERD_START_TIMEOUT}s"
             sleep 1
         done
-        log "dockerd is up (pid $STARTED_DOCKERD_PID)"
+        DOCKERD_CHILDREN=$(pgrep -P "$STARTED_DOCKERD_PID" | tr '\n' ' ' || true)
+        log "dockerd is up (pid $STARTED_DOCKERD_PID; children: ${DOCKERD_CHILDREN:-none})"
     fi
 fi
+ENGINE_UP=1
 docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}' | sed 's/^/    /'
 
 # Compose: the v2 plugin (`docker compose`) where present, else Debian bookworm's python docker-compose 1.29.
@@ -195,6 +236,7 @@ fi
 log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?'))"
 # The classic builder honours `--network host` without BuildKit entitlements.
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+remove_project_leftovers
 
 # Host python for the small helpers below (compose rewrite, free ports): PyYAML comes with docker-compose v1.
 HOST_PY=/usr/bin/python3
@@ -260,12 +302,22 @@ EOF
 platforms=(--platform manylinux2014_x86_64)
 for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
 mkdir -p "$WHEELHOUSE_DIR"
-log "pip download into $WHEELHOUSE_DIR (cached wheels are reused)"
-if ! timeout "$PIP_DOWNLOAD_TIMEOUT" "$PIP_PY" -m pip download --disable-pip-version-check --progress-bar off \
-    --dest "$WHEELHOUSE_DIR" --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
-    "${platforms[@]}" -r "$SMOKE_DIR/requirements.txt" >"$SMOKE_DIR/pip-download.log" 2>&1; then
-    show_tail "$SMOKE_DIR/pip-download.log" 30
-    fail "pip download of the wheelhouse failed"
+# A wheelhouse completed for these exact requirements is reused without asking PyPI (offline reruns);
+# SMOKE_REFRESH_WHEELHOUSE=1 downloads again (newer releases within the ranges).
+wheelhouse_stamp=$WHEELHOUSE_DIR/.complete-sha256
+wanted_stamp=$(cat "$SMOKE_DIR/requirements.txt" <(printf '%s\n' "${platforms[@]}") | sha256sum | cut -d' ' -f1)
+if [[ "${SMOKE_REFRESH_WHEELHOUSE:-0}" != "1" && -f $wheelhouse_stamp && $(<"$wheelhouse_stamp") == "$wanted_stamp" ]]; then
+    log "the wheelhouse is complete for these requirements (SMOKE_REFRESH_WHEELHOUSE=1 downloads again)"
+else
+    log "pip download into $WHEELHOUSE_DIR (wheels already there are reused)"
+    rm -f "$wheelhouse_stamp"
+    if ! timeout "$PIP_DOWNLOAD_TIMEOUT" "$PIP_PY" -m pip download --disable-pip-version-check --progress-bar off \
+        --dest "$WHEELHOUSE_DIR" --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
+        "${platforms[@]}" -r "$SMOKE_DIR/requirements.txt" >"$SMOKE_DIR/pip-download.log" 2>&1; then
+        show_tail "$SMOKE_DIR/pip-download.log" 30
+        fail "pip download of the wheelhouse failed"
+    fi
+    printf '%s\n' "$wanted_stamp" >"$wheelhouse_stamp"
 fi
 log "wheelhouse: $(find "$WHEELHOUSE_DIR" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE_DIR" | cut -f1)"
 
@@ -278,6 +330,27 @@ if ! timeout "$BUILD_TIMEOUT" docker build --network host --force-rm --build-arg
     fail "docker build failed (full log: $SMOKE_DIR/build.log)"
 fi
 log "built $IMAGE ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
+
+# The classic builder's cache is the intermediate images of each stage. Tag the result of every stage
+# but the last as $CACHE_REPO:<stage> (from the build log: the last image id before the next FROM), and
+# drop the result the tag pointed to before, so stale caches don't pile up run after run.
+tag_stage_caches() {
+    local stage id old new
+    while read -r stage id; do
+        new=$(docker image inspect -f '{{.Id}}' "$id" 2>/dev/null) || continue
+        old=$(docker image inspect -f '{{.Id}}' "$CACHE_REPO:$stage" 2>/dev/null || true)
+        docker tag "$new" "$CACHE_REPO:$stage" || continue
+        if [[ -n $old && $old != "$new" ]]; then
+            # Fails harmlessly while a newer cache still builds on it.
+            docker image rm "$old" >/dev/null 2>&1 && log "replaced the stale $CACHE_REPO:$stage cache"
+        fi
+    done < <(awk '/^ ---> [0-9a-f]+$/ { last = $2 }
+        /^Step [0-9]+\/[0-9]+ : FROM .* [Aa][Ss] [A-Za-z0-9_.-]+$/ {
+            if (stage != "" && last != "") print stage, last
+            stage = $NF; last = ""
+        }' "$SMOKE_DIR/build.log")
+}
+tag_stage_caches
 [[ $(docker run --rm --network host "$IMAGE" id -u) != 0 ]] || fail "the image runs as root"
 
 # ---------------------------------------------------------------- 4. host-network compose file
@@ -344,10 +417,148 @@ with open(target, "w", encoding="utf-8") as handle:
     handle.write("# Generated by scripts/compose_smoke.sh from docker-compose.yml: host networking.\n")
     yaml.safe_dump(document, handle, sort_keys=False)
 EOF
-compose --profile demo config >"$SMOKE_DIR/compose-resolved.yml" || fail "the rewritten compose file is invalid"
-if grep -qE '^\s+ports:|scaler:[0-9]|model:[0-9]|0\.0\.0\.0' "$SMOKE_DIR/compose-resolved.yml"; then
-    fail "the rewritten compose file still publishes ports or names non-loopback addresses"
-fi
+# Checks a resolved (`config`) compose file: ports published on 127.0.0.1 only, security settings all
+# empty (plain) or all pointing into the secrets mount (tls), the secrets mount read-only.
+CHECK_CONFIG_PY='
+import sys
+
+import yaml
+
+mode, path = sys.argv[1:]
+services = yaml.safe_load(open(path, encoding="utf-8"))["services"]
+problems = []
+SECRETS = "/run/lstm-stack"
+EXPECTED_TLS = {
+    "scaler": {
+        "LSTM_SCALER_AUTH_TOKEN_FILE": f"{SECRETS}/token",
+        "LSTM_SCALER_TLS_CERT": f"{SECRETS}/server.pem",
+        "LSTM_SCALER_TLS_KEY": f"{SECRETS}/server-key.pem",
+        "LSTM_SCALER_TLS_CLIENT_CA": f"{SECRETS}/ca.pem",
+        "LSTM_HEALTHCHECK_TLS_CA": f"{SECRETS}/ca.pem",
+        "LSTM_HEALTHCHECK_TLS_CERT": f"{SECRETS}/client.pem",
+        "LSTM_HEALTHCHECK_TLS_KEY": f"{SECRETS}/client-key.pem",
+        "LSTM_HEALTHCHECK_TLS_SERVER_NAME": "scaler",
+    },
+    "model": {
+        "LSTM_MODEL_AUTH_TOKEN_FILE": f"{SECRETS}/token",
+        "LSTM_MODEL_TLS_CERT": f"{SECRETS}/server.pem",
+        "LSTM_MODEL_TLS_KEY": f"{SECRETS}/server-key.pem",
+        "LSTM_MODEL_TLS_CLIENT_CA": f"{SECRETS}/ca.pem",
+        "LSTM_MODEL_SCALER_TOKEN_FILE": f"{SECRETS}/token",
+        "LSTM_MODEL_SCALER_TLS_CA": f"{SECRETS}/ca.pem",
+        "LSTM_MODEL_SCALER_TLS_CERT": f"{SECRETS}/client.pem",
+        "LSTM_MODEL_SCALER_TLS_KEY": f"{SECRETS}/client-key.pem",
+        "LSTM_MODEL_SCALER_TLS_SERVER_NAME": "scaler",
+        "LSTM_HEALTHCHECK_TLS_CA": f"{SECRETS}/ca.pem",
+        "LSTM_HEALTHCHECK_TLS_SERVER_NAME": "model",
+    },
+    "demo": {
+        "LSTM_STACK_TLS_CA": f"{SECRETS}/ca.pem",
+        "LSTM_STACK_TLS_CERT": f"{SECRETS}/client.pem",
+        "LSTM_STACK_TLS_KEY": f"{SECRETS}/client-key.pem",
+    },
+}
+# Always set (names, not secrets): the rest must be empty in the plain stack.
+NAMES = {"LSTM_HEALTHCHECK_TLS_SERVER_NAME", "LSTM_MODEL_SCALER_TLS_SERVER_NAME"}
+
+
+def mounts(service):
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            yield parts[0], parts[1], parts[2:] == ["ro"]
+        else:
+            yield volume.get("source", ""), volume.get("target", ""), bool(volume.get("read_only"))
+
+
+for name in ("scaler", "model", "demo"):
+    service = services[name]
+    env = {key: "" if value is None else str(value) for key, value in service["environment"].items()}
+    for port in service.get("ports", []):
+        host_ip = port.split(":")[0] if isinstance(port, str) else port.get("host_ip", "")
+        if host_ip != "127.0.0.1":
+            where = host_ip or "every address"
+            problems.append(f"{name}: port {port} is published on {where}")
+    secrets = [(source, ro) for source, target, ro in mounts(service) if target == SECRETS]
+    if len(secrets) != 1 or not secrets[0][1]:
+        problems.append(f"{name}: needs exactly one read-only mount at {SECRETS}, got {secrets}")
+    security = {k: v for k, v in env.items() if "TOKEN" in k or "TLS" in k}
+    if mode == "plain":
+        problems += [f"{name}: {k}={v!r} in the plain stack" for k, v in security.items() if v and k not in NAMES]
+        if secrets and secrets[0][0].startswith("/"):
+            problems.append(f"{name}: the plain stack bind-mounts {secrets[0][0]} at {SECRETS}")
+    else:
+        problems += [
+            f"{name}: {k}={env.get(k)!r}, expected {v!r}" for k, v in EXPECTED_TLS[name].items() if env.get(k) != v
+        ]
+        if name == "demo" and len(env.get("LSTM_STACK_TOKEN", "")) < 16:
+            problems.append("demo: LSTM_STACK_TOKEN (the token it sends) is not set")
+        if secrets and not secrets[0][0].startswith("/"):
+            problems.append(f"{name}: {SECRETS} is not the secrets directory but {secrets[0][0]!r}")
+if problems:
+    sys.exit("\n".join(problems))
+'
+check_config() { # plain|tls, compose file -> resolved file in $SMOKE_DIR, checked
+    local mode=$1 file=$2 resolved
+    resolved=$SMOKE_DIR/resolved-$(basename "$file" .yml)-$mode.yml
+    (
+        [[ $mode == plain ]] || tls_settings
+        timeout "$COMPOSE_TIMEOUT" "${COMPOSE[@]}" -p "$PROJECT" -f "$file" --profile demo config
+    ) >"$resolved" || fail "$file ($mode) is not a valid compose file"
+    "$HOST_PY" -c "$CHECK_CONFIG_PY" "$mode" "$resolved" || fail "$file ($mode): see the problems above"
+    # Host networking: nothing may name an address but 127.0.0.1.
+    if [[ $file == "$COMPOSE_FILE" ]]; then
+        if grep -qE '^\s+ports:|scaler:[0-9]|model:[0-9]' "$resolved" \
+            || grep -oE '\b[0-9]{1,3}(\.[0-9]{1,3}){3}\b' "$resolved" | grep -qv '^127\.0\.0\.1$'; then
+            fail "$resolved still publishes ports or names a non-loopback address"
+        fi
+    fi
+}
+# The security settings of docker-compose.yml (mutual TLS + one token for both services), files in TLS_DIR.
+tls_settings() {
+    local dir=/run/lstm-stack
+    export LSTM_SECRETS_DIR=$TLS_DIR
+    export LSTM_SCALER_TOKEN_FILE=$dir/token LSTM_MODEL_TOKEN_FILE=$dir/token
+    export LSTM_SCALER_TLS_CERT=$dir/server.pem LSTM_SCALER_TLS_KEY=$dir/server-key.pem
+    export LSTM_MODEL_TLS_CERT=$dir/server.pem LSTM_MODEL_TLS_KEY=$dir/server-key.pem
+    export LSTM_TLS_CA=$dir/ca.pem LSTM_TLS_CLIENT_CA=$dir/ca.pem
+    export LSTM_TLS_CLIENT_CERT=$dir/client.pem LSTM_TLS_CLIENT_KEY=$dir/client-key.pem
+    LSTM_STACK_TOKEN=$(<"$TLS_DIR/token") && export LSTM_STACK_TOKEN
+}
+make_tls_files() { # a throwaway CA, one server certificate for both services, a client certificate, a token
+    command -v openssl >/dev/null || apt_install openssl || fail "openssl is needed to make test certificates"
+    rm -rf "$TLS_DIR" && mkdir -p "$TLS_DIR"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes) who
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=lstm-stack smoke CA" -keyout ca-key.pem -out ca.pem
+        # The names every caller dials or checks: compose service names (healthchecks, model -> scaler
+        # with server-name override) and the loopback address (callers from the host).
+        printf '%s\n' basicConstraints=critical,CA:FALSE extendedKeyUsage=serverAuth \
+            subjectAltName=DNS:scaler,DNS:model,DNS:localhost,IP:127.0.0.1 >server.ext
+        printf '%s\n' basicConstraints=critical,CA:FALSE extendedKeyUsage=clientAuth >client.ext
+        for who in server client; do
+            openssl req -new "${ec[@]}" -subj "/CN=lstm-stack smoke $who" -keyout "$who-key.pem" -out "$who.csr"
+            openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+                -extfile "$who.ext" -out "$who.pem"
+        done
+        openssl rand -hex 24 >token
+        rm -f ca-key.pem ./*.csr ./*.ext ca.srl
+        # Throwaway material, read by the image's user (uid 10001) through the bind mount.
+        chmod 755 . && chmod 644 ./*
+    ) >"$SMOKE_DIR/openssl.log" 2>&1 || {
+        show_tail "$SMOKE_DIR/openssl.log" 20
+        fail "making the test certificates failed"
+    }
+}
+make_tls_files
+# What users run (bridge network, published ports) and its host-network rewrite, plain and with TLS.
+for file in docker-compose.yml "$COMPOSE_FILE"; do
+    for mode in plain tls; do
+        check_config "$mode" "$file"
+    done
+done
+log "compose files valid: ports on 127.0.0.1 only, security off by default, TLS + token variant resolves"
 log "scaler $SCALER_ADDRESS, model $MODEL_ADDRESS (network_mode: host) -> $COMPOSE_FILE"
 
 container_health() { # service -> health status of its container
@@ -382,6 +593,33 @@ stack_up() {
         sleep 2
     done
     log "both services healthy $(($(date +%s) - started))s after up"
+    check_listeners
+}
+
+# Host networking puts the containers' sockets in the host's tables: the stack's ports must be listened
+# on, and only on 127.0.0.1 (a 0.0.0.0 or :: listener would take packets from every interface).
+check_listeners() {
+    "$HOST_PY" - "$SCALER_PORT" "$MODEL_PORT" <<'EOF' || fail "the stack listens beyond 127.0.0.1 (see above)"
+import sys
+
+ports = {int(port) for port in sys.argv[1:]}
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::ffff:127.0.0.1
+seen, problems = set(), []
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    with open(table, encoding="ascii") as handle:
+        next(handle)
+        for line in handle:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] != "0A" or int(port, 16) not in ports:  # 0A = LISTEN
+                continue
+            seen.add(int(port, 16))
+            if address not in LOOPBACK:
+                problems.append(f"port {int(port, 16)} is listened on {address} ({table})")
+problems += [f"nothing listens on port {port}" for port in sorted(ports - seen)]
+print("\n".join(problems) or f"    listening on 127.0.0.1 only: ports {sorted(ports)}")
+sys.exit(1 if problems else 0)
+EOF
 }
 
 # Lists every scaler and model version and predicts with every READY model on a fixed window, so the
@@ -480,5 +718,56 @@ for what in scaler model; do
         fail "lstm-stack $what list failed"
     fi
 done
+
+# ---------------------------------------------------------------- 7. TLS + tokens (SMOKE_TLS=0 skips)
+
+if [[ "${SMOKE_TLS:-1}" == "1" ]]; then
+    phase "TLS + tokens (same stores)"
+    compose down --timeout 30 >"$SMOKE_DIR/down-tls.log" 2>&1 || {
+        show_tail "$SMOKE_DIR/down-tls.log" 20
+        fail "compose down before the TLS stack failed"
+    }
+    tls_settings
+    stack_up # the healthchecks now speak mutual TLS
+    in_image() { timeout 300 docker run --rm --network host -v "$TLS_DIR:/run/lstm-stack:ro" "$IMAGE" "$@"; }
+    client_tls=(--tls-ca /run/lstm-stack/ca.pem --tls-cert /run/lstm-stack/client.pem
+        --tls-key /run/lstm-stack/client-key.pem)
+    if in_image python -m service_common.healthcheck "$SCALER_ADDRESS" --timeout 3 >/dev/null 2>&1; then
+        fail "a plaintext health check got an answer: the scaler is not serving TLS"
+    fi
+    if in_image python -m service_common.healthcheck "$SCALER_ADDRESS" --timeout 3 \
+        --tls-ca /run/lstm-stack/ca.pem >/dev/null 2>&1; then
+        fail "a TLS health check without a client certificate got an answer: mutual TLS is off"
+    fi
+    for address in "$SCALER_ADDRESS" "$MODEL_ADDRESS"; do
+        in_image python -m service_common.healthcheck "$address" --timeout 10 "${client_tls[@]}" \
+            | sed 's/^/    /' || fail "$address is not SERVING over mutual TLS"
+    done
+    cli=(lstm-stack --scaler-address "$SCALER_ADDRESS" --model-address "$MODEL_ADDRESS" "${client_tls[@]}")
+    if refused=$(in_image "${cli[@]}" model list 2>&1) || ! grep -q UNAUTHENTICATED <<<"$refused"; then
+        printf '%s\n' "$refused" | sed 's/^/    | /'
+        fail "a call without the token was not refused with UNAUTHENTICATED"
+    fi
+    log "plaintext, certificate-less and token-less callers are refused"
+    # The compose demo service over mutual TLS + token (its settings come from docker-compose.yml); its
+    # trainings make the model service fit scalers, so the model -> scaler channel runs TLS + token too.
+    if ! timeout "$DEMO_TIMEOUT" "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" --profile demo run --rm -T \
+        demo python -m demo --scaler-address "$SCALER_ADDRESS" --model-address "$MODEL_ADDRESS" \
+        --output /data/demo-output --epochs 2 >"$SMOKE_DIR/demo-tls.log" 2>&1; then
+        show_tail "$SMOKE_DIR/demo-tls.log" 30
+        fail "the demo failed against the TLS + token stack (log: $SMOKE_DIR/demo-tls.log)"
+    fi
+    log "the demo ran over mutual TLS + token ($(grep -c '^trained ' "$SMOKE_DIR/demo-tls.log") models trained)"
+    timeout 300 docker run --rm --network host -e LSTM_STACK_TOKEN \
+        -v "$TLS_DIR:/run/lstm-stack:ro" "$IMAGE" "${cli[@]}" model list >"$SMOKE_DIR/tls-models.txt" 2>&1 \
+        || fail "model list through TLS + token failed"
+    while read -r _ model _; do
+        grep -q "^$model " "$SMOKE_DIR/tls-models.txt" || fail "model $model (from before) is missing behind TLS"
+    done < <(grep '^model ' "$SMOKE_DIR/inventory-before.txt")
+    (($(grep -c '^model-' "$SMOKE_DIR/tls-models.txt") > $(grep -c '^model ' "$SMOKE_DIR/inventory-before.txt"))) \
+        || fail "the demo's models trained over TLS are not listed"
+    log "mutual TLS + token: healthy, earlier models still served, $(grep -c '^model-' "$SMOKE_DIR/tls-models.txt")" \
+        "model versions listed through the CLI"
+fi
 
 # cleanup (the EXIT trap) does down -v, removes the image and stops a dockerd we started.
