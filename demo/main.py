@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,9 +30,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epochs for both examples (defaults: 400 and 300)")
     parser.add_argument("--seed", type=int, default=walkthrough.Settings.seed, help="training seed")
     parser.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the services to serve")
+    secure = parser.add_argument_group("running services with auth / TLS (README: Security)")
+    env = os.environ
+    secure.add_argument(
+        "--token",
+        default=env.get("LSTM_STACK_TOKEN") or None,
+        help="bearer token sent on every call (env LSTM_STACK_TOKEN)",
+    )
+    secure.add_argument(
+        "--tls-ca", default=env.get("LSTM_STACK_TLS_CA") or None, help="PEM CA to trust; turns TLS on"
+    )
+    secure.add_argument(
+        "--tls-cert", default=env.get("LSTM_STACK_TLS_CERT") or None, help="PEM client certificate (mTLS)"
+    )
+    secure.add_argument(
+        "--tls-key", default=env.get("LSTM_STACK_TLS_KEY") or None, help="PEM client key (mTLS)"
+    )
     args = parser.parse_args(argv)
     if bool(args.scaler_address) != bool(args.model_address):
         parser.error("give both --scaler-address and --model-address, or neither")
+    if (args.tls_ca or args.tls_cert or args.tls_key) and not args.scaler_address:
+        parser.error("TLS options are for running services: give --scaler-address and --model-address")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together (mutual TLS)")
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
     return args
@@ -48,7 +69,14 @@ def _settings(args: argparse.Namespace) -> walkthrough.Settings:
 
 
 def run_against(scaler_address: str, model_address: str, args: argparse.Namespace) -> walkthrough.Results:
-    with connect(scaler_address=scaler_address, model_address=model_address) as client:
+    with connect(
+        scaler_address=scaler_address,
+        model_address=model_address,
+        token=args.token,
+        tls_root_cert=args.tls_ca,
+        tls_client_cert=args.tls_cert,
+        tls_client_key=args.tls_key,
+    ) as client:
         client.wait_until_serving(args.wait)
         return walkthrough.run(client, _settings(args))
 

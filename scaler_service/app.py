@@ -27,10 +27,14 @@ def create_registry(settings: ScalerSettings) -> ScalerRegistry:
 def create_server(
     settings: ScalerSettings, observers: Iterable[RpcObserver] = ()
 ) -> tuple[ManagedServer, int]:
-    servicer = ScalerServicer(create_registry(settings), settings.max_message_bytes)
+    registry = create_registry(settings)
+    servicer = ScalerServicer(registry, settings.max_message_bytes)
 
     def register(server: grpc.Server) -> list[str]:
         scaler_pb2_grpc.add_ScalerServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    return build_server(settings, register, observers=observers)
+    managed, port = build_server(settings, register, observers=observers)
+    # lstm_artifacts_stored{kind="scaler"} on the metrics endpoint, read at each scrape.
+    managed.metrics.track_artifacts("scaler", registry.count)
+    return managed, port

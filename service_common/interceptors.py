@@ -29,8 +29,11 @@ def wrap_handler(handler: grpc.RpcMethodHandler, method: str, observe: RpcObserv
 
     def finish(context: grpc.ServicerContext, start: float, failed: bool) -> None:
         default = "UNKNOWN" if failed else "OK"
-        if failed and not context.is_active():
-            default = "CANCELLED"
+        if not context.is_active():
+            # The call ended before the handler did (client cancel or deadline): whatever the handler
+            # returned, the client never saw OK.
+            remaining = context.time_remaining()
+            default = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         observe(method, _code_name(context, default), time.perf_counter() - start)
 
     def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:

@@ -93,21 +93,24 @@ class FakeModel(model_pb2_grpc.ModelServiceServicer):
 
     def Train(self, request, context):  # noqa: N802
         self.script.enter("Train", request, context)
-        yield model_pb2.TrainEvent(started=model_pb2.TrainStarted(model_id="m", version=1, n_train=3))
-        for epoch in range(1, request.epochs + 1):
+        try:
+            yield model_pb2.TrainEvent(started=model_pb2.TrainStarted(model_id="m", version=1, n_train=3))
+            for epoch in range(1, request.epochs + 1):
+                if not context.is_active():
+                    return
+                yield model_pb2.TrainEvent(
+                    epoch=model_pb2.EpochEvent(epoch=epoch, epochs=request.epochs, loss=1 / epoch)
+                )
+                if request.model_id == "slow":
+                    # Waits until the client cancels (the callback fires) or the test releases it.
+                    self.script.release.wait(0.05)
+            if not context.is_active():
+                return
+            yield model_pb2.TrainEvent(done=model_pb2.ModelInfo(id="m", version=1, state=model_pb2.READY))
+        finally:
+            # Seen here or, when the cancel lands during a yield, when gRPC closes this generator.
             if not context.is_active():
                 self.script.train_cancelled.set()
-                return
-            yield model_pb2.TrainEvent(
-                epoch=model_pb2.EpochEvent(epoch=epoch, epochs=request.epochs, loss=1 / epoch)
-            )
-            if request.model_id == "slow":
-                # Waits until the client cancels (the callback fires) or the test releases it.
-                self.script.release.wait(0.05)
-        if not context.is_active():
-            self.script.train_cancelled.set()
-            return
-        yield model_pb2.TrainEvent(done=model_pb2.ModelInfo(id="m", version=1, state=model_pb2.READY))
 
 
 def start_fake(

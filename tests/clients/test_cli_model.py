@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 from google.protobuf import json_format
 from lstm_stack_client import display, model_spec
 
+from demo.services import REPO_ROOT
 from demo.walkthrough import EXAMPLE1_LAYERS, EXAMPLE1_X, EXAMPLE1_Y
 from tests.clients.conftest import Stack
 from tests.clients.pngs import assert_png
@@ -151,6 +155,47 @@ def test_ctrl_c_during_training_cancels_and_saves_nothing(
             break
         time.sleep(0.2)
     assert code == 0 and out.strip() == "no models"
+
+
+def _wait_until_no_models(stack: Stack, model_id: str) -> None:
+    """A cancelled job winds down within a batch; until then its version is listed as TRAINING."""
+    deadline = time.monotonic() + 20
+    while True:
+        code, out, _ = run_cli(*stack.cli_args(), "model", "list", "--id", model_id)
+        if code == 0 and out.strip() == "no models":
+            return
+        assert time.monotonic() < deadline, out
+        time.sleep(0.2)
+
+
+def test_a_real_sigint_cancels_training_in_the_cli_process(stack: Stack) -> None:
+    """`lstm-stack model train` as its own process, interrupted by SIGINT as a terminal's Ctrl-C does."""
+    command = [
+        sys.executable, "-m", "lstm_stack_client.cli", *stack.cli_args(), "model", "train", *TINY,
+        "--id", "cli-sigint", "--x", X_INLINE, "--y", Y_INLINE, "--epochs", "5000",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        seen = []
+        # Off a terminal the progress bar logs epoch 1 at once: training is under way.
+        while not any(line.startswith("epoch ") for line in seen):
+            line = process.stdout.readline()
+            assert line, f"the CLI ended before training: {''.join(seen)}{process.stderr.read()}"  # type: ignore[union-attr]
+            seen.append(line)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, out + err
+    assert "training cancelled (model cli-sigint v1): nothing was saved" in err
+    assert "Traceback" not in err
+    assert any(line.startswith("training model cli-sigint v1:") for line in seen)
+    _wait_until_no_models(stack, "cli-sigint")
 
 
 def test_series_training_and_json_output(stack: Stack) -> None:

@@ -288,3 +288,39 @@ def test_cancel_callback_is_thread_safe(fake: str) -> None:
         timer.join()
     assert run.cancelled and run.model is None
     assert 1 <= len(events) < 1000
+
+
+def test_every_method_retries_unavailable_only_if_it_is_idempotent(unused_address: str) -> None:
+    """Against a dead address every call is UNAVAILABLE: idempotent ones use every attempt, the rest one."""
+    spec = model_spec("lstm:2", timesteps=3)
+    x, y = np.ones((4, 3)), np.ones(4)
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, jitter=0.0)
+    with connect(unused_address, retry=policy, timeout=10) as client:
+        for rpc in (client.scaler._rpc, client.model._rpc):
+            rpc.sleep = lambda _seconds: None
+        calls = {
+            "Transform": lambda: client.scaler.transform("s", x),
+            "InverseTransform": lambda: client.scaler.inverse_transform("s", x),
+            "GetScaler": lambda: client.scaler.get("s"),
+            "ListScalers": lambda: client.scaler.list(),
+            "ValidateSpec": lambda: client.model.validate(spec),
+            "Predict": lambda: client.model.predict("m", x),
+            "Evaluate": lambda: client.model.evaluate("m", x, y),
+            "GetModel": lambda: client.model.get("m"),
+            "ListModels": lambda: client.model.list(),
+            "Fit": lambda: client.scaler.fit(x, "minmax"),
+            "FitStream": lambda: client.scaler.fit_stream([x, x], "minmax"),
+            "FitTransform": lambda: client.scaler.fit_transform(x, "minmax", {"test": x}),
+            "DeleteScaler": lambda: client.scaler.delete("s"),
+            "DeleteModel": lambda: client.model.delete("m"),
+            "Train": lambda: client.model.train(spec, x, y, epochs=1).result(),
+        }
+        attempts = {}
+        for name, call in calls.items():
+            with pytest.raises(LstmStackError) as caught:
+                call()
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE, name
+            attempts[name] = caught.value.attempts
+    idempotent = {"Transform", "InverseTransform", "GetScaler", "ListScalers", "ValidateSpec", "Predict"}
+    idempotent |= {"Evaluate", "GetModel", "ListModels"}
+    assert attempts == {name: 3 if name in idempotent else 1 for name in calls}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from demo import main as demo_main
+from demo import walkthrough
 from demo.services import REPO_ROOT
+from tests.clients.conftest import Stack
 from tests.clients.pngs import assert_png
 
 PLOTS = [
@@ -70,3 +73,51 @@ def test_python_m_demo_runs_the_walkthrough_with_its_own_services(tmp_path: Path
     assert (tmp_path / "run" / "logs" / "model.log").stat().st_size > 0
     assert any((tmp_path / "run" / "scaler-store").rglob("SIGNATURE"))
     assert any((tmp_path / "run" / "model-store").rglob("SIGNATURE"))
+
+
+def test_demo_security_options_are_for_running_services(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        demo_main.parse_args(["--tls-ca", "ca.pem"])
+    assert exited.value.code == 2
+    assert "TLS options are for running services" in capsys.readouterr().err
+    addresses = ["--scaler-address", "127.0.0.1:1", "--model-address", "127.0.0.1:2"]
+    with pytest.raises(SystemExit):
+        demo_main.parse_args([*addresses, "--tls-ca", "ca.pem", "--tls-cert", "client.pem"])
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    monkeypatch.setenv("LSTM_STACK_TOKEN", "from-the-environment-0123")
+    monkeypatch.setenv("LSTM_STACK_TLS_CA", "ca.pem")
+    args = demo_main.parse_args(addresses)
+    assert (args.token, args.tls_ca, args.tls_cert) == ("from-the-environment-0123", "ca.pem", None)
+
+
+def test_a_dead_start_is_shown_and_the_next_seed_tried(stack: Stack, tmp_path: Path) -> None:
+    """Seed 5 kills the seed model's 2-unit ReLU layer at initialisation (constant output from the first
+    epoch); the walkthrough says so and trains seed 6 instead."""
+    out = io.StringIO()
+    results = walkthrough.Results()
+    settings = walkthrough.Settings(output=tmp_path, epochs1=5, seed=5)
+    with stack.client(timeout=60) as client:
+        walkthrough.example1(client, settings, walkthrough.Printer(out), results)
+    printed = out.getvalue()
+    assert results.example1_dead_seeds == [5], printed
+    assert results.example1_seed == 6
+    assert "seed 5: every window gives the same" in printed and "trying the next seed" in printed
+    assert f"seed 6 trained; its model {results.example1_model} is the one used below" in printed
+    assert "example 1 (seed 6): model " in printed
+    assert f"predict [50, 60, 70] -> {results.example1_prediction:.2f}" in printed
+    assert_png(tmp_path / "example1-predictions.png")
+
+
+def test_example1_with_the_demo_settings_predicts_about_80(stack: Stack, tmp_path: Path) -> None:
+    """What `make run` prints for [50, 60, 70]: the seed note's "about 80", with the demo's own defaults."""
+    out = io.StringIO()
+    results = walkthrough.Results()
+    settings = walkthrough.Settings(output=tmp_path)
+    with stack.client(timeout=60) as client:
+        walkthrough.example1(client, settings, walkthrough.Printer(out), results)
+    printed = out.getvalue()
+    assert results.example1_dead_seeds == [] and results.example1_seed == settings.seed, printed
+    assert 70 <= results.example1_prediction <= 90, printed
+    assert "WARNING" not in printed

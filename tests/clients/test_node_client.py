@@ -215,3 +215,78 @@ def test_node_encoded_tensor_decodes_with_the_python_codec(node: str) -> None:
     assert decoded[1].dtype == np.float32
     np.testing.assert_array_equal(decoded[2], np.array([-5, 9007199254740993], dtype=np.int64))
     assert decoded[2].dtype == np.int64
+
+
+# ---- TLS, mutual TLS and the bearer token from Node
+
+NODE_TLS_TOKEN = "node-token-0123456789abcdef"
+NODE_TLS_SCRIPT = """
+const c = require('./index.js');
+const env = process.env;
+async function attempt(options) {
+  const client = new c.LstmStackClient({ scalerAddress: env.ADDR, deadlineMs: 10000, ...options });
+  try {
+    const info = await client.fitScaler({ data: [[1, 2], [3, 4]], kind: 'MINMAX', scalerId: 'node-tls' });
+    return `ok ${info.id} v${info.version}`;
+  } catch (error) {
+    return `error ${error.code}`;
+  } finally {
+    client.close();
+  }
+}
+(async () => {
+  const mutual = { rootCert: env.CA, certChain: env.CERT, privateKey: env.KEY };
+  console.log(await attempt({ ...mutual, token: env.TOKEN }));
+  console.log(await attempt({ ...mutual }));
+  console.log(await attempt({ ...mutual, token: 'wrong-token-0000000000' }));
+  console.log(await attempt({ rootCert: env.CA, token: env.TOKEN }));
+  console.log(await attempt({ token: env.TOKEN }));
+})();
+"""
+
+
+def test_node_client_speaks_mutual_tls_with_a_token(node: str, tmp_path: Path) -> None:
+    """An in-process scaler service that wants a token and a client certificate (made at test time)."""
+    from scaler_service.app import create_server
+    from scaler_service.settings import ScalerSettings
+    from tests.service_common.certs import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    settings = ScalerSettings(
+        host="127.0.0.1",
+        port=0,
+        store=tmp_path / "store",
+        grace_seconds=0.0,
+        auth_token=NODE_TLS_TOKEN,
+        tls_cert=str(tls.server_cert),
+        tls_key=str(tls.server_key),
+        tls_client_ca=str(tls.ca),
+    )
+    server, port = create_server(settings)
+    server.start()
+    try:
+        env = {
+            **os.environ,
+            "ADDR": f"127.0.0.1:{port}",
+            "CA": str(tls.ca),
+            "CERT": str(tls.client_cert),
+            "KEY": str(tls.client_key),
+            "TOKEN": NODE_TLS_TOKEN,
+        }
+        result = subprocess.run(
+            [node, "-e", NODE_TLS_SCRIPT], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.stop(0)
+    assert result.returncode == 0, result.stderr
+    unauthenticated, unavailable = (
+        grpc.StatusCode.UNAUTHENTICATED.value[0],
+        grpc.StatusCode.UNAVAILABLE.value[0],
+    )
+    assert result.stdout.split("\n")[:5] == [
+        "ok node-tls v1",  # mutual TLS + token
+        f"error {unauthenticated}",  # no token
+        f"error {unauthenticated}",  # a wrong token
+        f"error {unavailable}",  # no client certificate: the handshake fails
+        f"error {unavailable}",  # plaintext against a TLS port
+    ], result.stdout + result.stderr

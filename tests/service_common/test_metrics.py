@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -152,3 +155,59 @@ def test_serve_http_twice_is_refused(tmp_path: Path) -> None:
     finally:
         metrics.stop_http()
     metrics.stop_http()  # idempotent
+
+
+class Outlived:
+    """A handler that waits until its caller is gone (cancelled, or past its deadline), then returns
+    normally, as a handler busy with slow work would."""
+
+    SERVICE = "lstm_stack.test.Outlived"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    def wait(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.started.set()
+        give_up = time.monotonic() + 10
+        while context.is_active() and time.monotonic() < give_up:
+            time.sleep(0.01)
+        return request
+
+    def register(self, server: grpc.Server) -> list[str]:
+        handlers = {"Wait": grpc.unary_unary_rpc_method_handler(self.wait)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(self.SERVICE, handlers),))
+        return [self.SERVICE]
+
+
+def test_calls_the_client_abandoned_are_not_counted_ok(tmp_path: Path) -> None:
+    """A handler that returns normally after its client cancelled, or after the deadline passed, did
+    not serve that client: counted CANCELLED / DEADLINE_EXCEEDED, never OK."""
+    service = Outlived()
+    managed, port = build_server(ServerSettings(store=tmp_path), service.register)
+    managed.start()
+
+    def count(code: str) -> float:
+        labels = {"grpc_service": Outlived.SERVICE, "grpc_method": "Wait", "grpc_code": code}
+        return managed.metrics.registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait = channel.unary_unary(f"/{Outlived.SERVICE}/Wait")
+            call = wait.future(b"x", timeout=30)
+            assert service.started.wait(10)
+            call.cancel()
+            _wait_until(lambda: count("CANCELLED") == 1)
+            with pytest.raises(grpc.RpcError) as info:
+                wait(b"x", timeout=0.3)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            _wait_until(lambda: count("DEADLINE_EXCEEDED") == 1)
+    finally:
+        managed.stop(0)
+    assert count("OK") == 0
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the observation never arrived"
+        time.sleep(0.02)

@@ -1,5 +1,5 @@
 """A scaler + model service pair shared by the system tests that only need a running stack (fuzzing,
-limits): starting the model service costs seconds (TensorFlow), so it starts once per session."""
+limits, metrics): starting the model service costs seconds (TensorFlow), so it starts once per session."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ MODEL_MAX_TRAINING_WORK = 20_000
 @pytest.fixture(scope="session")
 def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     root = tmp_path_factory.mktemp("model-stack")
-    scaler = scaler_process(root / "scaler-store", root / "logs")
+    scaler = scaler_process(root / "scaler-store", root / "logs", metrics=True)
     model = model_process(
         root / "model-store",
         root / "logs",
@@ -28,6 +28,7 @@ def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
         "--max-training-jobs", str(MODEL_MAX_TRAINING_JOBS),
         "--max-training-work", str(MODEL_MAX_TRAINING_WORK),
         "--warm-on-start", "false",
+        metrics=True,
     )  # fmt: skip
     with running(scaler, model):
         with model.channel() as channel:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from service_common.security import open_channel
 
@@ -66,10 +69,14 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         channel_kwargs: dict[str, Any] | None = None,
         port: int | None = None,
+        metrics: bool = False,
     ) -> None:
         self.module = module
         self.store = store
         self.port = port or free_port()
+        # The Prometheus endpoint, when asked for: --metrics-port 0, the bound port read from the log.
+        self.metrics = metrics
+        self.metrics_port: int | None = None
         self.extra_args = list(extra_args or [])
         self.env = env or child_env()
         self.channel_kwargs = dict(channel_kwargs or {})
@@ -96,6 +103,7 @@ class ServiceProcess:
             str(self.port),
             "--store",
             str(self.store),
+            *(["--metrics-port", "0"] if self.metrics else []),
             *self.extra_args,
         ]
 
@@ -131,11 +139,31 @@ class ServiceProcess:
                 raise AssertionError(f"{self.module} exited early:\n{self.log_tail()}")
             try:
                 if self.health(timeout=1.0) == "SERVING":
+                    if self.metrics:
+                        self.metrics_port = self._logged_metrics_port()
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"{self.module} not SERVING after {timeout}s:\n{self.log_tail()}")
+
+    def _logged_metrics_port(self) -> int:
+        this_start = self.log_path.read_text(errors="replace").rsplit("===== start ", 1)[-1]
+        found = re.findall(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", this_start)
+        assert found, f"{self.module} logged no metrics endpoint:\n{self.log_tail()}"
+        return int(found[-1])
+
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample of the /metrics endpoint: {(name, labels): value}."""
+        assert self.metrics_port, f"{self.module} was started without a metrics endpoint"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def send(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:

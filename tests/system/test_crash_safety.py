@@ -19,8 +19,12 @@ from tests.system import workloads
 from tests.system.procs import ServiceProcess, model_process, scaler_process
 
 SEED = 6
-SCALER_KILLS = 4
-MODEL_KILLS = 3
+# SIGKILLs per test. The scaler restarts in about a second, so it is killed often (with three writers
+# busy, most kills land inside a write; the test prints how many). A model service restart costs
+# several seconds (TensorFlow), so fewer rounds there, alternating a random moment of a training with
+# a random moment of its save; the scaler service is killed too in every other round.
+SCALER_KILLS = 10
+MODEL_KILLS = 4
 
 
 class Load:
@@ -34,10 +38,22 @@ class Load:
         self._lock = threading.Lock()
         # Trainings that got past their scaler fits (a TrainStarted event arrived).
         self.trainings_started = 0
+        # Trainings whose last epoch ended: serializing, warming and saving come next.
+        self.trainings_saving = 0
+        # Seconds from a last epoch to the final event (serialize, warm, write), the latest seen.
+        self.save_seconds = 1.0
 
     def note_training_started(self) -> None:
         with self._lock:
             self.trainings_started += 1
+
+    def note_last_epoch(self) -> None:
+        with self._lock:
+            self.trainings_saving += 1
+
+    def note_saved(self, seconds: float) -> None:
+        with self._lock:
+            self.save_seconds = seconds
 
     def successes(self) -> int:
         with self._lock:
@@ -82,6 +98,8 @@ def _scaler_writes(channel: grpc.Channel, rng: random.Random, _load: Load) -> No
     if action < 0.5:
         stub.Fit(scaler_pb2.FitRequest(scaler_id=scaler_id, spec=spec, data=data), timeout=30)
     elif action < 0.7:
+        if spec.kind == scaler_pb2.ROBUST:
+            spec.kind = scaler_pb2.STANDARD  # robust needs all rows at once: FitStream refuses it
         chunks = [scaler_pb2.FitChunk(scaler_id=scaler_id, spec=spec, data=data)]
         chunks += [scaler_pb2.FitChunk(data=data) for _ in range(3)]
         stub.FitStream(iter(chunks), timeout=30)
@@ -97,16 +115,27 @@ def _scaler_writes(channel: grpc.Channel, rng: random.Random, _load: Load) -> No
                 raise
 
 
-def _kill_rounds(service: ServiceProcess, rounds: int, rng: random.Random, low: float, high: float) -> int:
-    """Restart (when down), let the load hit it for a random while, SIGKILL. Returns the kill count."""
-    kills = 0
+def interrupted_write(root: Path) -> bool:
+    """After a kill: a temp directory left in the store means the kill landed in the middle of a write."""
+    return root.is_dir() and any(p.name.startswith(".tmp-") for p in root.iterdir())
+
+
+def _kill_rounds(
+    service: ServiceProcess, rounds: int, rng: random.Random, low: float, high: float, root: Path
+) -> tuple[int, int]:
+    """Restart (when down), let the load hit it for a random while, SIGKILL.
+
+    Returns the kill count and how many kills interrupted a write.
+    """
+    kills = interrupted = 0
     for _ in range(rounds):
         if not service.running():
             service.start()
         time.sleep(rng.uniform(low, high))
         service.kill()
         kills += 1
-    return kills
+        interrupted += interrupted_write(root)
+    return kills, interrupted
 
 
 def check_store_on_disk(root: Path, key: bytes) -> set[tuple[str, int]]:
@@ -131,14 +160,16 @@ def test_scaler_survives_sigkill_while_writing(tmp_path: Path) -> None:
     for index in range(3):
         load.run(f"scaler-writer-{index}", scaler, _scaler_writes)
     try:
-        kills = _kill_rounds(scaler, rounds=SCALER_KILLS, rng=rng, low=0.3, high=1.2)
+        kills, interrupted = _kill_rounds(
+            scaler, rounds=SCALER_KILLS, rng=rng, low=0.2, high=0.9, root=scaler.store / "scalers"
+        )
     finally:
         load.finish()
     try:
         scaler.start()
         with scaler.channel() as channel:
             stub = scaler_pb2_grpc.ScalerServiceStub(channel)
-            listed = stub.ListScalers(scaler_pb2.ListScalersRequest(page_size=1000), timeout=30).scalers
+            listed = workloads.list_scalers(channel)
             for info in listed:
                 got = stub.GetScaler(
                     scaler_pb2.GetScalerRequest(scaler_id=info.id, version=info.version), timeout=30
@@ -161,7 +192,10 @@ def test_scaler_survives_sigkill_while_writing(tmp_path: Path) -> None:
     assert "skipping" not in scaler.log_tail(100_000), "a crash left a corrupt artifact behind"
     assert kills == SCALER_KILLS
     assert load.ok, f"no write succeeded between kills: {load.failed}"
-    print(f"{kills} kills, {len(listed)} scaler versions survive; ok={load.ok} failed={load.failed}")
+    print(
+        f"{kills} kills ({interrupted} in the middle of a write), {len(listed)} scaler versions survive; "
+        f"ok={load.ok} failed={load.failed}"
+    )
 
 
 def _model_writes(channel: grpc.Channel, rng: random.Random, load: Load) -> None:
@@ -179,9 +213,17 @@ def _model_writes(channel: grpc.Channel, rng: random.Random, load: Load) -> None
     request.seed = rng.randrange(1000)
 
     # wait_for_ready: block while the service is down, train as soon as it is back.
+    last_epoch_at = 0.0
+
     def on_event(event: model_pb2.TrainEvent) -> None:
+        nonlocal last_epoch_at
         if event.HasField("started"):
             load.note_training_started()
+        elif event.HasField("epoch") and event.epoch.epoch == event.epoch.epochs:
+            last_epoch_at = time.monotonic()
+            load.note_last_epoch()
+        elif event.HasField("done") and last_epoch_at:
+            load.note_saved(time.monotonic() - last_epoch_at)
 
     workloads.train(channel, request, timeout=60, wait_for_ready=True, on_event=on_event)
 
@@ -189,7 +231,7 @@ def _model_writes(channel: grpc.Channel, rng: random.Random, load: Load) -> None
 def _verify_models(model: ServiceProcess) -> list[model_pb2.ModelInfo]:
     with model.channel() as channel:
         stub = model_pb2_grpc.ModelServiceStub(channel)
-        listed = list(stub.ListModels(model_pb2.ListModelsRequest(page_size=1000), timeout=30).models)
+        listed = workloads.list_models(channel)
         for info in listed:
             assert info.state == model_pb2.READY, f"{info.id} v{info.version} listed as {info.state}"
             got = stub.GetModel(model_pb2.GetModelRequest(model_id=info.id, version=info.version), timeout=30)
@@ -216,7 +258,7 @@ def test_model_and_scaler_survive_sigkill_while_training(tmp_path: Path) -> None
     load = Load()
     for index in range(2):
         load.run(f"trainer-{index}", model, _model_writes)
-    model_kills = scaler_kills = 0
+    model_kills = scaler_kills = interrupted = 0
     try:
         for round_index in range(MODEL_KILLS):
             if not scaler.running():
@@ -226,13 +268,19 @@ def test_model_and_scaler_survive_sigkill_while_training(tmp_path: Path) -> None
             if round_index == 0:
                 # At least one version is saved before the first kill, so there is something to check.
                 _wait_until(lambda: load.successes() > 0, "no training finished")
-            else:
-                # Then kill at a random moment after a training got under way in this process.
+            if round_index % 2 == 0:
+                # A random moment after a training got under way in this process: a first training in
+                # a fresh process takes seconds (TensorFlow warms up), so the kill lands while scalers
+                # are fitted, while it trains, or while it saves.
                 mark = load.trainings_started
                 _wait_until(lambda mark=mark: load.trainings_started > mark, "no training started")
-            # A first training in a fresh process takes several seconds (TensorFlow warms up): the kill
-            # lands while scalers are fitted, while it trains, or while it saves.
-            time.sleep(rng.uniform(0.0, 6.0))
+                time.sleep(rng.uniform(0.0, 4.0))
+            else:
+                # A random moment between a last epoch and the saved model (as long as the last save
+                # took): serializing, warming the serving function, writing.
+                mark = load.trainings_saving
+                _wait_until(lambda mark=mark: load.trainings_saving > mark, "no training reached its end")
+                time.sleep(rng.uniform(0.0, load.save_seconds))
             # Every other round the scaler goes down too, just before the model service.
             if round_index % 2 == 0:
                 scaler.kill()
@@ -240,6 +288,7 @@ def test_model_and_scaler_survive_sigkill_while_training(tmp_path: Path) -> None
                 time.sleep(rng.uniform(0.0, 0.5))
             model.kill()
             model_kills += 1
+            interrupted += interrupted_write(model.store / "models")
     finally:
         load.finish()
     try:
@@ -261,6 +310,7 @@ def test_model_and_scaler_survive_sigkill_while_training(tmp_path: Path) -> None
     assert (model_kills, scaler_kills) == (MODEL_KILLS, (MODEL_KILLS + 1) // 2)
     assert listed, f"no model was saved between kills: ok={load.ok} failed={load.failed}"
     print(
-        f"{model_kills} model + {scaler_kills} scaler kills, {len(listed)} model versions survive; "
+        f"{model_kills} model + {scaler_kills} scaler kills ({interrupted} model kills in the middle of a "
+        f"save), {len(listed)} model versions survive; "
         f"ok={load.ok} failed={load.failed}"
     )

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
 from service_common import codec
+from tests.system import workloads
+from tests.system.conftest import MODEL_MAX_TRAINING_JOBS, MODEL_MAX_TRAINING_WORK
 from tests.system.procs import ServiceProcess, scaler_process
 
 
@@ -97,3 +99,71 @@ def test_concurrent_rpc_limit(small_scaler: ServiceProcess) -> None:
             scaler_pb2.ListScalersRequest(), timeout=30
         )
     assert {s.id for s in listed.scalers} == {"slow-0", "slow-1"}
+
+
+# ---- model service (the shared stack runs with the limits in tests/system/conftest.py)
+
+
+def _status(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details() or ""
+
+
+def test_model_message_size_limit(model_stack: tuple[ServiceProcess, ServiceProcess]) -> None:
+    _scaler, model = model_stack
+    with model.channel() as channel:
+        stub = model_pb2_grpc.ModelServiceStub(channel)
+        # 50,000 x 3 float64 = 1.2 MB > MODEL_MAX_MESSAGE_MB.
+        too_big = np.ones((50_000, 3, 1))
+        code, details = _status(
+            lambda: stub.Predict(
+                model_pb2.PredictRequest(model_id=workloads.BASE_MODEL, x=codec.from_numpy(too_big)),
+                timeout=60,
+            )
+        )
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in details, details
+        assert workloads.predict_seed(channel, workloads.BASE_MODEL).shape == (1, 1)
+    assert model.health() == "SERVING"
+
+
+def test_training_work_ceiling(model_stack: tuple[ServiceProcess, ServiceProcess]) -> None:
+    _scaler, model = model_stack
+    epochs = MODEL_MAX_TRAINING_WORK // 13 + 1  # the seed data has 13 training rows
+    with model.channel() as channel:
+        stub = model_pb2_grpc.ModelServiceStub(channel)
+        request = workloads.train_request("too-much-work", epochs=epochs)
+        code, details = _status(lambda: list(stub.Train(request, timeout=60)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"{epochs} epochs x 13 rows = {epochs * 13}" in details, details
+        assert f"max_training_work={MODEL_MAX_TRAINING_WORK}" in details, details
+        listed = stub.ListModels(model_pb2.ListModelsRequest(model_id="too-much-work"), timeout=30).models
+        assert list(listed) == [], "a refused training must leave nothing behind"
+    assert model.health() == "SERVING"
+
+
+def test_concurrent_training_job_limit(model_stack: tuple[ServiceProcess, ServiceProcess]) -> None:
+    """One job holds the only slot; a second Train is refused at once; the slot frees after a cancel."""
+    _scaler, model = model_stack
+    with model.channel() as channel:
+        stub = model_pb2_grpc.ModelServiceStub(channel)
+        holder = stub.Train(workloads.train_request("slot-holder", epochs=1000), timeout=120)
+        try:
+            assert next(holder).HasField("started")
+            code, details = _status(
+                lambda: list(stub.Train(workloads.train_request("second-job", epochs=1), timeout=60))
+            )
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"max_training_jobs={MODEL_MAX_TRAINING_JOBS}" in details, details
+            # Serving goes on while the slot is taken.
+            assert workloads.predict_seed(channel, workloads.BASE_MODEL).shape == (1, 1)
+        finally:
+            holder.cancel()
+        # The cancelled job winds down within a batch; then the slot is free again.
+        info = workloads.train_when_a_slot_is_free(
+            channel, workloads.train_request("after-the-limit", epochs=1)
+        )
+        assert info.state == model_pb2.READY
+        listed = stub.ListModels(model_pb2.ListModelsRequest(model_id="slot-holder"), timeout=30).models
+        assert list(listed) == [], "a cancelled training must not be stored"

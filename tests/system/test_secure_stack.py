@@ -1,5 +1,6 @@
 """Both services with a bearer token and mutual TLS (certificates made at test time), the model -> scaler
-channel using them too, driven end to end by the Python client."""
+channel using them too, driven end to end by the Python client. The scaler reads its token from a file,
+the model service from its environment."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_p
 from service_common.security import open_channel
 from tests.service_common.certs import make_tls_files
 from tests.system import workloads
-from tests.system.procs import model_process, running, scaler_process
+from tests.system.procs import child_env, model_process, running, scaler_process
 
 TOKEN = "e2e-token-9f8e7d6c5b4a39281706"
 
@@ -24,26 +25,31 @@ def test_token_and_mutual_tls_end_to_end(tmp_path: Path) -> None:
     tls = make_tls_files(tmp_path / "tls")
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# lstm-stack tokens\n{TOKEN}\n")
-    server_args = [
-        "--auth-token-file", str(token_file),
+    tls_args = [
         "--tls-cert", str(tls.server_cert),
         "--tls-key", str(tls.server_key),
         "--tls-client-ca", str(tls.ca),
     ]  # fmt: skip
     client_tls = {"root_ca": tls.ca, "client_cert": tls.client_cert, "client_key": tls.client_key}
     scaler = scaler_process(
-        tmp_path / "scaler-store", tmp_path / "logs", *server_args, channel_kwargs=client_tls
+        tmp_path / "scaler-store",
+        tmp_path / "logs",
+        "--auth-token-file",
+        str(token_file),
+        *tls_args,
+        channel_kwargs=client_tls,
     )
     model = model_process(
         tmp_path / "model-store",
         tmp_path / "logs",
         scaler,
-        *server_args,
+        *tls_args,
         "--scaler-token-file", str(token_file),
         "--scaler-tls-ca", str(tls.ca),
         "--scaler-tls-cert", str(tls.client_cert),
         "--scaler-tls-key", str(tls.client_key),
         "--warm-on-start", "false",
+        env=child_env(LSTM_MODEL_AUTH_TOKEN=TOKEN),
         channel_kwargs=client_tls,
     )  # fmt: skip
     with running(scaler, model):

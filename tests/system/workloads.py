@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import grpc
 import numpy as np
 
-from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
 from service_common import codec
 
 # Trained once per session by the model_stack fixture (tests/system/conftest.py).
@@ -75,3 +76,44 @@ def predict_seed(channel: grpc.Channel, model_id: str, version: int = 0, timeout
         model_pb2.PredictRequest(model_id=model_id, version=version, x=codec.from_numpy(x)), timeout=timeout
     )
     return codec.to_numpy(reply.values)
+
+
+def train_when_a_slot_is_free(
+    channel: grpc.Channel, request: model_pb2.TrainRequest, timeout: float = 60
+) -> model_pb2.ModelInfo:
+    """Train, retrying while the service answers RESOURCE_EXHAUSTED (a cancelled job still winding down
+    holds its max_training_jobs slot for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return train(channel, request)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def list_scalers(channel: grpc.Channel) -> list[scaler_pb2.ScalerInfo]:
+    """Every scaler version, following page tokens (a page holds at most a thousand)."""
+    stub = scaler_pb2_grpc.ScalerServiceStub(channel)
+    found: list[scaler_pb2.ScalerInfo] = []
+    token = ""
+    while True:
+        reply = stub.ListScalers(scaler_pb2.ListScalersRequest(page_size=1000, page_token=token), timeout=30)
+        found.extend(reply.scalers)
+        token = reply.next_page_token
+        if not token:
+            return found
+
+
+def list_models(channel: grpc.Channel) -> list[model_pb2.ModelInfo]:
+    """Every model version, following page tokens."""
+    stub = model_pb2_grpc.ModelServiceStub(channel)
+    found: list[model_pb2.ModelInfo] = []
+    token = ""
+    while True:
+        reply = stub.ListModels(model_pb2.ListModelsRequest(page_size=1000, page_token=token), timeout=30)
+        found.extend(reply.models)
+        token = reply.next_page_token
+        if not token:
+            return found

@@ -175,6 +175,8 @@ class Context:
     @property
     def client(self) -> LstmStackClient:
         if self._client is None:
+            if bool(self.args.tls_cert) != bool(self.args.tls_key):
+                raise UsageError("--tls-cert and --tls-key go together: both are needed for mutual TLS")
             self._client = connect(
                 scaler_address=self.args.scaler_address,
                 model_address=self.args.model_address,
@@ -574,9 +576,21 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         help="bearer token sent as 'authorization: Bearer TOKEN' (env LSTM_STACK_TOKEN)",
     )
     parser.add_argument("--tls", action="store_true", default=default(False), help="use TLS (system roots)")
-    parser.add_argument("--tls-ca", default=default(None), help="PEM root certificate; implies TLS")
-    parser.add_argument("--tls-cert", default=default(None), help="PEM client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", default=default(None), help="PEM client key (mutual TLS)")
+    parser.add_argument(
+        "--tls-ca",
+        default=default(env.get("LSTM_STACK_TLS_CA") or None),
+        help="PEM root certificate; implies TLS (env LSTM_STACK_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=default(env.get("LSTM_STACK_TLS_CERT") or None),
+        help="PEM client certificate, mutual TLS (env LSTM_STACK_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=default(env.get("LSTM_STACK_TLS_KEY") or None),
+        help="PEM client key, mutual TLS (env LSTM_STACK_TLS_KEY)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
