@@ -68,17 +68,23 @@ def test_batches_never_exceed_max_rows_and_requests_keep_their_rows() -> None:
     batcher.close("done")
 
 
-def test_waiting_gathers_requests_that_arrive_within_max_wait() -> None:
-    calls: list[int] = []
-    batcher = AdaptiveBatcher(
-        lambda x: calls.append(len(x)) or x, max_batch_size=4, max_wait_seconds=5.0, name="t"
-    )
+def test_an_idle_request_never_waits_and_the_wait_gathers_requests_under_load() -> None:
+    forward = GatedForward()
+    # A 5 s wait: an idle request that waited would be visible as a slow test, not as a wrong batch.
+    batcher = AdaptiveBatcher(forward, max_batch_size=3, max_wait_seconds=5.0, name="t")
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(batcher.submit, np.ones((1, 1))) for _ in range(4)]
-        for future in futures:
-            future.result(10)
-    # A full batch ends the wait at once; without the wait the four would not have been together.
-    assert calls == [4]
+        first = pool.submit(batcher.submit, np.ones((1, 1)))
+        assert forward.first_call.wait(10)  # idle: it runs at once, in the caller's thread
+        second = pool.submit(batcher.submit, np.ones((1, 1)))
+        while len(batcher._queue) < 1:  # under load: queued behind the running pass
+            threading.Event().wait(0.005)
+        forward.release.set()
+        first.result(10)
+        # The worker now holds the queued request and waits for more; these two fill the batch.
+        later = [pool.submit(batcher.submit, np.ones((1, 1))) for _ in range(2)]
+        for future in [second, *later]:
+            assert future.result(10).tolist() == [[2.0]]
+    assert forward.batches == [1, 3]
     batcher.close("done")
 
 
