@@ -9,7 +9,7 @@ Final names (agreed with model_service/inference_protocol/):
     "unloaded") / "TRAINING" (reason "training").
   - ``load(model_id)``: load every stored version of the id into memory again (RepositoryModelLoad).
   - ``unload(model_id)``: drop every version from memory, keep it on disk (RepositoryModelUnload).
-- ``ServedModel``: ``model_id``, ``version``, ``signature``; ``predict(x) -> Prediction`` takes raw
+- ``ServedModel``: ``model_id``, ``version``, ``signature``; ``infer(x) -> Prediction`` takes raw
   units (batch, timesteps, features) (or (batch, timesteps) when features == 1), any float dtype;
   goes through the adaptive batcher, the train-fitted x scaler and the inverse y scaler; raises
   InvalidArgument naming expected vs received shape. ``evaluate(x, y) -> dict[str, float]``.

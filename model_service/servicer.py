@@ -55,7 +55,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> model_pb2.PredictResponse:
         model = self._runtime.resolve(request.model_id, request.version)
         x = convert.required_tensor(request, "x", "x")
-        prediction = model.predict(x)
+        prediction = model.infer(x)
         return convert.predict_response(
             model.model_id, model.version, prediction, codec.uses_values(request.x)
         )

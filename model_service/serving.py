@@ -75,7 +75,7 @@ class ServedModel:
         self.predictor.warm()
         return self._batcher.submit(np.ascontiguousarray(x, dtype=np.float32))
 
-    def predict(self, x: np.ndarray) -> Prediction:
+    def infer(self, x: np.ndarray) -> Prediction:
         """x in raw units, (batch, timesteps, features), any float dtype (InvalidArgument on mismatch)."""
         out = self.raw_outputs(x)
         if self.task is Task.REGRESSION:
@@ -94,7 +94,7 @@ class ServedModel:
         """Metrics in original units: mse/mae/rmse (regression) or accuracy/log_loss (classification)."""
         x = data.model_input(x, self.signature.timesteps, self.signature.features, what="samples")
         y = data.targets(y, x.shape[0], self.record.spec)
-        return score(self.task, y, self.predict(x))
+        return score(self.task, y, self.infer(x))
 
 
 def score(task: Task, y: np.ndarray, prediction: Prediction) -> dict[str, float]:

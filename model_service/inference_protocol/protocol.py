@@ -3,7 +3,7 @@
 Model name = model id, version string = model version ("" = the latest ready one). One input "x",
 FP32 or FP64, shape [batch, timesteps, features], from raw_input_contents or typed contents. Outputs are
 always raw: regression "values" FP64 [batch, outputs]; classification "probabilities" FP64
-[batch, 1 | n_classes] and "labels" INT64 [batch]. Predictions go through ServedModel.predict, i.e. the
+[batch, 1 | n_classes] and "labels" INT64 [batch]. Predictions go through ServedModel.infer, i.e. the
 same scaling, inverse scaling and adaptive batcher as the Predict RPC. Imports no grpc: errors are the
 domain's (service_common.errors), mapped to status codes by the servicer.
 """
@@ -172,7 +172,7 @@ def infer(runtime: Any, request: Any) -> Any:
     _reject_unsupported(request.parameters, "request")
     outputs = requested_outputs(request, output_specs(model.signature))
     x = decode_input(request, model.signature)
-    arrays = _prediction_arrays(model.predict(x))
+    arrays = _prediction_arrays(model.infer(x))
     response = pb.ModelInferResponse(
         model_name=model.model_id, model_version=str(model.version), id=request.id
     )

@@ -129,15 +129,15 @@ def test_events_scalers_and_holdout(stack: Stack) -> None:
 def test_same_seed_same_predictions_even_next_to_another_job(stack: Stack) -> None:
     query = np.array([[[5.0], [6.0], [7.0]], [[50.0], [60.0], [70.0]]])
     _, alone = run(stack, seed_input(seed=11))
-    first = stack.runtime.resolve(alone.model_id).predict(query).values
+    first = stack.runtime.resolve(alone.model_id).infer(query).values
     # Again with the same seed while a job with another seed trains at the same time.
     other = stack.trainer.start(seed_input(seed=99, epochs=6))
     _, again = run(stack, seed_input(seed=11))
     list(other.events())
-    second = stack.runtime.resolve(again.model_id).predict(query).values
+    second = stack.runtime.resolve(again.model_id).infer(query).values
     np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-5)
     _, different = run(stack, seed_input(seed=12))
-    third = stack.runtime.resolve(different.model_id).predict(query).values
+    third = stack.runtime.resolve(different.model_id).infer(query).values
     assert not np.allclose(first, third, rtol=1e-5, atol=1e-5)
 
 
@@ -165,7 +165,7 @@ def test_job_limit_and_serving_rules_while_training(stack: Stack) -> None:
         stack.trainer.start(slow_input())
     # Version 1 keeps serving; version 2 is still training.
     assert stack.runtime.resolve("m").version == 1
-    assert stack.runtime.resolve("m", 1).predict(np.ones((2, 3))).values.shape == (2, 1)
+    assert stack.runtime.resolve("m", 1).infer(np.ones((2, 3))).values.shape == (2, 1)
     with pytest.raises(FailedPrecondition, match="version 2 is still training"):
         stack.runtime.resolve("m", 2)
     with pytest.raises(FailedPrecondition, match="no ready version yet"):
@@ -191,7 +191,7 @@ def test_runtime_interface_for_the_inference_protocol(stack: Stack, tmp_path: Pa
     model = stack.runtime.resolve("cls")
     assert (model.model_id, model.version) == ("cls", 1)
     assert model.signature == ModelSignature(timesteps=4, features=2, task="multiclass", outputs=3)
-    prediction = model.predict(x[:5].astype(np.float32))
+    prediction = model.infer(x[:5].astype(np.float32))
     assert prediction.values is None
     assert prediction.probabilities.shape == (5, 3) and prediction.labels.dtype == np.int64
     np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -204,7 +204,7 @@ def test_runtime_interface_for_the_inference_protocol(stack: Stack, tmp_path: Pa
     stack.runtime.load("cls")
     assert [e.state for e in stack.runtime.index()] == ["READY"]
     np.testing.assert_allclose(
-        stack.runtime.resolve("cls").predict(x[:5]).probabilities, prediction.probabilities, rtol=1e-6
+        stack.runtime.resolve("cls").infer(x[:5]).probabilities, prediction.probabilities, rtol=1e-6
     )
     with pytest.raises(NotFound):
         stack.runtime.load("nope")
@@ -212,7 +212,7 @@ def test_runtime_interface_for_the_inference_protocol(stack: Stack, tmp_path: Pa
     # A second registry on the same store (a restart) serves the same predictions.
     reopened = ModelRegistry(stack.store, ServingOptions())
     reopened.load_all()
-    restored = ModelRuntime(reopened).resolve("cls").predict(x[:5]).probabilities
+    restored = ModelRuntime(reopened).resolve("cls").infer(x[:5]).probabilities
     np.testing.assert_allclose(restored, prediction.probabilities, rtol=1e-6)
     reopened.close()
 
@@ -222,11 +222,11 @@ def test_concurrent_predictions_through_the_runtime_match_single_ones(stack: Sta
     model = stack.runtime.resolve(record.model_id)
     rng = np.random.default_rng(5)
     queries = [rng.uniform(0, 60, size=(int(rng.integers(1, 4)), 3, 1)) for _ in range(40)]
-    expected = [model.predict(q).values for q in queries]
+    expected = [model.infer(q).values for q in queries]
     results: list[Any] = [None] * len(queries)
 
     def worker(i: int) -> None:
-        results[i] = model.predict(queries[i]).values
+        results[i] = model.infer(queries[i]).values
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(queries))]
     for thread in threads:
@@ -287,7 +287,7 @@ def test_serving_is_a_warmed_compiled_function_never_model_predict(
     rng = np.random.default_rng(2)
     for batch in (1, 7, 64):  # one concrete function serves every batch size
         x = rng.uniform(0, 60, size=(batch, 3, 1))
-        got = model.predict(x).values
+        got = model.infer(x).values
         scaled = record_scalers(stack, record.model_id)
         direct = predictor.model(scaled[0].transform(x).astype(np.float32), training=False).numpy()
         np.testing.assert_allclose(got, scaled[1].inverse_transform(direct), rtol=1e-5, atol=1e-5)
@@ -296,7 +296,7 @@ def test_serving_is_a_warmed_compiled_function_never_model_predict(
     reopened.load_all()
     again = ModelRuntime(reopened).resolve(record.model_id)
     assert again.predictor._call.structured_input_signature[0][0].shape.as_list() == [None, 3, 1]
-    np.testing.assert_allclose(again.predict(x).values, got, rtol=1e-6)
+    np.testing.assert_allclose(again.infer(x).values, got, rtol=1e-6)
     reopened.close()
 
 
@@ -330,11 +330,11 @@ def test_concurrent_requests_share_forward_passes_in_the_serving_path(stack: Sta
     options = ServingOptions(max_batch_size=64, observe_batch=observed.append)
     model = ServedModel(served.record, GatedPredictor(), options)  # type: ignore[arg-type]
     queries = [np.full((1, 3, 1), float(i)) + np.arange(3.0).reshape(1, 3, 1) for i in range(12)]
-    expected = [served.predict(q).values for q in queries]
+    expected = [served.infer(q).values for q in queries]
     with ThreadPoolExecutor(13) as pool:
-        blocker = pool.submit(model.predict, np.ones((1, 3, 1)))
+        blocker = pool.submit(model.infer, np.ones((1, 3, 1)))
         assert first_pass.wait(10)
-        futures = [pool.submit(model.predict, q) for q in queries]
+        futures = [pool.submit(model.infer, q) for q in queries]
         deadline = time.monotonic() + 10
         while len(model._batcher._queue) < len(queries):
             assert time.monotonic() < deadline, "requests did not queue up"
