@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 
@@ -63,3 +65,30 @@ def test_stream_accepts_mixed_wire_dtypes(scaler_server: ScalerServerHandle) -> 
     info = scaler_server.stub.FitStream(chunks())
     assert list(info.statistics.data_min) == [0, 1, 2] and list(info.statistics.data_max) == [57, 58, 59]
     assert info.fingerprint == fit(scaler_server.stub, ints.astype(np.float64), "minmax").fingerprint
+
+
+def test_a_client_that_abandons_the_stream_leaves_no_version(scaler_server: ScalerServerHandle) -> None:
+    sent_two = threading.Event()
+    hold = threading.Event()
+    data = random_data((100, 3))
+
+    def chunks() -> Iterator[scaler_pb2.FitChunk]:
+        yield scaler_pb2.FitChunk(scaler_id="abandoned", spec=spec("standard"))
+        yield scaler_pb2.FitChunk(data=codec.from_numpy(data[:50]))
+        sent_two.set()
+        hold.wait(10)  # never sends the rest: the client gives up instead
+        yield scaler_pb2.FitChunk(data=codec.from_numpy(data[50:]))
+
+    call = scaler_server.stub.FitStream.future(chunks(), timeout=30)
+    assert sent_two.wait(10)
+    call.cancel()
+    hold.set()
+    with pytest.raises(grpc.FutureCancelledError):
+        call.result()
+    listed = scaler_server.stub.ListScalers(scaler_pb2.ListScalersRequest(scaler_id="abandoned"), timeout=10)
+    assert list(listed.scalers) == []
+    # The service still fits, and the id starts at version 1: nothing was reserved for the abandoned stream.
+    info = scaler_server.stub.FitStream(
+        _stream(data, "standard", scaler_id="abandoned", chunks=2), timeout=30
+    )
+    assert (info.id, info.version, info.n_samples_seen) == ("abandoned", 1, 100)
