@@ -5,12 +5,15 @@ Starts a scaler service and model services as separate processes on 127.0.0.1 (f
 OS); clients run in separate processes (no TensorFlow in them) so they do not share a GIL with the server.
 
 1. In process (this process): the seed's example-1 model (LSTM(10,relu) -> LSTM(2,relu) -> LSTM(10,relu)
-   -> Dense(1)), batch 1: ``model.predict`` vs the compiled call (a warmed tf.function, as served),
-   with and without XLA.
-2. Through the service (default settings: adaptive batching on): sequential batch-1 Predict p50/p99;
-   32 concurrent clients; Predict latency while a training job runs; Train wall time vs in-process
-   ``model.fit`` on the same data and settings.
-3. The same service with batching off (max_batch_size 1), and with XLA (jit_compile), for 32 clients.
+   -> Dense(1)), batch 1: ``model.predict``; a plain tf.function called the public way; and the
+   service's own forward pass (model_service.predictor), graph tier and XLA tier. The "compiled call"
+   of the targets is the fastest of these, the XLA tier, which is what the service serves with.
+2. Through the service (default settings: adaptive batching on, XLA): after a warm-up load (the hot
+   batch-size buckets get compiled), sequential batch-1 Predict p50/p99; 32 concurrent clients;
+   Predict latency while a training job runs; Train wall time vs in-process ``model.fit`` on the same
+   data and settings.
+3. The same service with batching off (max_batch_size 1), with a 1 ms batch wait, and on the graph
+   tier only (--jit-compile false) with batching on and off, for 32 clients.
 
 Targets (issue 3): gRPC p50 >= 30x faster than model.predict and within +1 ms of the compiled call;
 32 clients >= 3x the unbatched throughput with p99 <= 30 ms; training <= 1.10x model.fit.
@@ -27,6 +30,7 @@ every phase (300 sequential requests, 3 s concurrent runs, 5 training epochs) bu
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import multiprocessing as mp
 import os
@@ -177,51 +181,50 @@ def wait_until_warm(address: str, timeout: float = 600.0) -> float:
 # ---- clients (separate processes, no TensorFlow) -------------------------------------------------
 
 
-def _client_loop(address: str, threads: int, seconds: float, start_at: float, queue: Any) -> None:
-    """One client process: ``threads`` callers, each on its own channel, batch-1 Predict until time's up."""
+def _client_process(address: str, clients: int, seconds: float, start_at: float, queue: Any) -> None:
+    """One client process: ``clients`` concurrent callers, each on its own channel (its own HTTP/2
+    connection, as separate clients would be), batch-1 Predict until time's up. asyncio, so the load
+    generator spends little CPU of its own on these 2 cores."""
     request = model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY)).SerializeToString()
-    results: list[list[float]] = [[] for _ in range(threads)]
-    errors = [0] * threads
 
-    def caller(index: int) -> None:
-        with grpc.insecure_channel(address) as channel:
+    async def caller(latencies: list[float]) -> int:
+        errors = 0
+        async with grpc.aio.insecure_channel(address) as channel:
             predict = channel.unary_unary(
                 "/lstm_stack.v1.ModelService/Predict",
                 request_serializer=lambda b: b,
                 response_deserializer=lambda b: b,
             )
             try:
-                predict(request, timeout=60)  # connected before the clock starts
+                await predict(request, timeout=60)  # connected before the clock starts
             except grpc.RpcError:
-                errors[index] += 1
-            while time.time() < start_at:
-                time.sleep(0.001)
+                errors += 1
+            await asyncio.sleep(max(0.0, start_at - time.time()))
             end = start_at + seconds
-            while True:
+            while time.time() < end:
                 began = time.perf_counter()
-                if time.time() >= end:
-                    break
                 try:
-                    predict(request, timeout=30)
-                    results[index].append(time.perf_counter() - began)
+                    await predict(request, timeout=30)
+                    latencies.append(time.perf_counter() - began)
                 except grpc.RpcError:
-                    errors[index] += 1
+                    errors += 1
+        return errors
 
-    workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    queue.put(([t for r in results for t in r], sum(errors)))
+    async def run() -> tuple[list[float], int]:
+        latencies: list[float] = []
+        errors = await asyncio.gather(*[caller(latencies) for _ in range(clients)])
+        return latencies, sum(errors)
+
+    queue.put(asyncio.run(run()))
 
 
-def concurrent(address: str, clients: int, seconds: float, processes: int = 4) -> dict[str, float]:
+def concurrent(address: str, clients: int, seconds: float, processes: int = 2) -> dict[str, float]:
     context = mp.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 5.0  # every process spawned, connected and waiting
     per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     procs = [
-        context.Process(target=_client_loop, args=(address, n, seconds, start_at, queue))
+        context.Process(target=_client_process, args=(address, n, seconds, start_at, queue))
         for n in per_process
         if n
     ]
@@ -237,6 +240,13 @@ def concurrent(address: str, clients: int, seconds: float, processes: int = 4) -
         proc.join()
     p50, p99 = percentiles(latencies)
     return {"rps": len(latencies) / seconds, "p50": p50, "p99": p99, "errors": errors}
+
+
+def warm_up(address: str, clients: int) -> None:
+    """A few seconds of the concurrent load, then a pause: the batch-size buckets that load uses get
+    hot and are compiled with XLA in the background, as they would be in a server's first seconds."""
+    concurrent(address, clients, 4.0)
+    time.sleep(4.0)
 
 
 def sequential(address: str, requests: int) -> tuple[list[float], float]:
@@ -322,8 +332,20 @@ def train_through_service(address: str, epochs: int) -> float:
 # ---- in process ----------------------------------------------------------------------------------
 
 
+def time_calls(call: Any, requests: int) -> tuple[float, float]:
+    for _ in range(100):
+        call()
+    timings = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - start)
+    return percentiles(timings)
+
+
 def in_process(requests: int, epochs: int) -> dict[str, Any]:
-    """model.predict vs the compiled call (no XLA / XLA), and model.fit on the training-bench data."""
+    """model.predict vs a plain tf.function call vs the serving tiers, and model.fit on the bench data."""
+    import tensorflow as tf
     from sklearn.preprocessing import MinMaxScaler
 
     from model_service import builder, convert
@@ -345,15 +367,18 @@ def in_process(requests: int, epochs: int) -> dict[str, Any]:
         model.predict(query, verbose=0)
         timings.append(time.perf_counter() - start)
     results["predict"] = percentiles(timings)
-    for jit in (False, True):
-        predictor = CompiledPredictor(model, 3, 1, jit_compile=jit, max_bucket=1)
-        predictor.warm()
-        timings = []
-        for _ in range(requests):
-            start = time.perf_counter()
-            predictor(query)
-            timings.append(time.perf_counter() - start)
-        results["compiled_xla" if jit else "compiled"] = percentiles(timings)
+    # What one would write in process: a tf.function with a batch-agnostic signature, called publicly.
+    concrete = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, 3, 1], tf.float32)]
+    ).get_concrete_function()
+    results["tf_function"] = time_calls(lambda: concrete(tf.constant(query)).numpy(), requests)
+    # The service's own forward pass, in process: the graph tier, and the XLA tier it moves to.
+    graph = CompiledPredictor(model, 3, 1, jit_compile=False)
+    graph.warm()
+    results["compiled_graph"] = time_calls(lambda: graph(query), requests)
+    xla = CompiledPredictor(model, 3, 1, jit_compile=True)
+    xla.compile_now(1)
+    results["compiled"] = time_calls(lambda: xla(query), requests)
 
     # model.fit as one would write it in process: numpy arrays, same scaling, split, epochs, batch, shuffle.
     xs, ys = long_series()
@@ -413,6 +438,7 @@ def main() -> None:
             with service("model_service", base, logs / "model.log") as address:
                 train_seed_model(address)
                 wait_until_warm(address)
+                warm_up(address, args.clients)
                 figures["sequential"] = sequential(address, args.requests)
                 figures["batched"] = concurrent(address, args.clients, args.seconds)
                 figures["train_service"] = train_through_service(address, args.train_epochs)
@@ -421,46 +447,53 @@ def main() -> None:
             variants = {
                 "unbatched": ["--max-batch-size", "1"],
                 "wait_1ms": ["--max-batch-wait-ms", "1"],
-                "xla": ["--jit-compile", "true"],
+                "graph": ["--jit-compile", "false"],
+                "graph_unbatched": ["--jit-compile", "false", "--max-batch-size", "1"],
             }
             for name, extra in variants.items():
                 with service("model_service", [*base, *extra], logs / f"model-{name}.log") as address:
-                    first = wait_until_warm(address)
-                    print(f"{name} service: first Predict took {first:.1f} s (tracing/compiling)", flush=True)
+                    wait_until_warm(address)
+                    warm_up(address, args.clients)
                     figures[name] = concurrent(address, args.clients, args.seconds)
-                    if name == "xla":
-                        figures["xla_sequential"] = sequential(address, args.requests)
+                    if name == "graph":
+                        figures["graph_sequential"] = sequential(address, args.requests)
                 print(f"{name} service done", flush=True)
 
     grpc_p50, grpc_p99 = percentiles(figures["sequential"][0])
     predict_p50, predict_p99 = local["predict"]
     compiled_p50, compiled_p99 = local["compiled"]
-    xla_p50, xla_p99 = local["compiled_xla"]
-    xla_grpc_p50, xla_grpc_p99 = percentiles(figures["xla_sequential"][0])
+    graph_p50, graph_p99 = local["compiled_graph"]
+    function_p50, function_p99 = local["tf_function"]
+    graph_grpc_p50, graph_grpc_p99 = percentiles(figures["graph_sequential"][0])
     batched, unbatched = figures["batched"], figures["unbatched"]
     busy_p50, busy_p99, busy_train, busy_n = figures["busy"]
 
     print()
-    print("batch-1 latency (ms)                      p50       p99")
-    print(f"  in-process model.predict           {predict_p50:9.3f} {predict_p99:9.3f}")
-    print(f"  in-process compiled call           {compiled_p50:9.3f} {compiled_p99:9.3f}")
-    print(f"  in-process compiled call, XLA      {xla_p50:9.3f} {xla_p99:9.3f}")
-    print(f"  gRPC Predict (service default)     {grpc_p50:9.3f} {grpc_p99:9.3f}")
-    print(f"  gRPC Predict (service, XLA)        {xla_grpc_p50:9.3f} {xla_grpc_p99:9.3f}")
-    print(f"  gRPC Predict while training        {busy_p50:9.3f} {busy_p99:9.3f}   ({busy_n} requests)")
+    print("batch-1 latency (ms)                                p50       p99")
+    print(f"  in-process model.predict                     {predict_p50:9.3f} {predict_p99:9.3f}")
+    print(f"  in-process tf.function, public call          {function_p50:9.3f} {function_p99:9.3f}")
+    print(f"  in-process serving pass, graph tier          {graph_p50:9.3f} {graph_p99:9.3f}")
+    print(f"  in-process serving pass, XLA tier (compiled) {compiled_p50:9.3f} {compiled_p99:9.3f}")
+    print(f"  gRPC Predict (service default)               {grpc_p50:9.3f} {grpc_p99:9.3f}")
+    print(f"  gRPC Predict (service, --jit-compile false)  {graph_grpc_p50:9.3f} {graph_grpc_p99:9.3f}")
     print(
-        f"  sequential rate: {figures['sequential'][1]:.0f} req/s (XLA: {figures['xla_sequential'][1]:.0f})"
+        f"  gRPC Predict while training                  {busy_p50:9.3f} {busy_p99:9.3f}   ({busy_n} requests)"
+    )
+    print(
+        f"  sequential rate: {figures['sequential'][1]:.0f} req/s "
+        f"(--jit-compile false: {figures['graph_sequential'][1]:.0f})"
     )
     print()
-    print(f"throughput, {args.clients} clients (batch 1)      req/s    p50 ms    p99 ms  errors")
+    print(f"throughput, {args.clients} clients (batch 1)              req/s    p50 ms    p99 ms  errors")
     for label, key in [
-        ("adaptive batching (default)", "batched"),
+        ("adaptive batching (default, XLA)", "batched"),
         ("batching off (max_batch_size 1)", "unbatched"),
         ("batching + max wait 1 ms", "wait_1ms"),
-        ("batching + XLA", "xla"),
+        ("graph tier only, batching", "graph"),
+        ("graph tier only, batching off", "graph_unbatched"),
     ]:
         f = figures[key]
-        print(f"  {label:34}{f['rps']:9.0f} {f['p50']:9.2f} {f['p99']:9.2f} {f['errors']:7d}")
+        print(f"  {label:42}{f['rps']:9.0f} {f['p50']:9.2f} {f['p99']:9.2f} {f['errors']:7d}")
     print()
     print(
         f"training {TRAIN_ROWS} rows x {args.train_epochs} epochs, batch {TRAIN_BATCH}, 20% holdout, minmax x/y"
@@ -477,6 +510,12 @@ def main() -> None:
             batched["rps"] / unbatched["rps"],
             ">= 3x",
             batched["rps"] >= 3 * unbatched["rps"],
+        ),
+        (
+            "  same, graph tier only",
+            figures["graph"]["rps"] / figures["graph_unbatched"]["rps"],
+            "(>= 3x)",
+            figures["graph"]["rps"] >= 3 * figures["graph_unbatched"]["rps"],
         ),
         ("batched p99 (ms)", batched["p99"], "<= 30 ms", batched["p99"] <= 30),
         (

@@ -23,7 +23,7 @@ LOG_LOSS_EPSILON = 1e-7
 class ServingOptions:
     max_batch_size: int = 32
     max_batch_wait_seconds: float = 0.0
-    jit_compile: bool = False
+    jit_compile: bool = True
     observe_batch: Callable[[int], None] | None = None
 
 

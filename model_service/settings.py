@@ -34,7 +34,8 @@ class ModelSettings(ServerSettings):
     # noise of no wait (3 runs), so none. max_batch_size 1 turns batching off.
     max_batch_size: int = 64
     max_batch_wait_ms: float = 0.0
-    # XLA for the serving function: a little faster per call, ~0.7 s to compile per batch-size bucket.
-    jit_compile: bool = False
+    # Serve each hot batch-size bucket with XLA (compiled in the background after 16 uses, ~0.8 s each;
+    # the graph function serves it until then): ~5x less CPU per forward pass. false = graph only.
+    jit_compile: bool = True
     # Trace every stored model in the background after start, so first requests are fast.
     warm_on_start: bool = True

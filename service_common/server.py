@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -153,6 +154,11 @@ class ManagedServer:
         self._on_stop.append(callback)
 
     def start(self) -> None:
+        # Everything built so far (TensorFlow, Keras, loaded models: ~370 000 objects) lives as long as
+        # the process. Frozen, the cyclic GC stops rescanning it: a full collection would otherwise
+        # stall every thread for ~200 ms now and then, straight into the tail latency.
+        gc.collect()
+        gc.freeze()
         self.grpc_server.start()
         for name in ["", *self.services]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
