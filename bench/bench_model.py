@@ -181,17 +181,29 @@ def wait_until_warm(address: str, timeout: float = 600.0) -> float:
 # ---- clients (separate processes, no TensorFlow) -------------------------------------------------
 
 
-def _client_process(address: str, clients: int, seconds: float, start_at: float, queue: Any) -> None:
+PREDICT = "/lstm_stack.v1.ModelService/Predict"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"  # the floor: a no-op RPC through the same server plumbing
+
+
+def _request_bytes(method: str) -> bytes:
+    if method == HEALTH_CHECK:
+        return b""  # HealthCheckRequest(service="") serializes to nothing
+    return model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY)).SerializeToString()
+
+
+def _client_process(
+    address: str, method: str, clients: int, seconds: float, start_at: float, queue: Any
+) -> None:
     """One client process: ``clients`` concurrent callers, each on its own channel (its own HTTP/2
     connection, as separate clients would be), batch-1 Predict until time's up. asyncio, so the load
     generator spends little CPU of its own on these 2 cores."""
-    request = model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY)).SerializeToString()
+    request = _request_bytes(method)
 
     async def caller(latencies: list[float]) -> int:
         errors = 0
         async with grpc.aio.insecure_channel(address) as channel:
             predict = channel.unary_unary(
-                "/lstm_stack.v1.ModelService/Predict",
+                method,
                 request_serializer=lambda b: b,
                 response_deserializer=lambda b: b,
             )
@@ -218,13 +230,15 @@ def _client_process(address: str, clients: int, seconds: float, start_at: float,
     queue.put(asyncio.run(run()))
 
 
-def concurrent(address: str, clients: int, seconds: float, processes: int = 2) -> dict[str, float]:
+def concurrent(
+    address: str, clients: int, seconds: float, processes: int = 2, method: str = PREDICT
+) -> dict[str, float]:
     context = mp.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 5.0  # every process spawned, connected and waiting
     per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     procs = [
-        context.Process(target=_client_process, args=(address, n, seconds, start_at, queue))
+        context.Process(target=_client_process, args=(address, method, n, seconds, start_at, queue))
         for n in per_process
         if n
     ]
@@ -249,18 +263,19 @@ def warm_up(address: str, clients: int) -> None:
     time.sleep(4.0)
 
 
-def sequential(address: str, requests: int) -> tuple[list[float], float]:
-    """Batch-1 Predict latencies and the sequential request rate, from one client (this process)."""
+def sequential(address: str, requests: int, method: str = PREDICT) -> tuple[list[float], float]:
+    """Batch-1 Predict (or the floor's no-op) latencies and the sequential request rate, from one
+    client (this process)."""
     with grpc.insecure_channel(address) as channel:
-        stub = model_pb2_grpc.ModelServiceStub(channel)
-        request = model_pb2.PredictRequest(model_id=MODEL_ID, x=codec.from_numpy(QUERY))
+        call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        request = _request_bytes(method)
         for _ in range(200):
-            stub.Predict(request, timeout=30)
+            call(request, timeout=30)
         latencies = []
         began = time.perf_counter()
         for _ in range(requests):
             start = time.perf_counter()
-            stub.Predict(request, timeout=30)
+            call(request, timeout=30)
             latencies.append(time.perf_counter() - start)
         return latencies, requests / (time.perf_counter() - began)
 
@@ -441,6 +456,8 @@ def main() -> None:
                 warm_up(address, args.clients)
                 figures["sequential"] = sequential(address, args.requests)
                 figures["batched"] = concurrent(address, args.clients, args.seconds)
+                figures["floor_sequential"] = sequential(address, args.requests, HEALTH_CHECK)
+                figures["floor"] = concurrent(address, args.clients, args.seconds, method=HEALTH_CHECK)
                 figures["train_service"] = train_through_service(address, args.train_epochs)
                 figures["busy"] = predict_during_training(address, args.train_epochs)
             print("default service done", flush=True)
@@ -467,6 +484,7 @@ def main() -> None:
     graph_grpc_p50, graph_grpc_p99 = percentiles(figures["graph_sequential"][0])
     batched, unbatched = figures["batched"], figures["unbatched"]
     busy_p50, busy_p99, busy_train, busy_n = figures["busy"]
+    floor_p50, floor_p99 = percentiles(figures["floor_sequential"][0])
 
     print()
     print("batch-1 latency (ms)                                p50       p99")
@@ -491,6 +509,7 @@ def main() -> None:
         ("batching + max wait 1 ms", "wait_1ms"),
         ("graph tier only, batching", "graph"),
         ("graph tier only, batching off", "graph_unbatched"),
+        ("floor: no-op health Check, same server", "floor"),
     ]:
         f = figures[key]
         print(f"  {label:42}{f['rps']:9.0f} {f['p50']:9.2f} {f['p99']:9.2f} {f['errors']:7d}")
@@ -546,6 +565,24 @@ def main() -> None:
     print(f"{'ratio':38}{'measured':>10}  {'target':<14}met")
     for label, value, target, met in rows:
         print(f"  {label:36}{value:10.2f}  {target:<14}{'yes' if met else 'NO'}")
+    # What the Python gRPC plumbing alone allows on this machine, from the no-op floor measured above.
+    floor = figures["floor"]
+    per_request_ms = 1000.0 / unbatched["rps"]
+    print()
+    print("bounds, from this run's no-op floor (the same server, load generator and machine)")
+    print(
+        f"  sequential: a no-op round trip takes {floor_p50:.3f} ms, leaving "
+        f"{compiled_p50 + 1.0 - floor_p50:.3f} ms for Predict's handler, codec and scaling within +1 ms"
+    )
+    print(
+        f"  {args.clients} clients: the no-op does {floor['rps']:.0f} req/s; twice MLServer "
+        f"({2 * REFERENCE['concurrent_rps']:.0f} req/s) is {2 * REFERENCE['concurrent_rps'] / floor['rps']:.0%} of it"
+    )
+    print(
+        f"  batching: unbatched and saturated, the server completes a request every {per_request_ms:.3f} ms, "
+        f"~{compiled_p50:.3f} ms of it the forward pass; even a free forward pass caps batching's gain at "
+        f"{per_request_ms / max(per_request_ms - compiled_p50, 1e-9):.2f}x"
+    )
 
 
 if __name__ == "__main__":
