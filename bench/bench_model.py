@@ -567,7 +567,6 @@ def main() -> None:
         print(f"  {label:36}{value:10.2f}  {target:<14}{'yes' if met else 'NO'}")
     # What the Python gRPC plumbing alone allows on this machine, from the no-op floor measured above.
     floor = figures["floor"]
-    per_request_ms = 1000.0 / unbatched["rps"]
     print()
     print("bounds, from this run's no-op floor (the same server, load generator and machine)")
     print(
@@ -577,11 +576,6 @@ def main() -> None:
     print(
         f"  {args.clients} clients: the no-op does {floor['rps']:.0f} req/s; twice MLServer "
         f"({2 * REFERENCE['concurrent_rps']:.0f} req/s) is {2 * REFERENCE['concurrent_rps'] / floor['rps']:.0%} of it"
-    )
-    print(
-        f"  batching: unbatched and saturated, the server completes a request every {per_request_ms:.3f} ms, "
-        f"~{compiled_p50:.3f} ms of it the forward pass; even a free forward pass caps batching's gain at "
-        f"{per_request_ms / max(per_request_ms - compiled_p50, 1e-9):.2f}x"
     )
 
 
