@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,6 +18,7 @@ from model_service import predictor as predictor_module
 from model_service.predictor import CompiledPredictor
 
 TIMESTEPS, FEATURES = 3, 2
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +117,32 @@ def test_the_flat_call_computes_what_the_public_call_does(model: keras.Model) ->
     assert fast is not concrete  # this TensorFlow has the flat form; otherwise the public call is used
     x = tf.constant(rows(7, seed=5))
     np.testing.assert_array_equal(fast(x).numpy(), concrete(x).numpy())
+
+
+EXIT_WHILE_COMPILING = """
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras, numpy as np
+from model_service.predictor import CompiledPredictor
+inputs = keras.Input((3, 2))
+model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.LSTM(4)(inputs)))
+predictor = CompiledPredictor(model, 3, 2, jit_compile=True, hot_after=1)
+for n in (1, 2, 4, 8):  # four buckets queued for the background compiler
+    predictor(np.zeros((n, 3, 2), np.float32))
+print("queued", flush=True)
+"""  # ...and the interpreter exits at once, with compilations queued or under way
+
+
+def test_the_process_exits_cleanly_while_buckets_are_compiling(tmp_path: Path) -> None:
+    script = tmp_path / "exit_while_compiling.py"
+    script.write_text(EXIT_WHILE_COMPILING)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "queued"
