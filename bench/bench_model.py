@@ -347,15 +347,17 @@ def train_through_service(address: str, epochs: int) -> float:
 # ---- in process ----------------------------------------------------------------------------------
 
 
+def seconds_of(call: Any) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def time_calls(call: Any, requests: int) -> tuple[float, float]:
+    """p50/p99 of ``requests`` calls after 100 unmeasured ones."""
     for _ in range(100):
         call()
-    timings = []
-    for _ in range(requests):
-        start = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - start)
-    return percentiles(timings)
+    return percentiles([seconds_of(call) for _ in range(requests)])
 
 
 def in_process(requests: int, epochs: int) -> dict[str, Any]:
