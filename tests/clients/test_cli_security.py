@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler_service.app import create_server
-from scaler_service.settings import ScalerSettings
 from tests.clients.test_cli_input import run_cli
+from tests.scaler_service.harness import running_scaler_server, secure_overrides
 from tests.service_common.certs import TlsFiles, make_tls_files
 
 TOKEN = "cli-token-0123456789abcdef"
@@ -24,22 +23,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture(scope="module")
 def secure_scaler(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[str]:
-    settings = ScalerSettings(
-        host="127.0.0.1",
-        port=0,
-        store=tmp_path_factory.mktemp("cli-secure") / "store",
-        grace_seconds=0.0,
-        auth_token=TOKEN,
-        tls_cert=str(tls.server_cert),
-        tls_key=str(tls.server_key),
-        tls_client_ca=str(tls.ca),
-    )
-    server, port = create_server(settings)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+    with running_scaler_server(
+        tmp_path_factory.mktemp("cli-secure") / "store", **secure_overrides(tls, TOKEN)
+    ) as handle:
+        yield handle.address
 
 
 def _mutual_tls(tls: TlsFiles) -> list[str]:

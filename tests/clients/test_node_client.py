@@ -247,27 +247,14 @@ async function attempt(options) {
 
 def test_node_client_speaks_mutual_tls_with_a_token(node: str, tmp_path: Path) -> None:
     """An in-process scaler service that wants a token and a client certificate (made at test time)."""
-    from scaler_service.app import create_server
-    from scaler_service.settings import ScalerSettings
+    from tests.scaler_service.harness import running_scaler_server, secure_overrides
     from tests.service_common.certs import make_tls_files
 
     tls = make_tls_files(tmp_path / "tls")
-    settings = ScalerSettings(
-        host="127.0.0.1",
-        port=0,
-        store=tmp_path / "store",
-        grace_seconds=0.0,
-        auth_token=NODE_TLS_TOKEN,
-        tls_cert=str(tls.server_cert),
-        tls_key=str(tls.server_key),
-        tls_client_ca=str(tls.ca),
-    )
-    server, port = create_server(settings)
-    server.start()
-    try:
+    with running_scaler_server(tmp_path / "store", **secure_overrides(tls, NODE_TLS_TOKEN)) as handle:
         env = {
             **os.environ,
-            "ADDR": f"127.0.0.1:{port}",
+            "ADDR": handle.address,
             "CA": str(tls.ca),
             "CERT": str(tls.client_cert),
             "KEY": str(tls.client_key),
@@ -276,8 +263,6 @@ def test_node_client_speaks_mutual_tls_with_a_token(node: str, tmp_path: Path) -
         result = subprocess.run(
             [node, "-e", NODE_TLS_SCRIPT], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=120
         )
-    finally:
-        server.stop(0)
     assert result.returncode == 0, result.stderr
     unauthenticated, unavailable = (
         grpc.StatusCode.UNAUTHENTICATED.value[0],

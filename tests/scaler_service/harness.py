@@ -15,6 +15,7 @@ from protos.lstm_stack.v1 import scaler_pb2_grpc
 from scaler_service.app import create_server
 from scaler_service.settings import ScalerSettings
 from service_common.server import ManagedServer
+from tests.service_common.certs import TlsFiles
 
 # The client accepts anything; the server's own limit is what tests exercise.
 CHANNEL_OPTIONS = [
@@ -40,6 +41,16 @@ class ScalerServerHandle:
             health_pb2.HealthCheckRequest(service=service), timeout=5
         )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def secure_overrides(tls: TlsFiles, token: str) -> dict[str, Any]:
+    """Settings for a server that wants ``token`` and a client certificate signed by ``tls.ca``."""
+    return {
+        "auth_token": token,
+        "tls_cert": str(tls.server_cert),
+        "tls_key": str(tls.server_key),
+        "tls_client_ca": str(tls.ca),
+    }
 
 
 @contextmanager

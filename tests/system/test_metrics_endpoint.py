@@ -3,6 +3,7 @@ status code, predict batch sizes, training jobs running, artifacts stored."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import grpc
@@ -27,6 +28,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def handled(samples: Samples, service: str, method: str, code: str) -> float:
     labels = {"grpc_service": service, "grpc_method": method, "grpc_code": code}
     return value(samples, "grpc_server_handled_total", **labels)
+
+
+def handled_since(before: Samples, after: Samples, service: str, method: str, code: str) -> float:
+    return handled(after, service, method, code) - handled(before, service, method, code)
 
 
 def latency_count(samples: Samples, service: str, method: str, code: str) -> float:
@@ -66,8 +71,7 @@ def test_scaler_endpoint_counts_rpcs_by_method_and_code_and_stored_scalers(
         listed = workloads.list_scalers(channel)
     after = scaler.scrape()
 
-    def delta(method: str, code: str) -> float:
-        return handled(after, SCALER_SERVICE, method, code) - handled(before, SCALER_SERVICE, method, code)
+    delta = functools.partial(handled_since, before, after, SCALER_SERVICE)
 
     assert delta("Fit", "OK") == 2
     assert delta("GetScaler", "NOT_FOUND") == 1
@@ -110,8 +114,7 @@ def test_model_endpoint_counts_rpcs_batches_training_jobs_and_stored_models(
         listed = workloads.list_models(channel)
     after = model.scrape()
 
-    def delta(method: str, code: str) -> float:
-        return handled(after, MODEL_SERVICE, method, code) - handled(before, MODEL_SERVICE, method, code)
+    delta = functools.partial(handled_since, before, after, MODEL_SERVICE)
 
     assert delta("Train", "OK") == 1
     assert delta("Train", "CANCELLED") == 1

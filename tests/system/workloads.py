@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -93,27 +94,25 @@ def train_when_a_slot_is_free(
             time.sleep(0.2)
 
 
-def list_scalers(channel: grpc.Channel) -> list[scaler_pb2.ScalerInfo]:
-    """Every scaler version, following page tokens (a page holds at most a thousand)."""
-    stub = scaler_pb2_grpc.ScalerServiceStub(channel)
-    found: list[scaler_pb2.ScalerInfo] = []
+def _every_page(list_call: Any, request_type: Any, field: str) -> list[Any]:
+    """Follow page tokens to the end (a page holds at most a thousand)."""
+    found: list[Any] = []
     token = ""
     while True:
-        reply = stub.ListScalers(scaler_pb2.ListScalersRequest(page_size=1000, page_token=token), timeout=30)
-        found.extend(reply.scalers)
+        reply = list_call(request_type(page_size=1000, page_token=token), timeout=30)
+        found.extend(getattr(reply, field))
         token = reply.next_page_token
         if not token:
             return found
+
+
+def list_scalers(channel: grpc.Channel) -> list[scaler_pb2.ScalerInfo]:
+    """Every scaler version."""
+    stub = scaler_pb2_grpc.ScalerServiceStub(channel)
+    return _every_page(stub.ListScalers, scaler_pb2.ListScalersRequest, "scalers")
 
 
 def list_models(channel: grpc.Channel) -> list[model_pb2.ModelInfo]:
-    """Every model version, following page tokens."""
+    """Every model version."""
     stub = model_pb2_grpc.ModelServiceStub(channel)
-    found: list[model_pb2.ModelInfo] = []
-    token = ""
-    while True:
-        reply = stub.ListModels(model_pb2.ListModelsRequest(page_size=1000, page_token=token), timeout=30)
-        found.extend(reply.models)
-        token = reply.next_page_token
-        if not token:
-            return found
+    return _every_page(stub.ListModels, model_pb2.ListModelsRequest, "models")
