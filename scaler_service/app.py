@@ -12,6 +12,7 @@ from scaler_service.servicer import ScalerServicer
 from scaler_service.settings import ScalerSettings
 from service_common.artifacts import ArtifactStore, load_signing_key
 from service_common.interceptors import RpcObserver
+from service_common.metrics import ServiceMetrics
 from service_common.server import ManagedServer, build_server
 
 SERVICE_NAME = scaler_pb2.DESCRIPTOR.services_by_name["ScalerService"].full_name
@@ -28,13 +29,15 @@ def create_server(
     settings: ScalerSettings, observers: Iterable[RpcObserver] = ()
 ) -> tuple[ManagedServer, int]:
     registry = create_registry(settings)
-    servicer = ScalerServicer(registry, settings.max_message_bytes)
+    metrics = ServiceMetrics()
+    # lstm_batch_rows{operation=fit|fit_stream|fit_transform|transform|inverse_transform}
+    servicer = ScalerServicer(registry, settings.max_message_bytes, metrics.observe_batch)
 
     def register(server: grpc.Server) -> list[str]:
         scaler_pb2_grpc.add_ScalerServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    managed, port = build_server(settings, register, observers=observers)
+    managed, port = build_server(settings, register, observers=observers, metrics=metrics)
     # lstm_artifacts_stored{kind="scaler"} on the metrics endpoint, read at each scrape.
     managed.metrics.track_artifacts("scaler", registry.count)
     return managed, port

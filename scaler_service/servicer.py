@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -29,15 +29,23 @@ def _optional_id(scaler_id: str) -> str:
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
-    def __init__(self, registry: ScalerRegistry, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: ScalerRegistry,
+        max_message_bytes: int,
+        observe_rows: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._registry = registry
         self._max_message_bytes = max_message_bytes
+        self._observe_rows = observe_rows or (lambda operation, rows: None)
 
     @map_errors
     def Fit(self, request: scaler_pb2.FitRequest, context: grpc.ServicerContext) -> scaler_pb2.ScalerInfo:
         spec = spec_from_proto(request.spec)
         scaler_id = _optional_id(request.scaler_id)
-        fitted = scaling.fit(spec, decode_data(request, "data"))
+        data = decode_data(request, "data")
+        fitted = scaling.fit(spec, data)
+        self._observe_rows("fit", len(data))  # counted once the data proved valid
         return info_to_proto(self._registry.add(scaler_id, fitted))
 
     @map_errors
@@ -55,7 +63,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
             for index, chunk in enumerate(itertools.chain([first], chunks)):
                 if chunk.HasField("data"):
                     name = f"chunk {index} data"
-                    stream.add(codec.to_float_array(chunk.data, name), name)
+                    rows = codec.to_float_array(chunk.data, name)
+                    stream.add(rows, name)
+                    self._observe_rows("fit_stream", len(rows))
         except grpc.RpcError as exc:
             # Reading the request stream fails this way when the client cancels or goes away.
             raise Cancelled("the client ended the stream before it was complete") from exc
@@ -73,6 +83,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         # Everything is transformed and size-checked before the version is stored, so a bad
         # `others` entry leaves no orphan version behind.
         train_out = fitted.transform(train, "train")
+        self._observe_rows("fit_transform", len(train))
         others_out = {name: fitted.transform(data, f"others[{name!r}]") for name, data in others.items()}
         check_reply_size(
             [(train_out, reply_dtype(request.train))]
@@ -91,6 +102,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         data = decode_data(request, "data")
         fitted = record.fitted
         out = fitted.inverse_transform(data) if inverse else fitted.transform(data)
+        self._observe_rows("inverse_transform" if inverse else "transform", len(data))
         check_reply_size([(out, reply_dtype(request.data))], self._max_message_bytes)
         return scaler_pb2.TransformResponse(
             scaler_id=record.scaler_id, version=record.version, data=encode_like(out, request.data)

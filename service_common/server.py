@@ -202,16 +202,17 @@ def build_server(
     register: Callable[[grpc.Server], Iterable[str]],
     interceptors: Iterable[grpc.ServerInterceptor] = (),
     observers: Iterable[RpcObserver] = (),
+    metrics: ServiceMetrics | None = None,
 ) -> tuple[ManagedServer, int]:
     """Create a server with the shared plumbing; ``register`` adds servicers and returns their full names.
 
     From the settings: bearer-token auth when a token is configured, TLS when a certificate and key
     are set (mutual TLS with a client CA), RPC metrics always, and their HTTP endpoint unless
-    ``metrics_port`` is -1.
+    ``metrics_port`` is -1. Pass ``metrics`` when the servicers feed it too (made before the server).
     """
     credentials = _tls_credentials(settings)
     tokens = load_tokens(settings.auth_token, settings.auth_token_file)
-    metrics = ServiceMetrics()
+    metrics = metrics or ServiceMetrics()
     # Observing first, so refused calls (UNAUTHENTICATED) are logged and counted too.
     gate = ShutdownGate()
     all_interceptors: list[grpc.ServerInterceptor] = [

@@ -1,5 +1,5 @@
 """The Prometheus endpoint of each real service, scraped over HTTP: RPC counts and latency by method and
-status code, predict batch sizes, training jobs running, artifacts stored."""
+status code, rows per batch (predict; scaler fit/transform), training jobs running, artifacts stored."""
 
 from __future__ import annotations
 
@@ -65,6 +65,12 @@ def test_scaler_endpoint_counts_rpcs_by_method_and_code_and_stored_scalers(
                 ),
                 timeout=30,
             )
+        stub.Transform(scaler_pb2.TransformRequest(scaler_id="metrics", data=data), timeout=30)
+        stub.InverseTransform(scaler_pb2.TransformRequest(scaler_id="metrics", data=data), timeout=30)
+        with pytest.raises(grpc.RpcError) as bad:  # 2 features for a 3-feature scaler: no rows counted
+            two_features = codec.from_numpy(np.ones((5, 2)))
+            stub.Transform(scaler_pb2.TransformRequest(scaler_id="metrics", data=two_features), timeout=30)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as info:
             stub.GetScaler(scaler_pb2.GetScalerRequest(scaler_id="no-such-scaler"), timeout=30)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -85,6 +91,10 @@ def test_scaler_endpoint_counts_rpcs_by_method_and_code_and_stored_scalers(
     assert handled(scaler.scrape(), SCALER_SERVICE, "ListScalers", "OK") >= 1
     assert value(after, "lstm_artifacts_stored", kind="scaler") == len(listed)
     assert gained(before, after, "lstm_artifacts_stored", kind="scaler") == 2
+    # Rows per call handed to the scalers, by operation; only calls whose data was valid.
+    for operation, calls in (("fit", 2), ("transform", 1), ("inverse_transform", 1)):
+        assert gained(before, after, "lstm_batch_rows_count", operation=operation) == calls
+        assert gained(before, after, "lstm_batch_rows_sum", operation=operation) == 4 * calls
 
 
 def test_model_endpoint_counts_rpcs_batches_training_jobs_and_stored_models(
