@@ -4,10 +4,10 @@ Never ``model.predict`` (it builds a dataset and an iterator per call: ~100 ms f
 Two tiers, like a JIT:
 
 - the graph function (``[None, timesteps, features]``), traced by ``warm()``, serves any batch size
-  at once. For the seed's stack one call costs ~1 ms of wall and ~1.4 ms of CPU (TF's executor runs
-  the LSTM's while-loop op by op);
-- an XLA-compiled function of the same signature, ~5x cheaper per call (0.2 ms, CPU = wall), but XLA
-  compiles once per distinct batch size (~0.8 s each). Batches are padded to a power of two (at most
+  at once. For the seed's stack one call costs 0.3-0.4 ms in a hot loop, and more CPU than wall
+  (TF's executor runs the LSTM's while-loop op by op on a spinning thread pool);
+- an XLA-compiled function of the same signature, 2-3x cheaper per call (0.1-0.2 ms, CPU = wall), but
+  XLA compiles once per distinct batch size (~0.8 s each). Batches are padded to a power of two (at most
   ``max_bucket`` rows per call) to keep compilations few. A bucket is compiled in the background once
   it has been used ``hot_after`` times; until then the graph function serves it, so no request ever
   waits for a compiler and models that are rarely called never pay for one.
