@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 import grpc
 
@@ -21,6 +19,7 @@ from model_service.training import TrainingManager
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common.artifacts import ArtifactStore, load_signing_key
 from service_common.interceptors import RpcObserver
+from service_common.metrics import ServiceMetrics
 from service_common.server import ManagedServer, build_server
 
 log = logging.getLogger(__name__)
@@ -47,11 +46,10 @@ def create_server(
         tls_server_name=settings.scaler_tls_server_name,
         max_message_bytes=settings.max_message_bytes,
     )
-    holder: dict[str, ManagedServer] = {}
+    metrics = ServiceMetrics()
 
     def observe_batch(rows: int) -> None:
-        if "server" in holder:
-            holder["server"].metrics.observe_batch("predict", rows)
+        metrics.observe_batch("predict", rows)
 
     serving = ServingOptions(
         max_batch_size=settings.max_batch_size,
@@ -63,16 +61,13 @@ def create_server(
     registry.load_all()
     runtime = ModelRuntime(registry)
 
-    def track_job() -> contextlib.AbstractContextManager[Any]:
-        return holder["server"].metrics.training_job()
-
     trainer = TrainingManager(
         registry,
         gateway,
         serving,
         max_jobs=settings.max_training_jobs,
         max_work=settings.max_training_work,
-        track=track_job,
+        track=metrics.training_job,
     )
     servicer = ModelServicer(runtime, trainer)
 
@@ -80,8 +75,7 @@ def create_server(
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME, *add_inference_protocol(server, runtime)]
 
-    managed, port = build_server(settings, register, observers=observers)
-    holder["server"] = managed
+    managed, port = build_server(settings, register, observers=observers, metrics=metrics)
     managed.metrics.track_artifacts("model", registry.count)
     managed.on_stop(gateway.close)
     managed.on_stop(registry.close)

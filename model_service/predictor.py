@@ -114,7 +114,6 @@ class CompiledPredictor:
         self.model = model
         self.timesteps = timesteps
         self.features = features
-        self.jit_compile = jit_compile
         self.max_bucket = _next_power_of_two(max(1, max_bucket))
         self.hot_after = max(1, hot_after)
         signature = [tf.TensorSpec([None, timesteps, features], tf.float32, name="x")]

@@ -35,7 +35,7 @@ class ModelSettings(ServerSettings):
     max_batch_size: int = 64
     max_batch_wait_ms: float = 0.0
     # Serve each hot batch-size bucket with XLA (compiled in the background after 16 uses, ~0.8 s each;
-    # the graph function serves it until then): ~5x less CPU per forward pass. false = graph only.
+    # the graph function serves it until then): 2-3x cheaper forward passes. false = graph only.
     jit_compile: bool = True
     # Trace every stored model in the background after start, so first requests are fast.
     warm_on_start: bool = True

@@ -104,5 +104,4 @@ def log_rpc(method: str, code: str, seconds: float) -> None:
         level = logging.INFO
     else:
         level = logging.WARNING
-    if log.isEnabledFor(level):
-        log.log(level, "%s %s %.1fms", method, code, seconds * 1000)
+    log.log(level, "%s %s %.1fms", method, code, seconds * 1000)
