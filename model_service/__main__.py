@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from model_service.settings import ModelSettings
 from service_common.server import configure_logging, serve
 from service_common.settings import load_settings
+from service_common.supervisor import run_workers, worker_count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow is imported here, after argument parsing, so --help stays instant; its C++ start-up
     # chatter stays quiet unless the operator asked for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if worker_count(settings.workers) > 1:
+        return run_workers("model service", settings, "model_service.app:create_server")
     from model_service.app import create_server
 
     managed, port = create_server(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Iterable
@@ -12,10 +13,11 @@ from model_service.inference_protocol import add_inference_protocol
 from model_service.registry import ModelRegistry
 from model_service.runtime import ModelRuntime
 from model_service.scaler_gateway import ScalerGateway
+from model_service.scaling import ScalerRef
 from model_service.servicer import ModelServicer
 from model_service.serving import ServingOptions
 from model_service.settings import ModelSettings
-from model_service.training import TrainingManager
+from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common.artifacts import ArtifactStore, load_signing_key
 from service_common.interceptors import RpcObserver
@@ -27,6 +29,27 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 # Model versions live under <store>/models; the signing key (if generated) at <store>/.signing-key.
 ARTIFACT_DIR = "models"
+
+
+def freeze_heap() -> None:
+    """Move everything built so far out of the cyclic GC's reach.
+
+    TensorFlow, Keras and the loaded models leave hundreds of thousands of objects that live as long
+    as the process; frozen, a full collection stops rescanning them, instead of now and then stalling
+    every thread straight into the tail latency (figures in docs/performance.md).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _delete_scalers(gateway: ScalerGateway, started: model_pb2.TrainStarted) -> None:
+    """The scalers a job fitted before its trainer process died: nobody else will delete them."""
+    for ref in (started.x_scaler, started.y_scaler):
+        if ref.scaler_id:
+            try:
+                gateway.delete(ScalerRef(ref.scaler_id, ref.version))
+            except Exception as exc:  # noqa: BLE001 - best effort: an orphan scaler harms nobody
+                log.warning("could not delete scaler %s v%d: %s", ref.scaler_id, ref.version, exc)
 
 
 def create_server(
@@ -60,18 +83,10 @@ def create_server(
     registry = ModelRegistry(store, serving)
     registry.load_all()
     runtime = ModelRuntime(registry)
+    trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
+    servicer = ModelServicer(runtime, trainer, metrics.training_job)
 
-    trainer = TrainingManager(
-        registry,
-        gateway,
-        serving,
-        max_jobs=settings.max_training_jobs,
-        max_work=settings.max_training_work,
-        track=metrics.training_job,
-    )
-    servicer = ModelServicer(runtime, trainer)
-
-    def register(server: grpc.Server) -> list[str]:
+    def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME, *add_inference_protocol(server, runtime)]
 
@@ -79,7 +94,8 @@ def create_server(
     managed.metrics.track_artifacts("model", registry.count)
     managed.on_stop(gateway.close)
     managed.on_stop(registry.close)
-    managed.on_stop(trainer.shutdown)  # on_stop runs in reverse: training stops first
+    managed.on_stop(trainer.close)  # on_stop runs in reverse: the trainer stops first
+    managed.on_start(freeze_heap)
     if settings.warm_on_start:
         threading.Thread(target=registry.warm_all, name="warm-models", daemon=True).start()
     return managed, port

@@ -67,17 +67,27 @@ class ServedModel:
     def close(self, reason: str) -> None:
         self._batcher.close(reason)
 
-    def raw_outputs(self, x: np.ndarray) -> np.ndarray:
-        """Checked raw-unit x -> the head's outputs (scaled units for a y-scaled regression)."""
+    def _model_input(self, x: np.ndarray) -> np.ndarray:
+        """Checked raw-unit x -> what the forward pass takes (x-scaled, float32, contiguous)."""
         x = data.model_input(x, self.signature.timesteps, self.signature.features)
         if self._x_scaler is not None:
             x = self._x_scaler.transform(x)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def raw_outputs(self, x: np.ndarray) -> np.ndarray:
+        """Checked raw-unit x -> the head's outputs (scaled units for a y-scaled regression)."""
         self.predictor.warm()
-        return self._batcher.submit(np.ascontiguousarray(x, dtype=np.float32))
+        return self._batcher.submit(self._model_input(x))
 
     def infer(self, x: np.ndarray) -> Prediction:
         """x in raw units, (batch, timesteps, features), any float dtype (InvalidArgument on mismatch)."""
-        out = self.raw_outputs(x)
+        return self._prediction(self.raw_outputs(x))
+
+    async def infer_async(self, x: np.ndarray) -> Prediction:
+        """``infer`` from the event loop: the forward pass runs on the batcher's thread."""
+        return self._prediction(await self._batcher.submit_async(self._model_input(x)))
+
+    def _prediction(self, out: np.ndarray) -> Prediction:
         if self.task is Task.REGRESSION:
             values = out.astype(np.float64)
             if self._y_scaler is not None:

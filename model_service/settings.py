@@ -39,3 +39,13 @@ class ModelSettings(ServerSettings):
     jit_compile: bool = True
     # Trace every stored model in the background after start, so first requests are fast.
     warm_on_start: bool = True
+    # The trainer process serving processes forward Train to ("unix:/path"). The supervisor sets it for
+    # its workers; empty = this process starts (on the first Train) and owns a trainer of its own.
+    trainer_address: str = ""
+    # The trainer exits after this many jobs, once idle, and a fresh one takes over (its memory goes
+    # back to the system); 0 = never.
+    trainer_recycle_jobs: int = 20
+    # CPU priority the trainer lowers itself by (nice), so serving keeps the cores it needs.
+    trainer_nice: int = 10
+    # How long a Train call waits for a trainer process to come up before UNAVAILABLE.
+    trainer_start_timeout_seconds: float = 120.0

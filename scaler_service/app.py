@@ -33,7 +33,7 @@ def create_server(
     # lstm_batch_rows{operation=fit|fit_stream|fit_transform|transform|inverse_transform}
     servicer = ScalerServicer(registry, settings.max_message_bytes, metrics.observe_batch)
 
-    def register(server: grpc.Server) -> list[str]:
+    def register(server: grpc.aio.Server) -> list[str]:
         scaler_pb2_grpc.add_ScalerServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 

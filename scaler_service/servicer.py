@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -20,7 +20,7 @@ from scaler_service.convert import (
 from scaler_service.registry import ScalerRegistry
 from service_common import codec
 from service_common.artifacts import validate_id
-from service_common.errors import Cancelled, InvalidArgument
+from service_common.errors import InvalidArgument
 from service_common.grpc_errors import map_errors
 
 
@@ -39,8 +39,16 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         self._max_message_bytes = max_message_bytes
         self._observe_rows = observe_rows or (lambda operation, rows: None)
 
+    # Every method hands its work (decoding, sklearn, the signed write) to the executor: none of it
+    # may hold the event loop. The *_sync bodies are the domain calls, unchanged.
+
     @map_errors
-    def Fit(self, request: scaler_pb2.FitRequest, context: grpc.ServicerContext) -> scaler_pb2.ScalerInfo:
+    async def Fit(
+        self, request: scaler_pb2.FitRequest, context: grpc.aio.ServicerContext
+    ) -> scaler_pb2.ScalerInfo:
+        return await asyncio.to_thread(self._fit_sync, request)
+
+    def _fit_sync(self, request: scaler_pb2.FitRequest) -> scaler_pb2.ScalerInfo:
         spec = spec_from_proto(request.spec)
         scaler_id = _optional_id(request.scaler_id)
         data = decode_data(request, "data")
@@ -49,32 +57,39 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         return info_to_proto(self._registry.add(scaler_id, fitted))
 
     @map_errors
-    def FitStream(
-        self, request_iterator: Iterator[scaler_pb2.FitChunk], context: grpc.ServicerContext
+    async def FitStream(
+        self, request_iterator: AsyncIterator[scaler_pb2.FitChunk], context: grpc.aio.ServicerContext
     ) -> scaler_pb2.ScalerInfo:
-        chunks = iter(request_iterator)
-        try:
-            first = next(chunks, None)
-            if first is None:
-                raise InvalidArgument("FitStream received no chunks; the first chunk must carry the spec")
-            spec = spec_from_proto(first.spec)
-            scaler_id = _optional_id(first.scaler_id)
-            stream = scaling.StreamingFit(spec)
-            for index, chunk in enumerate(itertools.chain([first], chunks)):
-                if chunk.HasField("data"):
-                    name = f"chunk {index} data"
-                    rows = codec.to_float_array(chunk.data, name)
-                    stream.add(rows, name)
-                    self._observe_rows("fit_stream", len(rows))
-        except grpc.RpcError as exc:
-            # Reading the request stream fails this way when the client cancels or goes away.
-            raise Cancelled("the client ended the stream before it was complete") from exc
-        return info_to_proto(self._registry.add(scaler_id, stream.finish()))
+        # Waiting for the next chunk holds no thread; a client that cancels or goes away cancels this
+        # coroutine (CancelledError passes through: nothing was stored, no number was reserved).
+        stream: scaling.StreamingFit | None = None
+        scaler_id = ""
+        index = -1
+        async for chunk in request_iterator:
+            index += 1
+            if stream is None:
+                spec = spec_from_proto(chunk.spec)
+                scaler_id = _optional_id(chunk.scaler_id)
+                stream = scaling.StreamingFit(spec)
+            if chunk.HasField("data"):
+                await asyncio.to_thread(self._add_chunk, stream, chunk, f"chunk {index} data")
+        if stream is None:
+            raise InvalidArgument("FitStream received no chunks; the first chunk must carry the spec")
+        fitted = stream.finish()
+        return info_to_proto(await asyncio.to_thread(self._registry.add, scaler_id, fitted))
+
+    def _add_chunk(self, stream: scaling.StreamingFit, chunk: scaler_pb2.FitChunk, name: str) -> None:
+        rows = codec.to_float_array(chunk.data, name)
+        stream.add(rows, name)
+        self._observe_rows("fit_stream", len(rows))
 
     @map_errors
-    def FitTransform(
-        self, request: scaler_pb2.FitTransformRequest, context: grpc.ServicerContext
+    async def FitTransform(
+        self, request: scaler_pb2.FitTransformRequest, context: grpc.aio.ServicerContext
     ) -> scaler_pb2.FitTransformResponse:
+        return await asyncio.to_thread(self._fit_transform_sync, request)
+
+    def _fit_transform_sync(self, request: scaler_pb2.FitTransformRequest) -> scaler_pb2.FitTransformResponse:
         spec = spec_from_proto(request.spec)
         scaler_id = _optional_id(request.scaler_id)
         train = decode_data(request, "train")
@@ -109,26 +124,26 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         )
 
     @map_errors
-    def Transform(
-        self, request: scaler_pb2.TransformRequest, context: grpc.ServicerContext
+    async def Transform(
+        self, request: scaler_pb2.TransformRequest, context: grpc.aio.ServicerContext
     ) -> scaler_pb2.TransformResponse:
-        return self._apply(request, inverse=False)
+        return await asyncio.to_thread(self._apply, request, False)
 
     @map_errors
-    def InverseTransform(
-        self, request: scaler_pb2.TransformRequest, context: grpc.ServicerContext
+    async def InverseTransform(
+        self, request: scaler_pb2.TransformRequest, context: grpc.aio.ServicerContext
     ) -> scaler_pb2.TransformResponse:
-        return self._apply(request, inverse=True)
+        return await asyncio.to_thread(self._apply, request, True)
 
     @map_errors
-    def GetScaler(
-        self, request: scaler_pb2.GetScalerRequest, context: grpc.ServicerContext
+    async def GetScaler(
+        self, request: scaler_pb2.GetScalerRequest, context: grpc.aio.ServicerContext
     ) -> scaler_pb2.ScalerInfo:
         return info_to_proto(self._registry.get(request.scaler_id, request.version))
 
     @map_errors
-    def ListScalers(
-        self, request: scaler_pb2.ListScalersRequest, context: grpc.ServicerContext
+    async def ListScalers(
+        self, request: scaler_pb2.ListScalersRequest, context: grpc.aio.ServicerContext
     ) -> scaler_pb2.ListScalersResponse:
         page, next_token = self._registry.list(request.scaler_id, request.page_size, request.page_token)
         return scaler_pb2.ListScalersResponse(
@@ -136,8 +151,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         )
 
     @map_errors
-    def DeleteScaler(
-        self, request: scaler_pb2.DeleteScalerRequest, context: grpc.ServicerContext
+    async def DeleteScaler(
+        self, request: scaler_pb2.DeleteScalerRequest, context: grpc.aio.ServicerContext
     ) -> scaler_pb2.DeleteScalerResponse:
-        deleted = self._registry.delete(request.scaler_id, request.version)
+        deleted = await asyncio.to_thread(self._registry.delete, request.scaler_id, request.version)
         return scaler_pb2.DeleteScalerResponse(deleted_versions=deleted)

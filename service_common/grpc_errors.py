@@ -27,6 +27,11 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
 }
 
+# The other way round, for statuses a peer of ours answered that we pass on unchanged.
+ERROR_BY_STATUS: dict[grpc.StatusCode, type[errors.ServiceError]] = {
+    code: cls for cls, code in STATUS_BY_ERROR.items()
+}
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -37,40 +42,43 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("unexpected error")
-    context.abort(code, message)
-
-
-def _is_abort(exc: BaseException) -> bool:
-    # context.abort raises a plain Exception after setting the status; let it through untouched.
-    return type(exc) is Exception and not exc.args
+    await context.abort(code, message)
 
 
 def map_errors(handler: F) -> F:
-    """Turn domain exceptions raised by a servicer method into precise status codes (never UNKNOWN)."""
-    if inspect.isgeneratorfunction(handler):
+    """Turn domain exceptions raised by an (async) servicer method into precise status codes (never UNKNOWN).
+
+    ``context.abort`` raises grpc.aio.AbortError once the status is set; it passes through untouched,
+    as do cancellations.
+    """
+    if inspect.isasyncgenfunction(handler):
 
         @functools.wraps(handler)
-        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                yield from handler(self, request, context)
+                async for item in handler(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status
-                if _is_abort(exc):
-                    raise
-                _abort(context, exc)
+                await _abort(context, exc)
 
         return stream_wrapper  # type: ignore[return-value]
 
+    if not inspect.iscoroutinefunction(handler):
+        raise TypeError(f"map_errors wraps `async def` servicer methods; {handler.__qualname__} is not one")
+
     @functools.wraps(handler)
-    def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return handler(self, request, context)
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status
-            if _is_abort(exc):
-                raise
-            _abort(context, exc)
+            await _abort(context, exc)
 
     return unary_wrapper  # type: ignore[return-value]

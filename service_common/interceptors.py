@@ -1,13 +1,15 @@
-"""Server interceptors: each wraps the method handler so it sees the call's outcome and duration."""
+"""The observing interceptor: every finished RPC, with its status code and duration, goes to observers."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from service_common.handlers import is_cancellation, wrap_behaviour
 
 log = logging.getLogger("lstm_stack.rpc")
 
@@ -15,70 +17,34 @@ log = logging.getLogger("lstm_stack.rpc")
 RpcObserver = Callable[[str, str, float], None]
 
 
-def _code_name(context: grpc.ServicerContext, default: str) -> str:
-    code = context.code() if hasattr(context, "code") else None
-    if code is None:
-        return default
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return str(code)
+def outcome_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The status the client saw, as a code name."""
+    if is_cancellation(error):
+        # The call ended before the handler did (client cancel or deadline): whatever the handler
+        # returned, the client never saw OK.
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    code = context.code()
+    if code is not None:
+        return code.name if isinstance(code, grpc.StatusCode) else str(code)
+    if error is None:
+        return "OK"
+    return "UNKNOWN"
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, method: str, observe: RpcObserver) -> grpc.RpcMethodHandler:
-    """Return the same kind of handler, calling ``observe`` when the RPC ends."""
+class _Observe:
+    def __init__(self, method: str, observe: RpcObserver) -> None:
+        self._method = method
+        self._observe = observe
 
-    def finish(context: grpc.ServicerContext, start: float, failed: bool) -> None:
-        default = "UNKNOWN" if failed else "OK"
-        if not context.is_active():
-            # The call ended before the handler did (client cancel or deadline): whatever the handler
-            # returned, the client never saw OK.
-            remaining = context.time_remaining()
-            default = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-        observe(method, _code_name(context, default), time.perf_counter() - start)
+    def started(self, _context: Any) -> float:
+        return time.perf_counter()
 
-    def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            start = time.perf_counter()
-            failed = True
-            try:
-                result = behaviour(request, context)
-                failed = False
-                return result
-            finally:
-                finish(context, start, failed)
-
-        return run
-
-    def streaming(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            start = time.perf_counter()
-            failed = True
-            try:
-                yield from behaviour(request, context)
-                failed = False
-            finally:
-                finish(context, start, failed)
-
-        return run
-
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            streaming(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-    )
+    def finished(self, token: float, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
+        self._observe(self._method, outcome_code(context, error), time.perf_counter() - token)
 
 
-class ObservingInterceptor(grpc.ServerInterceptor):
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Feeds every finished RPC to a list of observers (logging, metrics)."""
 
     def __init__(self, observers: list[RpcObserver]) -> None:
@@ -88,11 +54,15 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         for observer in self._observers:
             observer(method, code, seconds)
 
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
         if handler is None or not self._observers:
             return handler
-        return wrap_handler(handler, handler_call_details.method, self.observe)
+        return wrap_behaviour(handler, _Observe(handler_call_details.method, self.observe))  # type: ignore[attr-defined]
 
 
 def log_rpc(method: str, code: str, seconds: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
@@ -62,15 +63,23 @@ class ServiceMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        # Under a supervisor (prometheus_client's multiprocess mode) gauges are combined across the
+        # live worker processes: running jobs add up, every worker sees the same store.
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.training_jobs = Gauge(
-            "lstm_training_jobs_running", "Training jobs running now.", registry=self.registry
+            "lstm_training_jobs_running",
+            "Training jobs running now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.artifacts = Gauge(
             "lstm_artifacts_stored",
             "Artifact versions in the store, by kind (scaler, model).",
             ["kind"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
+        self._tracking = threading.Event()
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -98,9 +107,24 @@ class ServiceMetrics:
     def set_artifacts(self, kind: str, count: int) -> None:
         self.artifacts.labels(kind).set(count)
 
-    def track_artifacts(self, kind: str, count: Callable[[], float]) -> None:
-        """Read the artifact count from ``count`` at every scrape instead of setting it."""
-        self.artifacts.labels(kind).set_function(count)
+    def track_artifacts(self, kind: str, count: Callable[[], float], every_seconds: float = 1.0) -> None:
+        """Read the artifact count from ``count`` at every scrape instead of setting it.
+
+        In multiprocess mode the supervisor reads files, not this process's callbacks: the count is
+        written every ``every_seconds`` instead, by a daemon thread.
+        """
+        gauge = self.artifacts.labels(kind)
+        if not self.multiprocess:
+            gauge.set_function(count)
+            return
+
+        def refresh() -> None:
+            while not self._tracking.wait(every_seconds):
+                with contextlib.suppress(Exception):
+                    gauge.set(count())
+
+        gauge.set(count())
+        threading.Thread(target=refresh, name=f"track-{kind}", daemon=True).start()
 
     # ---- HTTP endpoint ----
 
@@ -114,6 +138,7 @@ class ServiceMetrics:
         return bound
 
     def stop_http(self) -> None:
+        self._tracking.set()
         if self._http is None:
             return
         self._http.shutdown()

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from service_common.handlers import refusing_handler
+
 log = logging.getLogger(__name__)
 
 AUTH_METADATA_KEY = "authorization"
@@ -68,25 +70,7 @@ def _presented_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-def _deny_handler(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts with UNAUTHENTICATED.
-
-    Requests are passed on as raw bytes (no deserializer): an unauthenticated caller's payload is never parsed.
-    """
-
-    def deny(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    if handler is None or handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    return grpc.stream_stream_rpc_method_handler(deny)
-
-
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with ``authorization: Bearer <token>`` for one of ``tokens``."""
 
     def __init__(
@@ -105,21 +89,23 @@ class AuthInterceptor(grpc.ServerInterceptor):
             matched |= hmac.compare_digest(candidate, token)
         return matched
 
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
+    async def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
         method = handler_call_details.method
         if method.startswith(self._exempt):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         presented = _presented_token(handler_call_details.invocation_metadata)
         if presented is None:
             message = f"{method}: missing credentials; send metadata 'authorization: Bearer <token>'"
         elif not presented:
             message = f"{method}: the authorization metadata must be 'Bearer <token>'"
         elif self.accepts(presented):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         else:
             message = f"{method}: the bearer token is not valid"
         log.warning("refused %s: %s", method, message.split(": ", 1)[1])
-        return _deny_handler(continuation(handler_call_details), message)
+        return refusing_handler(
+            await continuation(handler_call_details), grpc.StatusCode.UNAUTHENTICATED, message
+        )
 
 
 def _read(path: str | Path, what: str) -> bytes:

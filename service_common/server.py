@@ -1,20 +1,30 @@
-"""One server bootstrap for both services: health, reflection, interceptors, limits, graceful shutdown."""
+"""One server bootstrap for both services: a grpc.aio server with health, reflection, interceptors,
+limits and graceful shutdown, on an event loop of its own.
+
+The server runs on a dedicated event-loop thread, so whoever builds it (``python -m``, a test, a
+worker process) drives it with plain calls: ``start()``, ``stop(grace)``. Handlers are coroutines; the
+blocking work they hand off (sklearn, disk, Keras) runs on the loop's default executor, a thread pool of
+``executor_threads``, through ``asyncio.to_thread``. An idle stream costs no thread.
+"""
 
 from __future__ import annotations
 
-import gc
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent import futures
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_common.handlers import refusing_handler, wrap_behaviour
 from service_common.interceptors import ObservingInterceptor, RpcObserver, log_rpc
 from service_common.metrics import ServiceMetrics
 from service_common.security import AuthInterceptor, load_tokens, server_credentials
@@ -23,122 +33,140 @@ from service_common.settings import ServerSettings
 log = logging.getLogger("lstm_stack.server")
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Past grace, grpc.aio's stop cancels what still runs; this much more is allowed for the cancellations
+# to unwind before stop gives up waiting (it never hangs).
+STOP_MARGIN_SECONDS = 5.0
+T = TypeVar("T")
 
 
-class ShutdownGate(grpc.ServerInterceptor):
+class EventLoopThread:
+    """An asyncio loop running forever in a daemon thread; ``run`` executes a coroutine on it."""
+
+    def __init__(self, name: str, executor_threads: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="blocking")
+        )
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Awaitable[T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if not self.loop.is_running():
+            return
+
+        async def shutdown_executor() -> None:
+            await self.loop.shutdown_default_executor()
+
+        try:
+            self.run(shutdown_executor(), timeout=STOP_MARGIN_SECONDS)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            log.warning("blocking work still running at shutdown; leaving it to the process exit")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=STOP_MARGIN_SECONDS)
+
+
+class ShutdownGate(grpc.aio.ServerInterceptor):
     """Counts running calls; once closed, answers new ones UNAVAILABLE (health still answers).
 
-    gRPC's own stop() cancels every call that has reached the server but is not yet handed to a
+    grpc.aio's stop() cancels every call that has reached the server but is not yet handed to a
     handler, and any that arrives before the client reads the GOAWAY: those clients see CANCELLED,
     which they do not retry. So the port is closed only once in-flight calls are done and no call has
-    arrived for QUIET_SECONDS; until then new calls get a clean, retryable UNAVAILABLE.
+    arrived for QUIET_SECONDS; until then new calls get a clean, retryable UNAVAILABLE. Lives on the
+    server's loop: every method is called from it.
     """
 
     QUIET_SECONDS = 0.1
 
     def __init__(self) -> None:
-        self._closed = threading.Event()
-        self._idle = threading.Condition()
+        self._closed = False
         self._active = 0
         self._last_arrival = time.monotonic()
+        self._changed: asyncio.Event | None = None
 
     def close(self) -> None:
-        self._closed.set()
+        self._closed = True
 
-    def wait_quiet(self, timeout: float) -> bool:
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    async def wait_quiet(self, timeout: float) -> bool:
         """Until nothing runs and nothing arrived for QUIET_SECONDS; False when ``timeout`` ran out first."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while True:
-                now = time.monotonic()
-                if now >= deadline:
-                    return False
-                if self._active == 0:
-                    quiet_for = now - self._last_arrival
-                    if quiet_for >= self.QUIET_SECONDS:
-                        return True
-                    wait = self.QUIET_SECONDS - quiet_for
-                else:
-                    wait = deadline - now
-                self._idle.wait(min(wait, deadline - now))
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if self._active == 0:
+                quiet_for = now - self._last_arrival
+                if quiet_for >= self.QUIET_SECONDS:
+                    return True
+                wait = self.QUIET_SECONDS - quiet_for
+            else:
+                wait = deadline - now
+            event = self._event()
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(wait, deadline - now))
 
     def _enter(self) -> None:
-        with self._idle:
-            self._active += 1
+        self._active += 1
 
     def _leave(self) -> None:
-        with self._idle:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.notify_all()
+        self._active -= 1
+        if self._active == 0 and self._changed is not None:
+            self._changed.set()
 
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         self._last_arrival = time.monotonic()
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):  # type: ignore[attr-defined]
             return handler
-        if self._closed.is_set():
-            return _refusing_handler(handler)
-        return _counting_handler(handler, self._enter, self._leave)
+        if self._closed:
+            return refusing_handler(
+                handler,
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down; retry on another instance",
+            )
+        return wrap_behaviour(handler, _Counting(self._enter, self._leave))
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another instance")
+class _Counting:
+    """Around-hook for wrap_behaviour: counts a call as running from its start to its end."""
 
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.stream_stream_rpc_method_handler(refuse)
+    def __init__(self, enter: Callable[[], None], leave: Callable[[], None]) -> None:
+        self.enter = enter
+        self.leave = leave
 
+    def started(self, _context: Any) -> Any:
+        self.enter()
+        return None
 
-def _counting_handler(
-    handler: grpc.RpcMethodHandler, enter: Callable[[], None], leave: Callable[[], None]
-) -> grpc.RpcMethodHandler:
-    def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            enter()
-            try:
-                return behaviour(request, context)
-            finally:
-                leave()
-
-        return run
-
-    def streaming(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            enter()
-            try:
-                yield from behaviour(request, context)
-            finally:
-                leave()
-
-        return run
-
-    serialization = (handler.request_deserializer, handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), *serialization)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), *serialization)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), *serialization)
-    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), *serialization)
+    def finished(self, _token: Any, _context: Any, _error: BaseException | None) -> None:
+        self.leave()
 
 
 class ManagedServer:
-    """A started-or-not grpc.Server plus its health state and the resources to close on shutdown."""
+    """A started-or-not grpc.aio server, its loop, its health state and what to close on shutdown."""
 
     def __init__(
         self,
-        server: grpc.Server,
-        health_servicer: health.HealthServicer,
+        loop: EventLoopThread,
+        server: grpc.aio.Server,
+        health_servicer: Any,
         services: list[str],
         metrics: ServiceMetrics | None = None,
         gate: ShutdownGate | None = None,
     ):
+        self.loop = loop
         self.grpc_server = server
         self.health = health_servicer
         self.services = services
@@ -147,94 +175,134 @@ class ManagedServer:
         # Port of the /metrics HTTP endpoint, None when it is off.
         self.metrics_port: int | None = None
         self._gate = gate
+        self._on_start: list[Callable[[], None]] = []
         self._on_stop: list[Callable[[], None]] = []
+        self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
+
+    def on_start(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (in the caller's thread) right before the port starts accepting calls."""
+        self._on_start.append(callback)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         self._on_stop.append(callback)
 
+    def set_health(self, service: str, status: int) -> None:
+        """Set one service's health status (a health_pb2.HealthCheckResponse.ServingStatus)."""
+        self.loop.run(self.health.set(service, status))
+
     def start(self) -> None:
-        # Everything built so far (TensorFlow, Keras, loaded models: ~370 000 objects) lives as long as
-        # the process. Frozen, the cyclic GC stops rescanning it: a full collection would otherwise
-        # stall every thread for ~200 ms now and then, straight into the tail latency.
-        gc.collect()
-        gc.freeze()
-        self.grpc_server.start()
+        for callback in self._on_start:
+            callback()
+        self.loop.run(self._start())
+
+    async def _start(self) -> None:
+        await self.grpc_server.start()
         for name in ["", *self.services]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None, drain: float = 0.0) -> threading.Event:
         """Health NOT_SERVING first, then refuse new calls and let in-flight ones finish within grace.
 
         ``drain`` seconds pass between the two, still serving, so balancers polling health stop sending.
         New calls then get UNAVAILABLE while in-flight ones finish; whatever still runs after ``grace``
-        seconds is cancelled.
+        seconds is cancelled. Always returns within drain + grace + STOP_MARGIN_SECONDS (twice that at
+        worst, when grpc itself does not finish cancelling): a stuck handler never holds the process.
         """
-        if self._stopped.is_set():
-            return self._stopped
-        self._stopped.set()
-        self.health.enter_graceful_shutdown()
-        if drain > 0:
-            time.sleep(drain)
-        if self._gate is not None and grace:
-            started = time.monotonic()
-            self._gate.close()
-            if not self._gate.wait_quiet(grace):
-                log.warning("calls still running or arriving after the %.1fs grace; cancelling them", grace)
-            grace = max(0.0, grace - (time.monotonic() - started))
-        done = self.grpc_server.stop(grace)
-        done.wait()
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return self._stopped
+            self._stopped.set()
+        budget = (drain or 0.0) + (grace or 0.0) + STOP_MARGIN_SECONDS
+        try:
+            self.loop.run(self._stop(grace or 0.0, drain), timeout=budget + STOP_MARGIN_SECONDS)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            log.error("the server did not stop within %.1fs; closing what is left", budget)
         for callback in reversed(self._on_stop):
             try:
                 callback()
             except Exception:  # noqa: BLE001 - shutdown goes on
                 log.exception("shutdown hook failed")
+        self.loop.close()
         # Last, so operators can still scrape while in-flight calls drain.
         self.metrics.stop_http()
-        return done
+        return self._stopped
+
+    async def _stop(self, grace: float, drain: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
+        if self._gate is not None and grace:
+            started = time.monotonic()
+            self._gate.close()
+            if not await self._gate.wait_quiet(grace):
+                log.warning("calls still running or arriving after the %.1fs grace; cancelling them", grace)
+            grace = max(0.0, grace - (time.monotonic() - started))
+        try:
+            await asyncio.wait_for(self.grpc_server.stop(grace), grace + STOP_MARGIN_SECONDS)
+        except TimeoutError:
+            log.error("grpc did not finish stopping %.1fs after the grace; going on", STOP_MARGIN_SECONDS)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self.grpc_server.wait_for_termination(timeout)
+        return self._stopped.wait(timeout)
 
 
 def build_server(
     settings: ServerSettings,
-    register: Callable[[grpc.Server], Iterable[str]],
-    interceptors: Iterable[grpc.ServerInterceptor] = (),
+    register: Callable[[grpc.aio.Server], Iterable[str]],
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     observers: Iterable[RpcObserver] = (),
     metrics: ServiceMetrics | None = None,
+    loop: EventLoopThread | None = None,
 ) -> tuple[ManagedServer, int]:
     """Create a server with the shared plumbing; ``register`` adds servicers and returns their full names.
 
     From the settings: bearer-token auth when a token is configured, TLS when a certificate and key
     are set (mutual TLS with a client CA), RPC metrics always, and their HTTP endpoint unless
-    ``metrics_port`` is -1. Pass ``metrics`` when the servicers feed it too (made before the server).
+    ``metrics_port`` is -1. Pass ``metrics`` when the servicers feed it too (made before the server),
+    and ``loop`` when they need the server's loop before it exists (the model service's batchers).
     """
     credentials = _tls_credentials(settings)
     tokens = load_tokens(settings.auth_token, settings.auth_token_file)
     metrics = metrics or ServiceMetrics()
-    # Observing first, so refused calls (UNAUTHENTICATED) are logged and counted too.
+    loop = loop or EventLoopThread(f"{settings.port}-loop", settings.executor_threads)
+    try:
+        return loop.run(
+            _build(
+                settings, register, list(interceptors), list(observers), metrics, loop, tokens, credentials
+            )
+        )
+    except BaseException:
+        loop.close()
+        raise
+
+
+async def _build(
+    settings: ServerSettings,
+    register: Callable[[grpc.aio.Server], Iterable[str]],
+    interceptors: list[grpc.aio.ServerInterceptor],
+    observers: list[RpcObserver],
+    metrics: ServiceMetrics,
+    loop: EventLoopThread,
+    tokens: list[str],
+    credentials: grpc.ServerCredentials | None,
+) -> tuple[ManagedServer, int]:
+    # Observing first, so refused calls (UNAUTHENTICATED, UNAVAILABLE) are logged and counted too.
     gate = ShutdownGate()
-    all_interceptors: list[grpc.ServerInterceptor] = [
+    all_interceptors: list[grpc.aio.ServerInterceptor] = [
         ObservingInterceptor([log_rpc, metrics.observe_rpc, *observers]),
         gate,
     ]
     if tokens:
         all_interceptors.append(AuthInterceptor(tokens))
     all_interceptors.extend(interceptors)
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+    server = grpc.aio.server(
         interceptors=all_interceptors,
-        options=options,
+        options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     services = list(register(server))
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
@@ -246,7 +314,7 @@ def build_server(
         port = server.add_secure_port(settings.address, credentials)
     if port == 0:
         raise OSError(f"could not bind {settings.address}")
-    managed = ManagedServer(server, health_servicer, services, metrics, gate)
+    managed = ManagedServer(loop, server, health_servicer, services, metrics, gate)
     if settings.metrics_port >= 0:
         managed.metrics_port = metrics.serve_http(settings.metrics_host, settings.metrics_port)
     log.info(
@@ -260,6 +328,16 @@ def build_server(
     return managed, port
 
 
+def server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Worker processes share one port (SO_REUSEPORT, the kernel spreads connections); a single
+        # process keeps the port to itself, so a second instance on it fails loudly.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+    ]
+
+
 def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ValueError("TLS needs both tls_cert and tls_key (only one is set)")
@@ -270,8 +348,14 @@ def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     return server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca or None)
 
 
-def serve(managed: ManagedServer, port: int, settings: ServerSettings, name: str) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+def serve(
+    managed: ManagedServer,
+    port: int,
+    settings: ServerSettings,
+    name: str,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; ``on_ready`` once the port accepts calls."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -287,6 +371,7 @@ def serve(managed: ManagedServer, port: int, settings: ServerSettings, name: str
     signal.signal(signal.SIGINT, request_stop)
     managed.start()
     log.info("%s listening on %s:%d", name, settings.host, port)
+    on_ready()
     stop_requested.wait()
     managed.stop(settings.grace_seconds, settings.drain_seconds)
     log.info("%s stopped", name)

@@ -26,8 +26,16 @@ class ServerSettings:
     port: int = 0
     store: Path = Path("./store")
     max_message_mb: int = 64
-    max_concurrent_rpcs: int = 256
-    workers: int = 32
+    # Calls in flight at once per worker process (idle streams included; on grpc.aio an idle stream
+    # costs no thread); past it, new calls get RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 4096
+    # Server processes sharing the port (SO_REUSEPORT); 0 = the usable cores (CPU affinity mask and
+    # cgroup quota). 1 = one process, no supervisor.
+    workers: int = 0
+    # Threads per process for blocking work handed off the event loop (sklearn, disk, Keras).
+    executor_threads: int = 16
+    # Share the port with other processes (SO_REUSEPORT); the supervisor sets it for its workers.
+    reuse_port: bool = False
     grace_seconds: float = 10.0
     # On SIGTERM: seconds of NOT_SERVING health while still answering, before new calls are refused.
     drain_seconds: float = 0.0
@@ -53,7 +61,8 @@ class ServerSettings:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        # host "unix:/path" binds a unix socket (the model service's trainer), no port.
+        return self.host if self.host.startswith("unix:") else f"{self.host}:{self.port}"
 
 
 def _parse_bool(text: str) -> bool:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.scaler_service.harness import ScalerServerHandle, running_scaler_server
+
+# Service processes the tests start run one server process each (as `--workers 1`) unless a test asks
+# for more with the flag, which beats the environment: most tests kill, restart and inspect "the"
+# process. The worker-process tests (tests/system/test_workers.py) pass --workers explicitly.
+os.environ["LSTM_MODEL_WORKERS"] = "1"
+os.environ["LSTM_SCALER_WORKERS"] = "1"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import grpc
 from model_service.inference_protocol.servicer import InferenceProtocolServicer, add_servicer
 
 
-def add_inference_protocol(server: grpc.Server, runtime: Any) -> list[str]:
+def add_inference_protocol(server: grpc.aio.Server, runtime: Any) -> list[str]:
     """Serve the protocol from ``runtime`` on ``server``; returns the full service names (health, reflection)."""
     return [add_servicer(InferenceProtocolServicer(runtime), server)]
 

@@ -167,12 +167,13 @@ def _prediction_arrays(prediction: Any) -> dict[str, np.ndarray | None]:
     }
 
 
-def infer(runtime: Any, request: Any) -> Any:
+async def infer(runtime: Any, request: Any) -> Any:
+    """One ModelInfer; the forward pass runs on the model's batcher thread, awaited here."""
     model = resolve(runtime, request.model_name, request.model_version)
     _reject_unsupported(request.parameters, "request")
     outputs = requested_outputs(request, output_specs(model.signature))
     x = decode_input(request, model.signature)
-    arrays = _prediction_arrays(model.infer(x))
+    arrays = _prediction_arrays(await model.infer_async(x))
     response = pb.ModelInferResponse(
         model_name=model.model_id, model_version=str(model.version), id=request.id
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -25,36 +26,39 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         )
 
     @map_errors
-    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
 
     @map_errors
-    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         # This service answers only once the server started; readiness of single models is ModelReady.
         return pb.ServerReadyResponse(ready=True)
 
     @map_errors
-    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ModelReadyResponse(ready=protocol.is_ready(self._runtime, request.name, request.version))
 
     @map_errors
-    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return self._server_metadata
 
     @map_errors
-    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return protocol.model_metadata(self._runtime, request)
 
     @map_errors
-    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return protocol.infer(self._runtime, request)
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await protocol.infer(self._runtime, request)
 
     @map_errors
-    def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        # As Triton does: a failed request is reported in-stream and the stream stays open.
-        for request in requests:
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        # As Triton does: a failed request is reported in-stream and the stream stays open. A client
+        # that cancels ends the loop with CancelledError, which passes through (counted as CANCELLED).
+        async for request in requests:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=protocol.infer(self._runtime, request))
+                yield pb.ModelStreamInferResponse(infer_response=await protocol.infer(self._runtime, request))
             except ServiceError as exc:
                 yield _stream_error(request, str(exc))
             except Exception as exc:  # noqa: BLE001 - one bad request must not end the stream
@@ -62,16 +66,17 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
                 yield _stream_error(request, f"internal error: {type(exc).__name__}: {exc}")
 
     @map_errors
-    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return protocol.repository_index(self._runtime, request)
 
     @map_errors
-    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return protocol.load(self._runtime, request)
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # Reads, verifies and traces models: blocking work, off the loop.
+        return await asyncio.to_thread(protocol.load, self._runtime, request)
 
     @map_errors
-    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return protocol.unload(self._runtime, request)
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await asyncio.to_thread(protocol.unload, self._runtime, request)
 
 
 def _stream_error(request: Any, message: str) -> Any:
@@ -87,6 +92,6 @@ def _stream_error(request: Any, message: str) -> Any:
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
-def add_servicer(servicer: InferenceProtocolServicer, server: grpc.Server) -> str:
+def add_servicer(servicer: InferenceProtocolServicer, server: grpc.aio.Server) -> str:
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     return SERVICE_NAME

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -31,31 +32,31 @@ class EchoService:
         with self._lock:
             self.calls += 1
 
-    def say(self, request: bytes, _context: grpc.ServicerContext) -> bytes:
+    async def say(self, request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
         self._ran()
         return request
 
-    def repeat(self, request: bytes, _context: grpc.ServicerContext) -> Iterator[bytes]:
+    async def repeat(self, request: bytes, _context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         self._ran()
         for _ in range(3):
             yield request
 
-    def fail(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    async def fail(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self._ran()
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected nothing, got {len(request)} bytes")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected nothing, got {len(request)} bytes")
         return b""
 
-    def collect(self, requests: Iterator[bytes], _context: grpc.ServicerContext) -> bytes:
+    async def collect(self, requests: AsyncIterator[bytes], _context: grpc.aio.ServicerContext) -> bytes:
         self._ran()
-        return b"".join(requests)
+        return b"".join([part async for part in requests])
 
-    def slow(self, request: bytes, _context: grpc.ServicerContext) -> bytes:
+    async def slow(self, request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
         self._ran()
         self.slow_started.set()
-        self.release.wait(30)
+        await asyncio.to_thread(self.release.wait, 30)
         return request
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: grpc.aio.Server) -> list[str]:
         handlers: dict[str, Any] = {
             "Say": grpc.unary_unary_rpc_method_handler(self.say),
             "Repeat": grpc.unary_stream_rpc_method_handler(self.repeat),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -21,20 +21,20 @@ class Raiser:
     """Raise the exception class named in the request; stream one item first when streaming."""
 
     @map_errors
-    def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise ERRORS_BY_NAME[request.decode()]("expected a thing, got another")
 
     @map_errors
-    def stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    async def stream(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         yield b"first"
         raise ERRORS_BY_NAME[request.decode()]("expected a thing, got another")
 
     @map_errors
-    def aborts(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted by hand")
+    async def aborts(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted by hand")
         return b""
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: grpc.aio.Server) -> list[str]:
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
@@ -46,7 +46,9 @@ class Raiser:
 
 @pytest.fixture(scope="module")
 def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
-    settings = ServerSettings(host="127.0.0.1", port=0, store=tmp_path_factory.mktemp("errors"), workers=4)
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, store=tmp_path_factory.mktemp("errors"), executor_threads=4
+    )
     server, port = build_server(settings, Raiser().register)
     server.start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:

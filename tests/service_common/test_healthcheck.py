@@ -22,7 +22,7 @@ EXTRA_SERVICE = "lstm_stack.test.Extra"
 
 @pytest.fixture
 def running_server(tmp_path: Path) -> Iterator[tuple[ManagedServer, str]]:
-    settings = ServerSettings(host="127.0.0.1", port=0, store=tmp_path, workers=2)
+    settings = ServerSettings(host="127.0.0.1", port=0, store=tmp_path, executor_threads=2)
     # No servicer is added: health reports whatever names register returns.
     managed, port = build_server(settings, lambda _server: [EXTRA_SERVICE])
     managed.start()
@@ -45,7 +45,7 @@ def test_registered_service_is_checked_by_name(running_server: tuple[ManagedServ
 
 def test_not_serving_exits_one(running_server: tuple[ManagedServer, str], capsys) -> None:
     managed, address = running_server
-    managed.health.set(EXTRA_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    managed.set_health(EXTRA_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     assert healthcheck.main([address, "--service", EXTRA_SERVICE, "--timeout", "5"]) == 1
     assert "NOT_SERVING" in capsys.readouterr().err
     # The whole-server status is independent of one service's.
@@ -60,7 +60,7 @@ def test_unknown_service_exits_one(running_server: tuple[ManagedServer, str]) ->
 
 
 def test_stopped_server_exits_one_within_timeout(tmp_path: Path) -> None:
-    settings = ServerSettings(host="127.0.0.1", port=0, store=tmp_path, workers=2)
+    settings = ServerSettings(host="127.0.0.1", port=0, store=tmp_path, executor_threads=2)
     managed, port = build_server(settings, lambda _server: [])
     managed.start()
     managed.stop(0)
@@ -71,7 +71,7 @@ def test_stopped_server_exits_one_within_timeout(tmp_path: Path) -> None:
 
 def test_graceful_shutdown_reports_not_serving(running_server: tuple[ManagedServer, str]) -> None:
     managed, address = running_server
-    managed.health.enter_graceful_shutdown()
+    managed.loop.run(managed.health.enter_graceful_shutdown())
     serving, status = healthcheck.check(address, timeout=5)
     assert (serving, status) == (False, "NOT_SERVING")
 
@@ -131,7 +131,8 @@ def start_server(tmp_path: Path) -> Iterator:
 
     def start(**overrides: object) -> str:
         settings = dataclasses.replace(
-            ServerSettings(host="127.0.0.1", port=0, store=tmp_path / "store", workers=2), **overrides
+            ServerSettings(host="127.0.0.1", port=0, store=tmp_path / "store", executor_threads=2),
+            **overrides,
         )
         managed, port = build_server(settings, lambda _server: [EXTRA_SERVICE])
         managed.start()

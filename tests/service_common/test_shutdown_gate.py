@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -98,4 +99,4 @@ def test_gate_waits_for_quiet() -> None:
     assert gate.wait_quiet(5.0)
     # Nothing ran and nothing arrived since construction more than QUIET_SECONDS ago? Then at most that.
     assert time.monotonic() - started <= ShutdownGate.QUIET_SECONDS + 1.0
-    assert not ShutdownGate().wait_quiet(0.0)
+    assert not asyncio.run(ShutdownGate().wait_quiet(0.0))

@@ -83,7 +83,7 @@ def outcomes() -> Iterator[Outcomes]:
 @pytest.fixture(scope="module")
 def scaler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     root: Path = tmp_path_factory.mktemp("fuzz-scaler")
-    service = scaler_process(root / "store", root / "logs", "--workers", "8")
+    service = scaler_process(root / "store", root / "logs", "--executor-threads", "8")
     service.start()
     channel = service.channel()
     stub = scaler_pb2_grpc.ScalerServiceStub(channel)

@@ -1,0 +1,142 @@
+"""The trainer process: training jobs run here, never in a process that answers Predict.
+
+It serves one RPC, ``lstm_stack.v1.ModelService/Train``, on a unix socket only the serving processes of
+its instance know (a 0700 directory). Serving processes forward their Train streams to it
+(model_service.trainer_link), so the job limit holds per instance across workers, a job's epochs never
+compete with Predict for one process's GIL, and the trainer runs at a lower CPU priority (``nice``).
+After ``trainer_recycle_jobs`` finished jobs it exits once idle and its owner starts a fresh one: what
+TensorFlow and the jobs allocated goes back to the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import grpc
+
+from model_service import convert
+from model_service.records import EpochProgress, ModelRecord
+from model_service.registry import READY, ModelRegistry, VersionView
+from model_service.scaler_gateway import ScalerGateway
+from model_service.serving import ServingOptions
+from model_service.settings import ModelSettings
+from model_service.training import TrainingManager, TrainStarted
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
+from service_common.artifacts import ArtifactStore, load_signing_key
+from service_common.grpc_errors import map_errors
+from service_common.server import ManagedServer, build_server
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "models"
+SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+
+class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
+    """Train only; every other ModelService method is UNIMPLEMENTED here (serving processes answer them)."""
+
+    def __init__(self, trainer: TrainingManager, recycle_after: int) -> None:
+        self._trainer = trainer
+        self._recycle_after = recycle_after
+        self._jobs_done = 0
+
+    @map_errors
+    async def Train(
+        self, request: model_pb2.TrainRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pb2.TrainEvent]:
+        job = await asyncio.to_thread(lambda: self._trainer.start(convert.train_input(request)))
+        # Client cancel, deadline, a forwarding process that went away, or this server stopping:
+        # the coroutine is cancelled, the finally cancels the job, which stops within one batch and
+        # leaves nothing.
+        try:
+            events = job.events()
+            while (event := await asyncio.to_thread(next, events, None)) is not None:
+                if isinstance(event, TrainStarted):
+                    yield model_pb2.TrainEvent(started=convert.started_to_proto(event))
+                elif isinstance(event, EpochProgress):
+                    yield model_pb2.TrainEvent(epoch=convert.epoch_to_proto(event))
+                elif isinstance(event, ModelRecord):
+                    yield model_pb2.TrainEvent(done=convert.record_to_info(VersionView(event, READY)))
+        finally:
+            job.cancel()
+            self._jobs_done += 1
+            # Checked a moment after the stream ended, so its status reaches the forwarding process first.
+            asyncio.get_running_loop().call_later(0.5, self._recycle_if_due)
+
+    def _recycle_if_due(self) -> None:
+        """After ``recycle_after`` jobs (0 = never), stop this process once no job runs; its owner
+        starts a fresh one, and the memory the jobs left behind goes back to the system."""
+        if not self._recycle_after or self._jobs_done < self._recycle_after or self._trainer.running():
+            return
+        log.info("trainer: %d jobs done; exiting so a fresh process takes over", self._jobs_done)
+        self._recycle_after = 0  # once
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def trainer_settings(settings: ModelSettings, socket_path: str) -> ModelSettings:
+    """The serving settings, as the trainer serves them: its unix socket, no auth/TLS/metrics of its own
+    (only processes of its instance reach the socket), one process."""
+    return dataclasses.replace(
+        settings,
+        host=f"unix:{socket_path}",
+        port=0,
+        workers=1,
+        reuse_port=False,
+        auth_token="",
+        auth_token_file="",
+        tls_cert="",
+        tls_key="",
+        tls_client_ca="",
+        metrics_port=-1,
+        trainer_address="",
+        # A finished job's last event and status must reach the forwarding process before the port closes.
+        grace_seconds=max(settings.grace_seconds, 5.0),
+    )
+
+
+def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:
+    """The trainer's server (not started): store writer, scaler channel, job manager, Train servicer."""
+    if settings.trainer_nice:
+        os.nice(settings.trainer_nice)
+    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
+    store = ArtifactStore(settings.store / ARTIFACT_DIR, key)
+    gateway = ScalerGateway(
+        settings.scaler_address,
+        settings.scaler_timeout_seconds,
+        token=settings.scaler_token,
+        token_file=settings.scaler_token_file,
+        tls_ca=settings.scaler_tls_ca,
+        tls_cert=settings.scaler_tls_cert,
+        tls_key=settings.scaler_tls_key,
+        tls_server_name=settings.scaler_tls_server_name,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    serving = ServingOptions(
+        max_batch_size=settings.max_batch_size,
+        max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
+        jit_compile=settings.jit_compile,
+    )
+    registry = ModelRegistry(store, serving)
+    trainer = TrainingManager(
+        registry,
+        gateway,
+        serving,
+        max_jobs=settings.max_training_jobs,
+        max_work=settings.max_training_work,
+    )
+    servicer = TrainerServicer(trainer, settings.trainer_recycle_jobs)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    # The serving processes count the Train streams they forward (lstm_training_jobs_running).
+    managed, port = build_server(settings, register)
+    managed.on_stop(gateway.close)
+    managed.on_stop(trainer.shutdown)
+    return managed, port

@@ -1,0 +1,126 @@
+"""The two handler rebuilds every grpc.aio interceptor here needs: run hooks around a call, or refuse it.
+
+A method handler comes in four kinds (unary/stream request x unary/stream response); interceptors
+that wrap or replace behaviour must hand back a handler of the same kind, with the same
+(de)serializers. These two helpers are the only places that know the four kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import grpc
+
+
+class CallHook(Protocol):
+    """``started`` runs when the handler starts; ``finished`` once it ended, however it ended."""
+
+    def started(self, context: grpc.aio.ServicerContext) -> Any: ...
+
+    def finished(
+        self, token: Any, context: grpc.aio.ServicerContext, error: BaseException | None
+    ) -> None: ...
+
+
+def _require_async(behaviour: Callable[..., Any]) -> None:
+    if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
+        raise TypeError(
+            f"{getattr(behaviour, '__qualname__', behaviour)!r} is not a coroutine or async generator "
+            "function; grpc.aio servicer methods must be `async def`"
+        )
+
+
+def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMethodHandler:
+    """The same kind of handler, calling ``hook.started`` / ``hook.finished`` around each call."""
+
+    def unary_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        _require_async(behaviour)
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = hook.started(context)
+            error: BaseException | None = None
+            try:
+                return await behaviour(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                hook.finished(token, context, error)
+
+        return run
+
+    def stream_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        _require_async(behaviour)
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            token = hook.started(context)
+            error: BaseException | None = None
+            try:
+                if inspect.isasyncgenfunction(behaviour):
+                    async for item in behaviour(request, context):
+                        yield item
+                else:  # a coroutine that writes with context.write()
+                    await behaviour(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                hook.finished(token, context, error)
+
+        return run
+
+    return _rebuild(handler, unary_response, stream_response)
+
+
+def refusing_handler(
+    handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` (unary when None) that aborts with ``code``.
+
+    Requests are passed on as raw bytes (no deserializer): a refused caller's payload is never parsed.
+    """
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # pragma: no cover - abort raises; this only makes the function an async generator
+
+    if handler is None or handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream)
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler,
+    unary_response: Callable[[Callable[..., Any]], Callable[..., Any]],
+    stream_response: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> grpc.RpcMethodHandler:
+    serialization = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), *serialization)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), *serialization)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), *serialization)
+    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), *serialization)
+
+
+def is_cancellation(error: BaseException | None) -> bool:
+    """The call ended because the client went away or its deadline passed (not by our doing).
+
+    grpc.aio cancels the handler's task then; a handler that swallowed the CancelledError and returned
+    anyway still ran in a task with a cancellation pending, and its client never saw the answer.
+    """
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return True
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
