@@ -59,6 +59,7 @@ def create_server(
     )
     registry = ModelRegistry(store, serving)
     registry.load_all()
+    registry.start_watching(settings.store_poll_seconds)
     runtime = ModelRuntime(registry)
 
     trainer = TrainingManager(

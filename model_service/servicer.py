@@ -8,7 +8,7 @@ import grpc
 
 from model_service import builder, convert
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import READY, VersionView
+from model_service.registry import VersionState, VersionView
 from model_service.runtime import ModelRuntime
 from model_service.spec import resolve
 from model_service.training import TrainingManager, TrainStarted
@@ -44,7 +44,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 elif isinstance(event, EpochProgress):
                     yield model_pb2.TrainEvent(epoch=convert.epoch_to_proto(event))
                 elif isinstance(event, ModelRecord):
-                    yield model_pb2.TrainEvent(done=convert.record_to_info(VersionView(event, READY)))
+                    yield model_pb2.TrainEvent(
+                        done=convert.record_to_info(VersionView(event, VersionState.READY))
+                    )
         finally:
             # Reached early only when the stream is closed before the job ended (the client went away).
             job.cancel()
