@@ -82,6 +82,7 @@ def create_server(
     )
     registry = ModelRegistry(store, serving)
     registry.load_all()
+    registry.start_watching(settings.store_poll_seconds)
     runtime = ModelRuntime(registry)
     trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
     servicer = ModelServicer(runtime, trainer, metrics.training_job)

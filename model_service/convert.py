@@ -6,7 +6,7 @@ import numpy as np
 
 from model_service import spec as specs
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import TRAINING, VersionView
+from model_service.registry import VersionState, VersionView
 from model_service.scaling import ScalerRef
 from model_service.serving import Prediction
 from model_service.training import TrainInput, TrainOptions, TrainStarted
@@ -135,7 +135,7 @@ def record_to_info(view: VersionView) -> model_pb2.ModelInfo:
     return model_pb2.ModelInfo(
         id=record.model_id,
         version=record.version,
-        state=model_pb2.TRAINING if view.state == TRAINING else model_pb2.READY,
+        state=model_pb2.TRAINING if view.state is VersionState.TRAINING else model_pb2.READY,
         spec=spec_to_proto(record.spec),
         layers=layer_reports(plan),
         total_params=plan.total_params,

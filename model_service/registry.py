@@ -1,57 +1,49 @@
-"""Model versions: in memory (training, ready, unloaded), persisted as signed artifacts, reloaded on start.
+"""Model versions served by this process: a cache of the store, which is the only source of truth.
 
-Each version is ``<store>/<id>/<version>/`` holding model.keras and meta.json, written atomically and
-HMAC-signed by ArtifactStore; nothing is deserialized before its signature verifies, and Keras loads
-with safe_mode on. A version being trained is reserved here (listed as TRAINING, never on disk) and
-either committed whole or released without a trace. Version numbers are never reused, not even after
-a delete and a restart.
+Each version is ``<store>/<id>/<version>/`` holding model.keras and meta.json (model_store), written
+atomically and HMAC-signed by ArtifactStore; nothing is deserialized before its signature verifies, and
+Keras loads with safe_mode on. Every process on one store (workers, instances, a trainer) sees the same
+versions: numbers are allocated under the store's lock, a version being trained is a reservation on the
+store (listed as TRAINING by everyone, never on disk until committed whole), and unloads are markers on
+the store. ``refresh()`` (run by the watcher every ``store_poll_seconds``) loads what appeared, drops
+what went; ``sync(id)`` does it for one id at once (on a cache miss, and after a commit).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from dataclasses import dataclass
 
 from model_service import builder
-from model_service.records import ModelRecord, now_text
+from model_service.model_store import ModelWriter, check_model_id, read_version, reserved_record
+from model_service.records import ModelRecord
 from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
-from service_common.artifacts import ArtifactStore, validate_id
+from service_common.artifacts import ArtifactStore, Reservation
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from service_common.versioning import VersionCounter, decode_page_token, encode_page_token
+from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-META_FILE = "meta.json"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-# Scaler ids are derived from model ids ("<id>-x", "<id>-y") and must stay within 128 characters.
-MAX_MODEL_ID_LENGTH = 120
 
-TRAINING = "TRAINING"
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
+Key = tuple[str, int]
 
 
-def check_model_id(model_id: str) -> str:
-    if not model_id:
-        raise InvalidArgument("model_id is required")
-    validate_id(model_id, "model")
-    if len(model_id) > MAX_MODEL_ID_LENGTH:
-        raise InvalidArgument(
-            f"model id is {len(model_id)} characters; at most {MAX_MODEL_ID_LENGTH} are allowed"
-        )
-    return model_id
+class VersionState(enum.StrEnum):
+    TRAINING = "TRAINING"  # reserved by a live process on the store; nothing on disk yet
+    READY = "READY"  # stored and served by this process
+    UNAVAILABLE = "UNAVAILABLE"  # stored, unloaded (RepositoryModelUnload) for the whole store
 
 
 @dataclass
 class _Entry:
     record: ModelRecord
-    state: str  # TRAINING | READY
-    served: ServedModel | None = None
-    unloaded: bool = False  # by unload(): kept on disk, not served until load()
+    state: VersionState
+    served: ServedModel | None = None  # set exactly when state is READY
 
 
 @dataclass(frozen=True)
@@ -60,41 +52,50 @@ class ModelEntry:
 
     model_id: str
     version: int
-    state: str
+    state: VersionState
     reason: str = ""
 
 
 @dataclass(frozen=True)
 class VersionView:
     record: ModelRecord
-    state: str  # TRAINING | READY
+    state: VersionState
+
+
+@dataclass(frozen=True)
+class _Load:
+    """One version to (re)load during a refresh: read, and built for serving when ``serve`` is set."""
+
+    key: Key
+    serve: bool
 
 
 class ModelRegistry:
     def __init__(self, store: ArtifactStore, options: ServingOptions) -> None:
         self._store = store
+        self.writer = ModelWriter(store)
         self._options = options
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards _entries; never held while loading
+        self._sync_lock = threading.Lock()  # one refresh at a time, so no version is loaded twice
         self._entries: dict[str, dict[int, _Entry]] = {}
-        self._numbers = VersionCounter(store.root)
+        self._reservations: dict[Key, Reservation] = {}  # the ones this process holds
+        self._refused: set[Key] = set()  # artifacts that failed to verify or load: not retried
+        self._generation: object = None
+        self._watcher: StoreWatcher | None = None
         self._closed = threading.Event()
 
     # ---- start and stop ------------------------------------------------------------------------
 
     def load_all(self) -> None:
         """Verify and load every stored version; a bad artifact is logged and skipped, never trusted."""
-        loaded = skipped = 0
-        for ref in self._store.scan():
-            self._numbers.observe(ref.artifact_id, ref.version)
-            try:
-                record, served = self._read(ref.artifact_id, ref.version)
-            except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
-                skipped += 1
-                log.error("skipping model artifact %s: %s", ref.path, exc)
-                continue
-            self._entries.setdefault(ref.artifact_id, {})[ref.version] = _Entry(record, READY, served)
-            loaded += 1
+        loaded, skipped = self._refresh(None, warm=False)
         log.info("loaded %d model versions from %s (%d skipped)", loaded, self._store.root, skipped)
+
+    def start_watching(self, poll_seconds: float) -> None:
+        """Follow the store from a daemon thread every ``poll_seconds`` (0 = only on misses and commits)."""
+        if poll_seconds > 0 and self._watcher is None:
+            self._watcher = StoreWatcher("watch-models", self.refresh, poll_seconds)
+            self._watcher.start()
 
     def warm_all(self) -> None:
         """Trace every loaded model once, so first requests after a restart are fast (background thread)."""
@@ -109,6 +110,13 @@ class ModelRegistry:
 
     def close(self) -> None:
         self._closed.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+        with self._sync_lock, self._lock:
+            reservations = list(self._reservations.values())
+            self._reservations.clear()
+        for reservation in reservations:
+            reservation.release()
         for entry in self._snapshot():
             if entry.served is not None:
                 entry.served.close("the model service is shutting down")
@@ -117,42 +125,147 @@ class ModelRegistry:
         with self._lock:
             return [entry for versions in self._entries.values() for entry in versions.values()]
 
-    def _read(self, model_id: str, version: int) -> tuple[ModelRecord, ServedModel]:
-        files = self._store.read(model_id, version)  # verifies the signature first
-        record = ModelRecord.from_json(files[META_FILE], model_id, version)
-        model = builder.from_keras_bytes(files[MODEL_FILE], record.spec, f"{model_id} v{version}")
-        return record, make_served(record, model, self._options)
+    # ---- following the store -------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Bring the whole cache in line with the store (cheap when nothing changed)."""
+        self._refresh(None, warm=True)
+
+    def sync(self, model_id: str) -> None:
+        """Bring one id in line with the store now: a version another process just committed, deleted,
+        unloaded or reserved is seen on return."""
+        self._refresh(check_model_id(model_id), warm=True)
+
+    def _refresh(self, only: str | None, warm: bool) -> tuple[int, int]:
+        """Diff the store against the cache and apply it; returns (versions loaded, versions refused)."""
+        with self._sync_lock:
+            if self._closed.is_set():
+                return 0, 0
+            # Reservations before artifacts: a commit in between shows as both (the artifact wins),
+            # never as neither.
+            reserved = set(self._store.live_reservations(only))
+            token = self._store.generation() if only is None else None
+            full = only is not None or token != self._generation
+            with self._lock:
+                states = {
+                    (model_id, version): entry.state
+                    for model_id, versions in self._entries.items()
+                    if only is None or model_id == only
+                    for version, entry in versions.items()
+                }
+            loads: list[_Load] = []
+            unloads: list[Key] = []
+            if full:
+                stored = {(ref.artifact_id, ref.version) for ref in self._store.scan(only)}
+                unloaded = self._store.unloaded_ids()
+                # A refused artifact stays refused (it is immutable) until it is deleted.
+                self._refused = {
+                    key for key in self._refused if key in stored or (only is not None and key[0] != only)
+                }
+                for key in sorted(stored - self._refused):
+                    have = states.get(key)
+                    want_served = unloaded.get(key[0], 0) < key[1]
+                    if have in (None, VersionState.TRAINING) or (
+                        have is VersionState.UNAVAILABLE and want_served
+                    ):
+                        loads.append(_Load(key, want_served))
+                    elif have is VersionState.READY and not want_served:
+                        unloads.append(key)
+            else:
+                # Nothing came or went on disk since the last full look; only reservations can differ.
+                stored = {key for key, state in states.items() if state is not VersionState.TRAINING}
+            gone = [key for key in states if key not in stored and key not in reserved]
+            training = {
+                key: record
+                for key in sorted(reserved - stored - set(states))
+                if (record := reserved_record(self._store, *key)) is not None
+            }
+
+            loaded: dict[Key, _Entry] = {}
+            for load in loads:
+                entry = self._load(load, warm)
+                if entry is None:
+                    self._refused.add(load.key)
+                    gone.append(load.key)  # e.g. a TRAINING entry whose commit cannot be served
+                else:
+                    loaded[load.key] = entry
+
+            closing: list[tuple[ServedModel, str]] = []
+            with self._lock:
+                for model_id, version in gone:
+                    entry = self._entries.get(model_id, {}).pop(version, None)
+                    if entry is not None and entry.served is not None:
+                        closing.append((entry.served, f"model {model_id!r} version {version} was deleted"))
+                for model_id, version in unloads:
+                    entry = self._entries[model_id][version]
+                    if entry.served is not None:
+                        closing.append(
+                            (
+                                entry.served,
+                                f"model {model_id!r} version {version} was unloaded; load it to serve it",
+                            )
+                        )
+                    entry.state, entry.served = VersionState.UNAVAILABLE, None
+                for (model_id, version), entry in loaded.items():
+                    self._entries.setdefault(model_id, {})[version] = entry
+                for (model_id, version), record in training.items():
+                    self._entries.setdefault(model_id, {})[version] = _Entry(record, VersionState.TRAINING)
+                for model_id in [m for m, versions in self._entries.items() if not versions]:
+                    del self._entries[model_id]
+            if only is None:
+                self._generation = token
+        for served, reason in closing:
+            served.close(reason)
+        return len(loaded), len(loads) - len(loaded)
+
+    def _load(self, load: _Load, warm: bool) -> _Entry | None:
+        model_id, version = load.key
+        try:
+            record, keras_bytes = read_version(self._store, model_id, version)  # verifies the signature
+            if not load.serve:
+                return _Entry(record, VersionState.UNAVAILABLE)
+            model = builder.from_keras_bytes(keras_bytes, record.spec, f"{model_id} v{version}")
+            served = make_served(record, model, self._options)
+            if warm:
+                served.warm()  # traced before it is published: no request pays for it
+        except FileNotFoundError:
+            return None  # deleted while we looked; the next refresh no longer lists it
+        except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
+            log.error("skipping model artifact %s: %s", self._store.root / model_id / str(version), exc)
+            return None
+        return _Entry(record, VersionState.READY, served)
 
     # ---- versions ------------------------------------------------------------------------------
 
     def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> ModelRecord:
-        """A new version number for ``model_id`` (a new id when empty), listed as TRAINING."""
-        if model_id:
-            check_model_id(model_id)
+        """A new version number for ``model_id`` (a new id when empty), listed as TRAINING store-wide."""
+        record, reservation = self.writer.reserve(model_id, spec, seed)
         with self._lock:
-            model_id = model_id or self._numbers.new_id("model")
-            version = self._numbers.next(model_id)
-            record = ModelRecord(model_id, version, spec, seed, now_text())
-            self._entries.setdefault(model_id, {})[version] = _Entry(record, TRAINING)
-            return record
+            self._reservations[(record.model_id, record.version)] = reservation
+        self.sync(record.model_id)
+        return record
 
     def release(self, model_id: str, version: int) -> None:
         """Forget a reserved version whose training did not finish (its number is not reused)."""
         with self._lock:
-            versions = self._entries.get(model_id, {})
-            entry = versions.get(version)
-            if entry is not None and entry.state == TRAINING:
-                del versions[version]
-                if not versions:
-                    del self._entries[model_id]
+            reservation = self._reservations.pop((model_id, version), None)
+        if reservation is not None:
+            self.writer.release(reservation)
+            self.sync(model_id)
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes, served: ServedModel) -> None:
-        """Persist a trained version (atomic, signed), then serve it."""
-        self._store.write(
-            record.model_id, record.version, {MODEL_FILE: keras_bytes, META_FILE: record.to_json()}
-        )
+    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None:
+        """Persist a version this process reserved (atomic, signed), then serve it before returning."""
+        key = (record.model_id, record.version)
         with self._lock:
-            self._entries.setdefault(record.model_id, {})[record.version] = _Entry(record, READY, served)
+            reservation = self._reservations.get(key)
+        if reservation is None:
+            raise FailedPrecondition(
+                f"model {record.model_id!r} version {record.version} is not reserved by this process"
+            )
+        self.writer.commit(record, keras_bytes, reservation)
+        with self._lock:
+            self._reservations.pop(key, None)
+        self.sync(record.model_id)
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -170,8 +283,19 @@ class ModelRegistry:
             raise NotFound(f"model {model_id!r} has no version {version}; it has versions {known}")
         return versions[version]
 
+    def _cached(self, model_id: str, version: int) -> None:
+        """Sync ``model_id`` when the cache does not have it (or that version): another process may
+        have just committed it, and must not be answered NOT_FOUND for that."""
+        check_model_id(model_id)
+        with self._lock:
+            versions = self._entries.get(model_id)
+            if versions and (version == 0 or version in versions):
+                return
+        self.sync(model_id)
+
     def get(self, model_id: str, version: int = 0) -> VersionView:
         """One version (0 = the latest, training or not)."""
+        self._cached(model_id, version)
         with self._lock:
             versions = self._versions(model_id)
             entry = versions[max(versions)] if version == 0 else self._entry(model_id, version)
@@ -201,99 +325,82 @@ class ModelRegistry:
         return page, next_token
 
     def delete(self, model_id: str, version: int = 0) -> list[int]:
-        """Delete one version, or every version when ``version`` is 0; returns what was deleted."""
+        """Delete one version, or every version when ``version`` is 0, for the whole store; returns
+        what was deleted."""
+        self.sync(check_model_id(model_id))
         with self._lock:
             versions = self._versions(model_id)
             chosen = [version] if version else sorted(versions)
             for number in chosen:
-                if self._entry(model_id, number).state == TRAINING:
+                if self._entry(model_id, number).state is VersionState.TRAINING:
                     raise FailedPrecondition(
                         f"model {model_id!r} version {number} is still training; cancel its Train call "
                         "first, or delete the ready versions one by one"
                     )
-            # The high-water mark is on disk before anything goes, so numbers stay unique after a restart.
-            self._numbers.save()
-            removed = []
-            for number in chosen:
-                self._store.delete(model_id, number)
-                removed.append(versions.pop(number))
-            if not versions:
-                del self._entries[model_id]
-        for entry in removed:
-            if entry.served is not None:
-                entry.served.close(f"model {model_id!r} version {entry.record.version} was deleted")
-        return chosen
+        # The store covers each number with its high-water mark before it goes: never reused.
+        removed = [number for number in chosen if self._store.delete(model_id, number)]
+        self.sync(model_id)
+        if not removed:
+            # Another process deleted them between our look and ours.
+            raise NotFound(f"model {model_id!r} version {', '.join(map(str, chosen))} not found")
+        return removed
 
     def count(self) -> int:
+        """Stored versions (served or unloaded) this process knows of."""
         with self._lock:
-            return sum(1 for e in self._snapshot() if e.state == READY)
+            return sum(1 for e in self._snapshot() if e.state is not VersionState.TRAINING)
 
     # ---- serving -------------------------------------------------------------------------------
 
     def resolve(self, model_id: str, version: int = 0) -> ServedModel:
         """The served model (0 = the latest READY version). NotFound for unknown id/version;
         FailedPrecondition while training or when unloaded."""
+        self._cached(model_id, version)
         with self._lock:
             versions = self._versions(model_id)
             if version == 0:
-                ready = [v for v, e in versions.items() if e.state == READY]
-                if not ready:
+                # The latest stored version: served, or unloaded (then refused below, saying so).
+                stored = [v for v, e in versions.items() if e.state is not VersionState.TRAINING]
+                if not stored:
                     training = ", ".join(str(v) for v in sorted(versions))
                     raise FailedPrecondition(
                         f"model {model_id!r} has no ready version yet: version {training} is still training"
                     )
-                version = max(ready)
+                version = max(stored)
             entry = self._entry(model_id, version)
-            if entry.state == TRAINING:
+            if entry.state is VersionState.TRAINING:
                 raise FailedPrecondition(
                     f"model {model_id!r} version {version} is still training; it can serve once its Train "
                     "call has finished"
                 )
-            if entry.unloaded or entry.served is None:
+            if entry.state is VersionState.UNAVAILABLE or entry.served is None:
                 raise FailedPrecondition(
                     f"model {model_id!r} version {version} is unloaded; load it (RepositoryModelLoad) to serve it"
                 )
             return entry.served
 
     def index(self) -> list[ModelEntry]:
+        reasons = {VersionState.TRAINING: "training", VersionState.UNAVAILABLE: "unloaded"}
         with self._lock:
-            entries = []
-            for model_id in sorted(self._entries):
-                for version, entry in sorted(self._entries[model_id].items()):
-                    if entry.state == TRAINING:
-                        entries.append(ModelEntry(model_id, version, TRAINING, "training"))
-                    elif entry.unloaded or entry.served is None:
-                        entries.append(ModelEntry(model_id, version, UNAVAILABLE, "unloaded"))
-                    else:
-                        entries.append(ModelEntry(model_id, version, READY))
-            return entries
+            return [
+                ModelEntry(model_id, version, entry.state, reasons.get(entry.state, ""))
+                for model_id in sorted(self._entries)
+                for version, entry in sorted(self._entries[model_id].items())
+            ]
 
     def load(self, model_id: str) -> None:
-        """Load every stored version of ``model_id`` into memory (again) and warm it."""
+        """Serve every stored version of ``model_id`` again, in every process on the store (warmed here)."""
+        self._cached(model_id, 0)
         with self._lock:
-            wanted = [v for v, e in self._versions(model_id).items() if e.state == READY and e.served is None]
-        for version in wanted:
-            record, served = self._read(model_id, version)
-            served.warm()
-            with self._lock:
-                entry = self._entries.get(model_id, {}).get(version)
-                if entry is None or entry.served is not None:
-                    served.close("superseded")
-                    continue
-                entry.served, entry.unloaded = served, False
-        with self._lock:
-            for entry in self._versions(model_id).values():
-                entry.unloaded = False
+            self._versions(model_id)
+        self._store.set_unloaded(model_id, False)
+        self.sync(model_id)
 
     def unload(self, model_id: str) -> None:
-        """Drop every version of ``model_id`` from memory; it stays on disk and listed."""
-        dropped = []
+        """Stop serving every stored version of ``model_id`` in every process on the store; they stay
+        on disk and listed (UNAVAILABLE). Versions committed afterwards are served."""
+        self._cached(model_id, 0)
         with self._lock:
-            for entry in self._versions(model_id).values():
-                if entry.state == READY:
-                    entry.unloaded = True
-                    if entry.served is not None:
-                        dropped.append(entry.served)
-                        entry.served = None
-        for served in dropped:
-            served.close(f"model {model_id!r} version {served.version} was unloaded; load it to serve it")
+            self._versions(model_id)
+        self._store.set_unloaded(model_id, True)
+        self.sync(model_id)

@@ -21,7 +21,7 @@ import grpc
 
 from model_service import convert
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import READY, ModelRegistry, VersionView
+from model_service.registry import ModelRegistry, VersionState, VersionView
 from model_service.scaler_gateway import ScalerGateway
 from model_service.serving import ServingOptions
 from model_service.settings import ModelSettings
@@ -61,7 +61,9 @@ class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
                 elif isinstance(event, EpochProgress):
                     yield model_pb2.TrainEvent(epoch=convert.epoch_to_proto(event))
                 elif isinstance(event, ModelRecord):
-                    yield model_pb2.TrainEvent(done=convert.record_to_info(VersionView(event, READY)))
+                    yield model_pb2.TrainEvent(
+                        done=convert.record_to_info(VersionView(event, VersionState.READY))
+                    )
         finally:
             job.cancel()
             self._jobs_done += 1

@@ -397,8 +397,7 @@ class TrainingJob:
         )
         predictor.warm()  # the first Predict must not pay for tracing
         self._check_cancelled()
-        served = ServedModel(record, predictor, self._serving)
-        self._registry.commit(record, keras_bytes, served)
+        self._registry.commit(record, keras_bytes)
         return record
 
 

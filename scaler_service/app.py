@@ -40,4 +40,6 @@ def create_server(
     managed, port = build_server(settings, register, observers=observers, metrics=metrics)
     # lstm_artifacts_stored{kind="scaler"} on the metrics endpoint, read at each scrape.
     managed.metrics.track_artifacts("scaler", registry.count)
+    registry.start_watching(settings.store_poll_seconds)
+    managed.on_stop(registry.close)
     return managed, port

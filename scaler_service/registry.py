@@ -1,4 +1,4 @@
-"""Scaler versions in memory, persisted as signed joblib artifacts, reloaded on start.
+"""Scaler versions: signed joblib artifacts in the store, cached in memory by every process on it.
 
 A version is written completely (atomic, signed) before anyone can see it, and never changes
 afterwards. Version numbers are never reused, not even after a delete and a restart: a caller that
@@ -20,7 +20,7 @@ import sklearn
 from scaler_service.scaling import ESTIMATOR_BY_KIND, FittedScaler, make_spec
 from service_common.artifacts import ArtifactStore, validate_id
 from service_common.errors import IntegrityError, InvalidArgument, NotFound
-from service_common.versioning import VersionCounter, decode_page_token, encode_page_token
+from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +90,92 @@ def _deserialize(scaler_id: str, version: int, files: dict[str, bytes]) -> Scale
 
 
 class ScalerRegistry:
+    """The scaler versions this process serves: a cache of the store, the only source of truth.
+
+    Numbers are allocated under the store's lock, so processes sharing a store never collide; versions
+    another process added or deleted are seen by ``refresh()`` (the watcher, every
+    ``store_poll_seconds``) and, for one id, at once on a cache miss (``sync``).
+    """
+
     def __init__(self, store: ArtifactStore) -> None:
         self._store = store
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards _versions; never held while reading artifacts
+        self._sync_lock = threading.Lock()  # one refresh at a time, so nothing is deserialized twice
         self._versions: dict[str, dict[int, ScalerVersion]] = {}
-        self._numbers = VersionCounter(store.root)
-        self._load()
-
-    # ---- persistence ---------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        loaded = skipped = 0
-        for ref in self._store.scan():
-            # Even a skipped artifact occupies its number: a new fit must not collide with its directory.
-            self._numbers.observe(ref.artifact_id, ref.version)
-            try:
-                record = _deserialize(
-                    ref.artifact_id, ref.version, self._store.read(ref.artifact_id, ref.version)
-                )
-            except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
-                skipped += 1
-                log.error("skipping scaler artifact %s: %s", ref.path, exc)
-                continue
-            self._versions.setdefault(ref.artifact_id, {})[ref.version] = record
-            loaded += 1
+        self._refused: set[tuple[str, int]] = set()  # failed to verify or load: not retried
+        self._generation: object = None
+        self._watcher: StoreWatcher | None = None
+        loaded, skipped = self._refresh(None)
         log.info("loaded %d scaler versions from %s (%d skipped)", loaded, self._store.root, skipped)
+
+    # ---- following the store -------------------------------------------------------------------
+
+    def start_watching(self, poll_seconds: float) -> None:
+        """Follow the store from a daemon thread every ``poll_seconds`` (0 = only on misses)."""
+        if poll_seconds > 0 and self._watcher is None:
+            self._watcher = StoreWatcher("watch-scalers", self.refresh, poll_seconds)
+            self._watcher.start()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+
+    def refresh(self) -> None:
+        """Bring the whole cache in line with the store (cheap when nothing changed)."""
+        self._refresh(None)
+
+    def sync(self, scaler_id: str) -> None:
+        """Bring one id in line with the store now."""
+        self._refresh(validate_id(scaler_id, "scaler"))
+
+    def _sync_on_miss(self, scaler_id: str) -> None:
+        try:
+            validate_id(scaler_id, "scaler")
+        except InvalidArgument:
+            return  # an id that can never be stored is simply not found, as it always was
+        self.sync(scaler_id)
+
+    def _refresh(self, only: str | None) -> tuple[int, int]:
+        """Load versions that appeared, drop those that went; returns (loaded, refused)."""
+        with self._sync_lock:
+            token = self._store.generation() if only is None else None
+            if only is None and token == self._generation:
+                return 0, 0
+            refs = list(self._store.scan(only))
+            stored = {(ref.artifact_id, ref.version) for ref in refs}
+            with self._lock:
+                cached = {
+                    (scaler_id, version)
+                    for scaler_id, versions in self._versions.items()
+                    if only is None or scaler_id == only
+                    for version in versions
+                }
+            # A refused artifact stays refused (it is immutable) until it is deleted.
+            self._refused = {
+                key for key in self._refused if key in stored or (only is not None and key[0] != only)
+            }
+            loaded: list[ScalerVersion] = []
+            for ref in refs:
+                key = (ref.artifact_id, ref.version)
+                if key in cached or key in self._refused:
+                    continue
+                try:
+                    files = self._store.read(ref.artifact_id, ref.version)  # verifies the signature first
+                    loaded.append(_deserialize(ref.artifact_id, ref.version, files))
+                except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
+                    self._refused.add(key)
+                    log.error("skipping scaler artifact %s: %s", ref.path, exc)
+            with self._lock:
+                for scaler_id, version in cached - stored:
+                    versions = self._versions.get(scaler_id, {})
+                    versions.pop(version, None)
+                    if not versions:
+                        self._versions.pop(scaler_id, None)
+                for record in loaded:
+                    self._versions.setdefault(record.scaler_id, {})[record.version] = record
+            if only is None:
+                self._generation = token
+            return len(loaded), len(self._refused & (stored - cached))
 
     # ---- operations ----------------------------------------------------------------------------
 
@@ -122,19 +183,27 @@ class ScalerRegistry:
         """Persist ``fitted`` as the next version of ``scaler_id`` (a new id when empty)."""
         if scaler_id:
             validate_id(scaler_id, "scaler")
+        scaler_id = scaler_id or self._store.new_id("scaler")
+        # Allocated under the store's lock: concurrent fits in any process get distinct versions.
+        reservation = self._store.allocate(scaler_id)
+        try:
+            record = ScalerVersion(scaler_id, reservation.version, datetime.now(UTC), fitted)
+            self._store.commit(reservation, _serialize(record))
+        finally:
+            reservation.release()
         with self._lock:
-            scaler_id = scaler_id or self._numbers.new_id("scaler")
-            # Reserved now, so concurrent fits of one id get distinct versions while writing unlocked.
-            version = self._numbers.next(scaler_id)
-        record = ScalerVersion(scaler_id, version, datetime.now(UTC), fitted)
-        self._store.write(scaler_id, version, _serialize(record))
-        with self._lock:
-            self._versions.setdefault(scaler_id, {})[version] = record
+            self._versions.setdefault(scaler_id, {})[record.version] = record
         return record
 
     def get(self, scaler_id: str, version: int = 0) -> ScalerVersion:
         if not scaler_id:
             raise InvalidArgument("scaler_id is required")
+        with self._lock:
+            versions = self._versions.get(scaler_id)
+            cached = bool(versions) and (version == 0 or version in versions)
+        if not cached:
+            # Another process may have just added it: look at the store before answering NOT_FOUND.
+            self._sync_on_miss(scaler_id)
         with self._lock:
             versions = self._versions.get(scaler_id)
             if not versions:
@@ -166,22 +235,23 @@ class ScalerRegistry:
         return page, next_token
 
     def delete(self, scaler_id: str, version: int = 0) -> list[int]:
-        """Delete one version, or every version when ``version`` is 0; returns what was deleted."""
+        """Delete one version, or every version when ``version`` is 0, for the whole store; returns
+        what was deleted."""
         if not scaler_id:
             raise InvalidArgument("scaler_id is required")
+        self._sync_on_miss(scaler_id)
+        record = self.get(scaler_id, version) if version else None
         with self._lock:
-            record = self.get(scaler_id, version) if version else None
             versions = [record.version] if record else sorted(self._versions.get(scaler_id, {}))
-            if not versions:
-                raise NotFound(f"scaler {scaler_id!r} not found")
-            # The high-water mark is on disk before anything goes, so numbers stay unique after a restart.
-            self._numbers.save()
-            for number in versions:
-                self._store.delete(scaler_id, number)
-                del self._versions[scaler_id][number]
-            if not self._versions[scaler_id]:
-                del self._versions[scaler_id]
-        return versions
+        if not versions:
+            raise NotFound(f"scaler {scaler_id!r} not found")
+        # The store covers each number with its high-water mark before it goes: never reused.
+        removed = [number for number in versions if self._store.delete(scaler_id, number)]
+        self.sync(scaler_id)
+        if not removed:
+            # Another process deleted them between our look and ours.
+            raise NotFound(f"scaler {scaler_id!r} version {', '.join(map(str, versions))} not found")
+        return removed
 
     def count(self) -> int:
         with self._lock:

@@ -1,14 +1,30 @@
-"""Signed, atomically written artifacts on disk.
+"""The store: signed, atomically written artifacts on disk, and the only source of truth about them.
 
 An artifact is a directory ``<root>/<id>/<version>/`` holding payload files plus ``SIGNATURE``, an
 HMAC-SHA256 over every file's name and sha256. It is built in a temp directory, every file fsynced,
 then renamed into place, so a reader sees a whole artifact or none. Nothing is handed back for
 deserialization before its signature verifies.
+
+Every process on one root (several workers, several instances) shares it through the files alone:
+
+- ``<root>/.lock``: an ``flock`` held only for short metadata operations (allocating a number, renaming
+  a version out on delete, unload markers), never while payloads are written;
+- ``<root>/.version-high-water.json``: the highest number ever handed out per id, rewritten on every
+  allocation, so no two processes and no restart ever hand out the same version;
+- ``<root>/.reservations/<id>/<version>``: a version being produced (e.g. a model training). Its owner
+  holds an ``flock`` on it for as long as the reservation lives, so one whose process died, even by
+  SIGKILL, can be locked by anyone: it is stale and removed by whoever finds it;
+- ``<root>/.unloaded/<id>``: the id's versions up to the number inside are unloaded for every process
+  on the store (RepositoryModelUnload), until the marker is removed again.
+
+Persistence only: no grpc, no TensorFlow, no knowledge of what the payload files mean.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import hmac
 import json
@@ -18,7 +34,9 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,16 +64,36 @@ def load_signing_key(key: str, key_file: str, store: Path) -> bytes:
     path = Path(key_file) if key_file else store / ".signing-key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-            fh.flush()
-            os.fsync(fh.fileno())
-        log.info("created signing key %s", path)
+        # Written aside, then linked into place: processes starting together on a new store all end up
+        # reading the one key that won the link, never a half-written file.
+        fd, temp = tempfile.mkstemp(prefix=".tmp-key-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(temp, 0o600)
+            try:
+                os.link(temp, path)
+                log.info("created signing key %s", path)
+            except FileExistsError:
+                pass
+        finally:
+            Path(temp).unlink(missing_ok=True)
     text = path.read_text().strip()
     if len(text) < 16:
         raise ValueError(f"signing key in {path} is shorter than 16 characters")
     return text.encode()
+
+
+LOCK_FILE = ".lock"
+HIGH_WATER_FILE = ".version-high-water.json"
+RESERVATIONS_DIR = ".reservations"
+UNLOADED_DIR = ".unloaded"
+TEMP_PREFIX = ".tmp-"
+# A change token whose newest directory is younger than this is not trusted to compare equal: a second
+# change within the file system's timestamp granularity could leave every mtime as it was.
+RACY_SECONDS = 1.0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,6 +104,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    # Temp file + fsync + rename: a crash leaves the old file or the new one, never half of one.
+    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock without waiting; False when another open file holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _version_numbers(directory: Path) -> list[int]:
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [int(name) for name in names if name.isdigit()]
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     artifact_id: str
@@ -73,30 +144,208 @@ class ArtifactRef:
     path: Path
 
 
+class Reservation:
+    """A version number handed out to this process, alive (and listed) until committed or released.
+
+    The marker's flock lives as long as this object's file descriptor: a process that dies releases it
+    with no clean-up of its own. Release it explicitly (or commit it); it is not a finalizer's job.
+    """
+
+    def __init__(self, store: ArtifactStore, artifact_id: str, version: int, path: Path, fd: int) -> None:
+        self.artifact_id = artifact_id
+        self.version = version
+        self.path = path
+        self._store = store
+        self._fd: int | None = fd
+        self._lock = threading.Lock()
+
+    @property
+    def released(self) -> bool:
+        return self._fd is None
+
+    def release(self) -> None:
+        """Remove the marker (idempotent). The number stays used: the high-water mark covers it."""
+        with self._lock:
+            if self._fd is None:
+                return
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+        self._store._forget_reservation_dir(self.artifact_id)
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "live"
+        return f"Reservation({self.artifact_id!r}, {self.version}, {state})"
+
+
 class ArtifactStore:
     def __init__(self, root: Path, key: bytes) -> None:
         self.root = root
         self._key = key
         root.mkdir(parents=True, exist_ok=True)
+        self._reservations = root / RESERVATIONS_DIR
+        self._unloaded = root / UNLOADED_DIR
+        self._high_water = root / HIGH_WATER_FILE
         self._sweep_temp()
 
+    # ---- the inter-process lock ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # A new open file per holder: flock excludes other threads of this process as well as others.
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
     def _sweep_temp(self) -> None:
-        # Leftovers of writes cut short by a crash; never listed, safe to drop.
-        for leftover in self.root.glob(".tmp-*"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+        # Leftovers of writes cut short by a crash; never listed, safe to drop. A write in progress in
+        # another process holds an flock on its temp directory (taken under the store lock, as is this
+        # sweep), so only what nobody holds is removed.
+        with self._locked():
+            for leftover in self.root.glob(TEMP_PREFIX + "*"):
+                try:
+                    fd = os.open(leftover, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    if not _try_lock(fd):
+                        continue
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
+                finally:
+                    os.close(fd)
+
+    # ---- version numbers -----------------------------------------------------------------------
+
+    def _read_marks(self) -> dict[str, int]:
+        try:
+            return {str(k): int(v) for k, v in json.loads(self._high_water.read_text()).items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError) as exc:
+            # The numbers on disk and in reservations still bound every allocation from below.
+            log.warning("ignoring unreadable %s: %s", self._high_water, exc)
+            return {}
+
+    def _save_marks(self, marks: dict[str, int]) -> None:
+        _write_atomically(self._high_water, json.dumps(marks, sort_keys=True).encode())
+
+    def allocate(self, artifact_id: str, note: Callable[[int], bytes] | None = None) -> Reservation:
+        """The next version number of ``artifact_id``, reserved for this process until released.
+
+        next = max(high-water mark, highest version on disk, highest reservation) + 1, under the store
+        lock, and the mark is saved before the number is handed out. ``note(version)`` is stored in the
+        marker for other processes to read (``reservation_note``): e.g. what is being produced.
+        """
+        with self._locked():
+            marks = self._read_marks()
+            version = 1 + max(
+                marks.get(artifact_id, 0),
+                *_version_numbers(self.root / artifact_id),
+                *_version_numbers(self._reservations / artifact_id),
+                0,
+            )
+            marks[artifact_id] = version
+            self._save_marks(marks)
+            directory = self._reservations / artifact_id
+            directory.mkdir(parents=True, exist_ok=True)
+            # Locked before it is renamed into place: a marker anyone can see is held by its owner.
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + "res-", dir=self.root)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, note(version) if note is not None else b"")
+                path = directory / str(version)
+                os.rename(temp, path)
+            except BaseException:
+                os.close(fd)
+                Path(temp).unlink(missing_ok=True)
+                raise
+        return Reservation(self, artifact_id, version, path, fd)
+
+    def new_id(self, prefix: str) -> str:
+        """An id never used on this store (e.g. ``model-3f2a9c1e``), marked as used before it is returned."""
+        with self._locked():
+            marks = self._read_marks()
+            while True:
+                candidate = f"{prefix}-{secrets.token_hex(4)}"
+                taken = (
+                    candidate in marks
+                    or (self.root / candidate).exists()
+                    or (self._reservations / candidate).exists()
+                )
+                if not taken:
+                    marks[candidate] = 0
+                    self._save_marks(marks)
+                    return candidate
+
+    def _forget_reservation_dir(self, artifact_id: str) -> None:
+        # Under the lock: allocate() creates markers in this directory under it too.
+        with self._locked(), contextlib.suppress(OSError):
+            (self._reservations / artifact_id).rmdir()
+
+    def live_reservations(self, artifact_id: str | None = None) -> list[tuple[str, int]]:
+        """Every (id, version) reserved by a live process, in order; stale markers found are removed."""
+        if artifact_id is not None:
+            ids = [artifact_id]
+        else:
+            try:
+                ids = sorted(name for name in os.listdir(self._reservations) if not name.startswith("."))
+            except FileNotFoundError:
+                return []
+        live = []
+        for reserved_id in ids:
+            for version in sorted(_version_numbers(self._reservations / reserved_id)):
+                if self._is_live(self._reservations / reserved_id / str(version)):
+                    live.append((reserved_id, version))
+        return live
+
+    def _is_live(self, marker: Path) -> bool:
+        try:
+            fd = os.open(marker, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            if not _try_lock(fd):
+                return True
+            # Nobody holds it: its process is gone. The number stays used (the high-water mark has it).
+            log.info("removing stale reservation %s", marker)
+            marker.unlink(missing_ok=True)
+            return False
+        finally:
+            os.close(fd)
+
+    def reservation_note(self, artifact_id: str, version: int) -> bytes | None:
+        """What the reserving process stored with a reservation; None once it is gone."""
+        try:
+            return (self._reservations / artifact_id / str(version)).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # ---- artifacts -----------------------------------------------------------------------------
 
     def _signature(self, digests: dict[str, str]) -> str:
         body = json.dumps(digests, sort_keys=True).encode()
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 
+    def _temp_dir(self) -> tuple[Path, int]:
+        # Made and locked under the store lock, so a sweep (under it too) never takes it for a leftover.
+        with self._locked():
+            temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.root))
+            fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return temp, fd
+
     def write(self, artifact_id: str, version: int, files: dict[str, bytes]) -> Path:
+        """Write a version whole and signed, then rename it into place (the store lock is not held)."""
         final = self.root / artifact_id / str(version)
         if final.exists():
             raise FileExistsError(f"{artifact_id} version {version} exists and is immutable")
-        temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        temp, fd = self._temp_dir()
         try:
             digests = {}
             for name, data in files.items():
@@ -125,7 +374,17 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
+        finally:
+            os.close(fd)
         return final
+
+    def commit(self, reservation: Reservation, files: dict[str, bytes]) -> Path:
+        """Write the reserved version, then release the reservation (the artifact is in place first)."""
+        if reservation.released:
+            raise ValueError(f"{reservation!r} was released; its number cannot be committed")
+        path = self.write(reservation.artifact_id, reservation.version, files)
+        reservation.release()
+        return path
 
     def read(self, artifact_id: str, version: int) -> dict[str, bytes]:
         """Every payload file of a verified artifact; IntegrityError when anything does not match."""
@@ -151,25 +410,101 @@ class ArtifactStore:
             files[name] = data
         return files
 
-    def delete(self, artifact_id: str, version: int) -> None:
+    def delete(self, artifact_id: str, version: int) -> bool:
+        """Remove one version; False when it was not there (e.g. another process deleted it first)."""
         path = self.root / artifact_id / str(version)
-        if not path.exists():
-            return
-        # Rename out of the listing first, so a crash mid-delete leaves no half artifact listed.
-        doomed = Path(tempfile.mkdtemp(prefix=".tmp-del-", dir=self.root))
-        os.rename(path, doomed / "x")
-        _fsync_dir(path.parent)
+        with self._locked():
+            if not path.exists():
+                return False
+            # The high-water mark covers the number before it goes, so it is never handed out again.
+            marks = self._read_marks()
+            if marks.get(artifact_id, 0) < version:
+                marks[artifact_id] = version
+                self._save_marks(marks)
+            # Renamed out of the listing first, so a crash mid-delete leaves no half artifact listed.
+            doomed = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX + "del-", dir=self.root))
+            os.rename(path, doomed / "x")
+            _fsync_dir(path.parent)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+                # The id is gone: so is what its unload marker said about it.
+                (self._unloaded / artifact_id).unlink(missing_ok=True)
         shutil.rmtree(doomed, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
+        return True
 
-    def scan(self) -> Iterator[ArtifactRef]:
-        """Every complete artifact directory (signature not yet checked), in (id, version) order."""
+    def scan(self, artifact_id: str | None = None) -> Iterator[ArtifactRef]:
+        """Every complete artifact directory (signature not yet checked), in (id, version) order; one
+        id's only when ``artifact_id`` is given."""
         if not self.root.exists():
             return
-        for id_dir in sorted(self.root.iterdir()):
-            if id_dir.name.startswith(".") or not id_dir.is_dir() or not ID_PATTERN.match(id_dir.name):
+        if artifact_id is not None:
+            id_dirs = [self.root / artifact_id] if ID_PATTERN.match(artifact_id) else []
+        else:
+            id_dirs = sorted(self.root.iterdir())
+        for id_dir in id_dirs:
+            if id_dir.name.startswith(".") or not ID_PATTERN.match(id_dir.name):
                 continue
-            versions = [v for v in id_dir.iterdir() if v.is_dir() and v.name.isdigit()]
-            for version_dir in sorted(versions, key=lambda p: int(p.name)):
-                yield ArtifactRef(id_dir.name, int(version_dir.name), version_dir)
+            for version in sorted(_version_numbers(id_dir)):
+                version_dir = id_dir / str(version)
+                if version_dir.is_dir():
+                    yield ArtifactRef(id_dir.name, version, version_dir)
+
+    # ---- instance-wide unload ------------------------------------------------------------------
+
+    def set_unloaded(self, artifact_id: str, flag: bool) -> None:
+        """Mark every stored version of the id unloaded (True) for every process on this store, or
+        clear the mark (False). Versions committed after the mark are not covered by it."""
+        with self._locked():
+            marker = self._unloaded / artifact_id
+            if not flag:
+                marker.unlink(missing_ok=True)
+                return
+            self._unloaded.mkdir(exist_ok=True)
+            highest = max(_version_numbers(self.root / artifact_id), default=0)
+            _write_atomically(marker, str(highest).encode())
+
+    def unloaded_ids(self) -> dict[str, int]:
+        """Every unloaded id and the highest version its mark covers."""
+        try:
+            names = os.listdir(self._unloaded)
+        except FileNotFoundError:
+            return {}
+        marks = {}
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                marks[name] = int((self._unloaded / name).read_text())
+            except (OSError, ValueError):
+                continue  # removed meanwhile, or not ours
+        return marks
+
+    # ---- change detection ----------------------------------------------------------------------
+
+    def generation(self) -> object:
+        """A cheap token of the listing: equal tokens mean no version or unload mark came or went.
+
+        Built from the mtime and link count of the root, each id directory and the unload directory
+        (one stat each, nothing read). A token taken within RACY_SECONDS of the newest change is a fresh
+        object that equals nothing, so a change in the same timestamp tick is never missed. Reservations
+        are not covered (a dead owner changes no file): poll ``live_reservations`` for those.
+        """
+        now = time.time_ns()
+        parts: list[tuple[str, int, int]] = []
+        newest = 0
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return ()
+        for name in [".", UNLOADED_DIR, *names]:
+            if name.startswith(".") and name not in {".", UNLOADED_DIR}:
+                continue
+            try:
+                st = os.stat(self.root / name)
+            except FileNotFoundError:
+                continue
+            parts.append((name, st.st_mtime_ns, st.st_nlink))
+            newest = max(newest, st.st_mtime_ns)
+        if now - newest < RACY_SECONDS * 1e9:
+            return object()
+        return tuple(parts)

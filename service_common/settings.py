@@ -54,6 +54,10 @@ class ServerSettings:
     # Prometheus endpoint http://metrics_host:metrics_port/metrics; 0 = a free port, -1 = off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = -1
+    # Seconds between looks at the store for versions other processes committed, deleted or unloaded
+    # (as TF Serving's --file_system_poll_wait_seconds); 0 = look only on a cache miss. A call naming an
+    # id or version this process has not seen yet always looks at once.
+    store_poll_seconds: float = 1.0
 
     @property
     def max_message_bytes(self) -> int:

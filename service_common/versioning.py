@@ -1,4 +1,5 @@
-"""What both registries share: version numbers that are never reused, and List page tokens.
+"""What both registries share: List page tokens (version numbers are allocated by the store,
+service_common.artifacts), and the thread that keeps a registry's cache in step with the store.
 
 Domain code only: no grpc here.
 """
@@ -7,66 +8,44 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
-import os
-import secrets
-import tempfile
-from pathlib import Path
+import threading
+from collections.abc import Callable
 
 from service_common.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
-HIGH_WATER_FILE = ".version-high-water.json"
 
+class StoreWatcher:
+    """Calls ``refresh()`` every ``poll_seconds`` on a daemon thread until stopped.
 
-class VersionCounter:
-    """The highest version number ever handed out per id (reserved, skipped and deleted ones included).
-
-    Not thread-safe: the owning registry calls it under its own lock. The marks live in memory and in
-    ``<root>/.version-high-water.json``, written by ``save()`` before anything is deleted, so numbers stay
-    unique after a restart; numbers of artifacts still on disk are recovered by ``observe()``.
+    The registries' caches follow the store with it, as TF Serving follows its model base path
+    (--file_system_poll_wait_seconds). A refresh that fails is logged and tried again next time.
     """
 
-    def __init__(self, root: Path) -> None:
-        self._path = root / HIGH_WATER_FILE
-        self._marks: dict[str, int] = {}
-        try:
-            self._marks = {str(k): int(v) for k, v in json.loads(self._path.read_text()).items()}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._path, exc)
+    def __init__(self, name: str, refresh: Callable[[], None], poll_seconds: float) -> None:
+        if poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be > 0, got {poll_seconds}")
+        self._refresh = refresh
+        self._poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def observe(self, artifact_id: str, version: int) -> None:
-        self._marks[artifact_id] = max(self._marks.get(artifact_id, 0), version)
+    def start(self) -> None:
+        self._thread.start()
 
-    def next(self, artifact_id: str) -> int:
-        """Reserve and return the next number of ``artifact_id``."""
-        version = self._marks.get(artifact_id, 0) + 1
-        self._marks[artifact_id] = version
-        return version
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
-    def new_id(self, prefix: str) -> str:
-        """An id never handed out before, e.g. ``model-3f2a9c1e``."""
-        while True:
-            candidate = f"{prefix}-{secrets.token_hex(4)}"
-            if candidate not in self._marks:
-                return candidate
-
-    def save(self) -> None:
-        # Temp file + fsync + rename: a crash leaves the old file or the new one, never half of one.
-        fd, temp = tempfile.mkstemp(prefix=".tmp-hw-", dir=self._path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self._marks, fh, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, self._path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+    def _loop(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self._refresh()
+            except Exception:  # noqa: BLE001 - the next poll tries again; serving goes on from the cache
+                log.exception("%s: refreshing from the store failed", self._thread.name)
 
 
 def encode_page_token(artifact_id: str, version: int) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_service.registry import MODEL_FILE
+from model_service.model_store import MODEL_FILE
 from protos.lstm_stack.v1 import model_pb2, scaler_pb2
 from service_common import codec
 from tests.model_service.conftest import running_model_server

@@ -16,8 +16,9 @@ import pytest
 import tensorflow as tf
 
 from model_service import builder, training
+from model_service.model_store import META_FILE, MODEL_FILE
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import META_FILE, MODEL_FILE, ModelRegistry
+from model_service.registry import ModelRegistry
 from model_service.runtime import ModelRuntime, ModelSignature
 from model_service.scaling import PER_FEATURE, AffineScaler, FitOutcome, ScalerRef
 from model_service.serving import ServedModel, ServingOptions

@@ -1,0 +1,85 @@
+"""Model versions as stored: ``model.keras`` + ``meta.json`` in a signed artifact (service_common.artifacts).
+
+``ModelWriter`` reserves, commits and releases versions without loading or serving anything, so a
+process that only trains (it answers no Predict) can publish versions; every serving process picks
+them up from the store (ModelRegistry.refresh / sync). Domain code only: no grpc, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from model_service.records import ModelRecord, now_text
+from model_service.spec import ModelSpec
+from service_common.artifacts import ArtifactStore, Reservation, validate_id
+from service_common.errors import IntegrityError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+META_FILE = "meta.json"
+# Scaler ids are derived from model ids ("<id>-x", "<id>-y") and must stay within 128 characters.
+MAX_MODEL_ID_LENGTH = 120
+
+
+def check_model_id(model_id: str) -> str:
+    if not model_id:
+        raise InvalidArgument("model_id is required")
+    validate_id(model_id, "model")
+    if len(model_id) > MAX_MODEL_ID_LENGTH:
+        raise InvalidArgument(
+            f"model id is {len(model_id)} characters; at most {MAX_MODEL_ID_LENGTH} are allowed"
+        )
+    return model_id
+
+
+def read_version(store: ArtifactStore, model_id: str, version: int) -> tuple[ModelRecord, bytes]:
+    """The record and Keras bytes of a stored version, signature verified before anything is parsed."""
+    files = store.read(model_id, version)
+    try:
+        meta, keras_bytes = files[META_FILE], files[MODEL_FILE]
+    except KeyError as exc:
+        raise IntegrityError(f"{model_id} v{version}: {exc.args[0]} is missing from the artifact") from None
+    return ModelRecord.from_json(meta, model_id, version), keras_bytes
+
+
+def reserved_record(store: ArtifactStore, model_id: str, version: int) -> ModelRecord | None:
+    """What a (possibly other) process is training as this version; None once the reservation is gone."""
+    note = store.reservation_note(model_id, version)
+    if note is None:
+        return None
+    try:
+        return ModelRecord.from_json(note, model_id, version)
+    except IntegrityError as exc:
+        log.warning("reservation %s v%d has an unreadable note: %s", model_id, version, exc)
+        return None
+
+
+class ModelWriter:
+    """Reserve a version (listed as TRAINING by every process on the store), then commit it or release it."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+
+    def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> tuple[ModelRecord, Reservation]:
+        """A new version number of ``model_id`` (a new id when empty), held until commit or release."""
+        if model_id:
+            check_model_id(model_id)
+        model_id = model_id or self.store.new_id("model")
+        created_at = now_text()
+
+        def note(version: int) -> bytes:
+            return ModelRecord(model_id, version, spec, seed, created_at).to_json()
+
+        reservation = self.store.allocate(model_id, note)
+        return ModelRecord(model_id, reservation.version, spec, seed, created_at), reservation
+
+    def commit(self, record: ModelRecord, keras_bytes: bytes, reservation: Reservation) -> None:
+        """Persist a trained version whole and signed; its reservation goes once the artifact is in place."""
+        if (record.model_id, record.version) != (reservation.artifact_id, reservation.version):
+            raise ValueError(f"record {record.model_id} v{record.version} does not match {reservation!r}")
+        self.store.commit(reservation, {MODEL_FILE: keras_bytes, META_FILE: record.to_json()})
+
+    def release(self, reservation: Reservation) -> None:
+        """Give up a reserved version that will not be committed (its number is not reused)."""
+        reservation.release()
