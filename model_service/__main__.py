@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from model_service.settings import ModelSettings
 from service_common.server import configure_logging, serve
 from service_common.settings import load_settings
-from service_common.supervisor import run_workers, worker_count
+from service_common.supervisor import Role, run_workers, worker_count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,12 +25,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # chatter stays quiet unless the operator asked for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if worker_count(settings.workers) > 1:
-        return run_workers("model service", settings, "model_service.app:create_server")
+        return _run_supervised(settings)
     from model_service.app import create_server
 
     managed, port = create_server(settings)
     serve(managed, port, settings, "model service")
     return 0
+
+
+def _run_supervised(settings: ModelSettings) -> int:
+    """Workers on one port plus one trainer process they all forward Train to, on a private socket."""
+    from model_service.trainer_link import TRAINER_FACTORY, TRAINER_SOCKET_NAME
+    from model_service.trainer_process import trainer_settings
+
+    with tempfile.TemporaryDirectory(prefix="lstm-trainer-") as runtime_dir:
+        socket_path = str(Path(runtime_dir) / TRAINER_SOCKET_NAME)
+        workers = dataclasses.replace(settings, trainer_address=f"unix:{socket_path}")
+        trainer = Role("trainer", TRAINER_FACTORY, trainer_settings(settings, socket_path))
+        return run_workers("model service", workers, "model_service.app:create_server", [trainer])
 
 
 if __name__ == "__main__":

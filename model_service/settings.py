@@ -49,3 +49,30 @@ class ModelSettings(ServerSettings):
     trainer_nice: int = 10
     # How long a Train call waits for a trainer process to come up before UNAVAILABLE.
     trainer_start_timeout_seconds: float = 120.0
+
+
+# The trainer process: what serving processes start (single process) or the supervisor runs, and the
+# name of its socket inside a private 0700 directory.
+TRAINER_FACTORY = "model_service.trainer_process:create_trainer_server"
+TRAINER_SOCKET_NAME = "trainer.sock"
+
+
+def trainer_settings(settings: ModelSettings, socket_path: str) -> ModelSettings:
+    """The serving settings, as the trainer serves them: its unix socket, no auth/TLS/metrics of its own
+    (only processes of its instance reach the socket), one process."""
+    return dataclasses.replace(
+        settings,
+        host=f"unix:{socket_path}",
+        port=0,
+        workers=1,
+        reuse_port=False,
+        auth_token="",
+        auth_token_file="",
+        tls_cert="",
+        tls_key="",
+        tls_client_ca="",
+        metrics_port=-1,
+        trainer_address="",
+        # A finished job's last event and status must reach the forwarding process before the port closes.
+        grace_seconds=max(settings.grace_seconds, 5.0),
+    )

@@ -23,8 +23,7 @@ from typing import Any
 
 import grpc
 
-from model_service.settings import ModelSettings
-from model_service.trainer_process import trainer_settings
+from model_service.settings import TRAINER_FACTORY, TRAINER_SOCKET_NAME, ModelSettings, trainer_settings
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common.errors import ServiceError, Unavailable
 from service_common.grpc_errors import ERROR_BY_STATUS
@@ -33,17 +32,14 @@ from service_common.supervisor import child_main, spawn_context
 
 log = logging.getLogger(__name__)
 
-TRAINER_FACTORY = "model_service.trainer_process:create_trainer_server"
-SOCKET_NAME = "trainer.sock"
-
 
 class TrainerProcess:
     """One trainer child process on a unix socket in a private directory; started on demand."""
 
     def __init__(self, settings: ModelSettings) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="lstm-trainer-"))  # 0700: only this user reaches it
-        self.address = f"unix:{self._dir / SOCKET_NAME}"
-        self._settings = trainer_settings(settings, str(self._dir / SOCKET_NAME))
+        self.address = f"unix:{self._dir / TRAINER_SOCKET_NAME}"
+        self._settings = trainer_settings(settings, str(self._dir / TRAINER_SOCKET_NAME))
         self._process: Any = None
         self._lock = threading.Lock()
 

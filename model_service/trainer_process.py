@@ -11,7 +11,6 @@ TensorFlow and the jobs allocated goes back to the system.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -78,27 +77,6 @@ class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
         log.info("trainer: %d jobs done; exiting so a fresh process takes over", self._jobs_done)
         self._recycle_after = 0  # once
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def trainer_settings(settings: ModelSettings, socket_path: str) -> ModelSettings:
-    """The serving settings, as the trainer serves them: its unix socket, no auth/TLS/metrics of its own
-    (only processes of its instance reach the socket), one process."""
-    return dataclasses.replace(
-        settings,
-        host=f"unix:{socket_path}",
-        port=0,
-        workers=1,
-        reuse_port=False,
-        auth_token="",
-        auth_token_file="",
-        tls_cert="",
-        tls_key="",
-        tls_client_ca="",
-        metrics_port=-1,
-        trainer_address="",
-        # A finished job's last event and status must reach the forwarding process before the port closes.
-        grace_seconds=max(settings.grace_seconds, 5.0),
-    )
 
 
 def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:

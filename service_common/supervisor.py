@@ -247,7 +247,9 @@ def child_main(factory_path: str, settings: Any, ready: Any, label: str) -> None
     managed, port = factory(settings)
 
     def announce() -> None:
-        ready.send(("ready", os.getpid(), port))
+        # An owner that watches readiness some other way (the trainer's channel) closed its end.
+        with contextlib.suppress(OSError):
+            ready.send(("ready", os.getpid(), port))
         ready.close()
 
     serve(managed, port, settings, label, on_ready=announce)
