@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from model_service.inference_protocol import protocol
+from model_service.inference_protocol.statistics import InferenceStatistics
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
 from service_common.errors import ServiceError
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, runtime: Any) -> None:
         self._runtime = runtime
+        self._statistics = InferenceStatistics()
         self._server_metadata = pb.ServerMetadataResponse(
             name=protocol.SERVER_NAME, version=protocol.server_version(), extensions=protocol.EXTENSIONS
         )
@@ -47,19 +49,29 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
 
     @map_errors
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return protocol.infer(self._runtime, request)
+        return protocol.infer(self._runtime, request, self._statistics)
 
     @map_errors
     def ModelStreamInfer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         # As Triton does: a failed request is reported in-stream and the stream stays open.
         for request in requests:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=protocol.infer(self._runtime, request))
+                yield pb.ModelStreamInferResponse(
+                    infer_response=protocol.infer(self._runtime, request, self._statistics)
+                )
             except ServiceError as exc:
                 yield _stream_error(request, str(exc))
             except Exception as exc:  # noqa: BLE001 - one bad request must not end the stream
                 log.exception("stream inference failed")
                 yield _stream_error(request, f"internal error: {type(exc).__name__}: {exc}")
+
+    @map_errors
+    def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return protocol.model_config(self._runtime, request)
+
+    @map_errors
+    def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return protocol.model_statistics(self._runtime, request, self._statistics)
 
     @map_errors
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
