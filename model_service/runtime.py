@@ -9,15 +9,17 @@ Final names (agreed with model_service/inference_protocol/):
     "unloaded") / "TRAINING" (reason "training").
   - ``load(model_id)``: load every stored version of the id into memory again (RepositoryModelLoad).
   - ``unload(model_id)``: drop every version from memory, keep it on disk (RepositoryModelUnload).
-- ``ServedModel``: ``model_id``, ``version``, ``signature``; ``infer(x) -> Prediction`` takes raw
-  units (batch, timesteps, features) (or (batch, timesteps) when features == 1), any float dtype;
-  goes through the adaptive batcher, the train-fitted x scaler and the inverse y scaler; raises
-  InvalidArgument naming expected vs received shape. ``evaluate(x, y) -> dict[str, float]``.
+- ``ServedModel``: ``model_id``, ``version``, ``signature``, ``max_batch_size`` (rows per forward
+  pass); ``infer(x) -> Prediction`` takes raw units (batch, timesteps, features) (or (batch, timesteps)
+  when features == 1), any float dtype; goes through the adaptive batcher, the train-fitted x scaler
+  and the inverse y scaler; raises InvalidArgument naming expected vs received shape.
+  ``evaluate(x, y) -> dict[str, float]``.
 - ``ModelSignature(timesteps, features, task, outputs)``: task "regression" | "binary" | "multiclass";
   outputs = targets per sample, 1 for binary, n_classes for multiclass.
 - ``Prediction(values, probabilities, labels)``: regression values (batch, outputs) float64 in original
   units; classification probabilities (batch, 1) or (batch, n_classes) float64 and labels (batch,) int64;
-  the fields a task does not have are None.
+  the fields a task does not have are None. ``timing`` (InferTiming: input_ns, queue_ns, the
+  ForwardPass that computed it, output_ns) says where the call spent its time.
 - ``ModelEntry(model_id, version, state, reason)``.
 
 Domain code only: no grpc here.

@@ -1,8 +1,12 @@
-"""A served model version: raw-unit input -> x scaler -> adaptive batcher -> compiled pass -> original units."""
+"""A served model version: raw-unit input -> x scaler -> adaptive batcher -> compiled pass -> original units.
+
+Each prediction says where its time went (InferTiming), for the statistics extension.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +39,44 @@ class ModelSignature:
     outputs: int  # regression: targets per sample; binary: 1; multiclass: n_classes
 
 
+# eq=False: passes are told apart by identity (the statistics count each one once); weakref_slot: so
+# they can be remembered only while a request computed in them is still being answered.
+@dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
+class ForwardPass:
+    """One forward pass of the model, over all the rows the batcher put together."""
+
+    rows: int
+    started_ns: int  # time.perf_counter_ns()
+    duration_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class InferTiming:
+    """Where one infer() call spent its time, in nanoseconds."""
+
+    input_ns: int  # checking and scaling x
+    queue_ns: int  # in the batcher, until the forward pass that computed it started
+    forward: ForwardPass
+    output_ns: int  # from the end of that pass to the prediction in original units
+
+
 @dataclass(frozen=True)
 class Prediction:
     values: np.ndarray | None  # regression: (batch, outputs) float64, original units
     probabilities: np.ndarray | None  # binary: (batch, 1) P(class 1); multiclass: (batch, n_classes)
     labels: np.ndarray | None  # classification: (batch,) int64
+    timing: InferTiming  # where the call spent its time
+
+
+class _PassOutput(np.ndarray):
+    """A forward pass's output that knows its pass. The batcher hands each caller a slice of it, and a
+    view keeps its parent's pass (__array_finalize__), so callers learn which pass computed their rows
+    and when it ran without the batcher knowing about timing."""
+
+    forward: ForwardPass | None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.forward = getattr(obj, "forward", None)
 
 
 class ServedModel:
@@ -54,12 +91,23 @@ class ServedModel:
         self._x_scaler = record.x_scaler
         self._y_scaler = record.y_scaler
         self._batcher = AdaptiveBatcher(
-            predictor,
+            self._timed_forward,
             options.max_batch_size,
             options.max_batch_wait_seconds,
             f"{record.model_id}-v{record.version}",
             options.observe_batch,
         )
+
+    @property
+    def max_batch_size(self) -> int:
+        """The most rows one forward pass takes (a larger request runs in a pass of its own)."""
+        return self._batcher.max_batch_size
+
+    def _timed_forward(self, x: np.ndarray) -> np.ndarray:
+        started = time.perf_counter_ns()
+        out = self.predictor(x).view(_PassOutput)
+        out.forward = ForwardPass(int(x.shape[0]), started, time.perf_counter_ns() - started)
+        return out
 
     def warm(self) -> None:
         self.predictor.warm()
@@ -74,31 +122,47 @@ class ServedModel:
             x = self._x_scaler.transform(x)
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def raw_outputs(self, x: np.ndarray) -> np.ndarray:
-        """Checked raw-unit x -> the head's outputs (scaled units for a y-scaled regression)."""
-        self.predictor.warm()
-        return self._batcher.submit(self._model_input(x))
-
     def infer(self, x: np.ndarray) -> Prediction:
         """x in raw units, (batch, timesteps, features), any float dtype (InvalidArgument on mismatch)."""
-        return self._prediction(self.raw_outputs(x))
+        began = time.perf_counter_ns()
+        self.predictor.warm()
+        x = self._model_input(x)
+        submitted = time.perf_counter_ns()
+        return self._prediction(self._batcher.submit(x), began, submitted)
 
     async def infer_async(self, x: np.ndarray) -> Prediction:
-        """``infer`` from the event loop: the forward pass runs on the batcher's thread."""
-        return self._prediction(await self._batcher.submit_async(self._model_input(x)))
+        """``infer`` from the event loop: the forward pass runs on the batcher's thread, never here."""
+        began = time.perf_counter_ns()
+        x = self._model_input(x)
+        submitted = time.perf_counter_ns()
+        return self._prediction(await self._batcher.submit_async(x), began, submitted)
 
-    def _prediction(self, out: np.ndarray) -> Prediction:
+    def _prediction(self, out: np.ndarray, began: int, submitted: int) -> Prediction:
+        """The head's outputs (scaled units for a y-scaled regression) -> original units, with the time
+        spent since ``began`` (perf_counter_ns) split at ``submitted`` (handed to the batcher)."""
+        forward = getattr(out, "forward", None)
+        if forward is None:  # a batcher that copies its results: the whole wait is this call's pass
+            forward = ForwardPass(int(out.shape[0]), submitted, time.perf_counter_ns() - submitted)
+        out = out.view(np.ndarray)
+        values = probabilities = labels = None
         if self.task is Task.REGRESSION:
             values = out.astype(np.float64)
             if self._y_scaler is not None:
                 values = self._y_scaler.inverse_transform(values)
-            return Prediction(values, None, None)
-        probabilities = out.astype(np.float64)
-        if self.task is Task.BINARY:
-            labels = (probabilities[:, 0] >= 0.5).astype(np.int64)
         else:
-            labels = np.argmax(probabilities, axis=1).astype(np.int64)
-        return Prediction(None, probabilities, labels)
+            probabilities = out.astype(np.float64)
+            if self.task is Task.BINARY:
+                labels = (probabilities[:, 0] >= 0.5).astype(np.int64)
+            else:
+                labels = np.argmax(probabilities, axis=1).astype(np.int64)
+        passed = forward.started_ns + forward.duration_ns
+        timing = InferTiming(
+            input_ns=submitted - began,
+            queue_ns=max(0, forward.started_ns - submitted),
+            forward=forward,
+            output_ns=max(0, time.perf_counter_ns() - passed),
+        )
+        return Prediction(values, probabilities, labels, timing)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Metrics in original units: mse/mae/rmse (regression) or accuracy/log_loss (classification)."""

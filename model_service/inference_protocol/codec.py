@@ -34,6 +34,13 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 }
 DATATYPES_BY_NUMPY: dict[str, str] = {dt.str: name for name, dt in NUMPY_DTYPES.items()}
 
+# Protocol datatype -> name of Triton's model-configuration DataType (TYPE_<datatype>, but BYTES is
+# TYPE_STRING), for ModelConfig.
+CONFIG_DATATYPES: dict[str, str] = {
+    **{name: f"TYPE_{name}" for name in (*NUMPY_DTYPES, "BF16")},
+    "BYTES": "TYPE_STRING",
+}
+
 # Which InferTensorContents field carries each datatype (FP16 has none: raw only, as in the spec).
 CONTENTS_FIELDS: dict[str, str] = {
     "BOOL": "bool_contents",

@@ -4,26 +4,31 @@ Model name = model id, version string = model version ("" = the latest ready one
 FP32 or FP64, shape [batch, timesteps, features], from raw_input_contents or typed contents. Outputs are
 always raw: regression "values" FP64 [batch, outputs]; classification "probabilities" FP64
 [batch, 1 | n_classes] and "labels" INT64 [batch]. Predictions go through ServedModel.infer, i.e. the
-same scaling, inverse scaling and adaptive batcher as the Predict RPC. Imports no grpc: errors are the
-domain's (service_common.errors), mapped to status codes by the servicer.
+same scaling, inverse scaling and adaptive batcher as the Predict RPC; each one is counted in the
+statistics extension (statistics.py). ModelConfig describes the same tensors in Triton's model
+configuration terms: dims without the batch dimension, max_batch_size = the rows one forward pass takes.
+Imports no grpc: errors are the domain's (service_common.errors), mapped to status codes by the servicer.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from model_service.inference_protocol import codec
+from model_service.inference_protocol.statistics import Duration, InferenceStatistics, SuccessTiming
 from protos.inference import grpc_service_pb2 as pb
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 SERVER_NAME = "lstm-stack"
-EXTENSIONS = ("model_repository",)
+EXTENSIONS = ("model_repository", "statistics")
 PLATFORM = "keras_lstm"
+BACKEND = "keras"  # ModelConfig.backend: what executes the model
 INPUT_NAME = "x"
 INPUT_DATATYPES = ("FP32", "FP64")
 INPUT_DATATYPE = "FP32"  # advertised in metadata; FP64 is accepted as well
@@ -167,23 +172,123 @@ def _prediction_arrays(prediction: Any) -> dict[str, np.ndarray | None]:
     }
 
 
-async def infer(runtime: Any, request: Any) -> Any:
-    """One ModelInfer; the forward pass runs on the model's batcher thread, awaited here."""
+async def infer(runtime: Any, request: Any, statistics: InferenceStatistics) -> Any:
+    """One inference request, counted in ``statistics`` once it names a servable model version; the
+    forward pass runs on the model's batcher thread, awaited here."""
+    started = time.perf_counter_ns()
     model = resolve(runtime, request.model_name, request.model_version)
-    _reject_unsupported(request.parameters, "request")
-    outputs = requested_outputs(request, output_specs(model.signature))
-    x = decode_input(request, model.signature)
-    arrays = _prediction_arrays(await model.infer_async(x))
-    response = pb.ModelInferResponse(
-        model_name=model.model_id, model_version=str(model.version), id=request.id
+    try:
+        _reject_unsupported(request.parameters, "request")
+        outputs = requested_outputs(request, output_specs(model.signature))
+        x = decode_input(request, model.signature)
+        decoded = time.perf_counter_ns()
+        prediction = await model.infer_async(x)
+        predicted = time.perf_counter_ns()
+        arrays = _prediction_arrays(prediction)
+        response = pb.ModelInferResponse(
+            model_name=model.model_id, model_version=str(model.version), id=request.id
+        )
+        for spec in outputs:
+            array = arrays[spec.name]
+            if array is None:
+                raise FailedPrecondition(f"model '{model.model_id}' produced no '{spec.name}' output")
+            datatype, shape, raw = codec.encode_raw(np.asarray(array, dtype=spec.dtype))
+            response.outputs.add(name=spec.name, datatype=datatype, shape=shape)
+            response.raw_output_contents.append(raw)
+    except Exception:
+        statistics.record_failure(model.model_id, model.version, time.perf_counter_ns() - started)
+        raise
+    finished = time.perf_counter_ns()
+    timing = prediction.timing
+    statistics.record_success(
+        model.model_id,
+        model.version,
+        rows=int(x.shape[0]),
+        timing=SuccessTiming(
+            total_ns=finished - started,
+            input_ns=decoded - started + timing.input_ns,
+            queue_ns=timing.queue_ns,
+            infer_ns=timing.forward.duration_ns,
+            output_ns=timing.output_ns + finished - predicted,
+        ),
+        execution=timing.forward,
+        execution_rows=timing.forward.rows,
     )
-    for spec in outputs:
-        array = arrays[spec.name]
-        if array is None:
-            raise FailedPrecondition(f"model '{model.model_id}' produced no '{spec.name}' output")
-        datatype, shape, raw = codec.encode_raw(np.asarray(array, dtype=spec.dtype))
-        response.outputs.add(name=spec.name, datatype=datatype, shape=shape)
-        response.raw_output_contents.append(raw)
+    return response
+
+
+def _config_datatype(datatype: str) -> int:
+    return pb.DataType.Value(codec.CONFIG_DATATYPES[datatype])
+
+
+def model_config(runtime: Any, request: Any) -> Any:
+    model = resolve(runtime, request.name, request.version)
+    spec = input_spec(model.signature)
+    return pb.ModelConfigResponse(
+        config=pb.ModelConfig(
+            name=model.model_id,
+            platform=PLATFORM,
+            backend=BACKEND,
+            max_batch_size=model.max_batch_size,
+            input=[
+                pb.ModelInput(name=spec.name, data_type=_config_datatype(spec.datatype), dims=spec.shape[1:])
+            ],
+            output=[
+                pb.ModelOutput(name=s.name, data_type=_config_datatype(s.datatype), dims=s.shape[1:])
+                for s in output_specs(model.signature).values()
+            ],
+        )
+    )
+
+
+def _statistics_versions(runtime: Any, request: Any) -> list[tuple[str, int]]:
+    """The (model id, version) pairs a ModelStatistics request asks for: ready versions only, as Triton."""
+    if not request.name:
+        if request.version:
+            raise InvalidArgument(f"version '{request.version}' given without a model name")
+        return sorted((e.model_id, int(e.version)) for e in runtime.index() if e.state == "READY")
+    if request.version:
+        model = resolve(runtime, request.name, request.version)
+        return [(model.model_id, int(model.version))]
+    ready = sorted(
+        (e.model_id, int(e.version))
+        for e in runtime.index()
+        if e.model_id == request.name and e.state == "READY"
+    )
+    if ready:
+        return ready
+    # None ready: NotFound or FailedPrecondition saying why (or the version that became ready meanwhile).
+    model = resolve(runtime, request.name, "")
+    return [(model.model_id, int(model.version))]
+
+
+def _duration(duration: Duration) -> Any:
+    return pb.StatisticDuration(count=duration.count, ns=duration.ns)
+
+
+def model_statistics(runtime: Any, request: Any, statistics: InferenceStatistics) -> Any:
+    response = pb.ModelStatisticsResponse()
+    for model_id, version in _statistics_versions(runtime, request):
+        stats = statistics.snapshot(model_id, version)
+        response.model_stats.add(
+            name=model_id,
+            version=str(version),
+            last_inference=stats.last_inference_ms,
+            inference_count=stats.inference_count,
+            execution_count=stats.execution_count,
+            inference_stats=pb.InferStatistics(
+                success=_duration(stats.success),
+                fail=_duration(stats.fail),
+                queue=_duration(stats.queue),
+                compute_input=_duration(stats.compute_input),
+                compute_infer=_duration(stats.compute_infer),
+                compute_output=_duration(stats.compute_output),
+            ),
+            batch_stats=[
+                pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(d))
+                for size, d in sorted(stats.batches.items())
+            ],
+        )
     return response
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from model_service.inference_protocol import protocol
+from model_service.inference_protocol.statistics import InferenceStatistics
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
 from service_common.errors import ServiceError
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, runtime: Any) -> None:
         self._runtime = runtime
+        self._statistics = InferenceStatistics()
         self._server_metadata = pb.ServerMetadataResponse(
             name=protocol.SERVER_NAME, version=protocol.server_version(), extensions=protocol.EXTENSIONS
         )
@@ -48,7 +50,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
 
     @map_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await protocol.infer(self._runtime, request)
+        return await protocol.infer(self._runtime, request, self._statistics)
 
     @map_errors
     async def ModelStreamInfer(
@@ -58,12 +60,22 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         # that cancels ends the loop with CancelledError, which passes through (counted as CANCELLED).
         async for request in requests:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=await protocol.infer(self._runtime, request))
+                yield pb.ModelStreamInferResponse(
+                    infer_response=await protocol.infer(self._runtime, request, self._statistics)
+                )
             except ServiceError as exc:
                 yield _stream_error(request, str(exc))
             except Exception as exc:  # noqa: BLE001 - one bad request must not end the stream
                 log.exception("stream inference failed")
                 yield _stream_error(request, f"internal error: {type(exc).__name__}: {exc}")
+
+    @map_errors
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return protocol.model_config(self._runtime, request)
+
+    @map_errors
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return protocol.model_statistics(self._runtime, request, self._statistics)
 
     @map_errors
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -6,9 +6,13 @@ Open Inference Protocol (KServe V2 predict protocol) over gRPC, as served by the
 Written from the published specification (KServe "Open Inference Protocol" / predict-api v2) and the
 model-repository extension, with every message, field name and field number identical to Triton's
 grpc_service.proto (same package and service), so tritonclient, perf_analyzer, MLServer and KServe
-clients talk to us unchanged. Only the RPCs we serve are declared; calling the others (ModelConfig,
-ModelStatistics, shared memory, trace, log settings) returns UNIMPLEMENTED as gRPC does for any unknown
-method. tests/protos/test_inference_proto_compat.py checks the layout against tritonclient's descriptor.
+clients talk to us unchanged. Only the RPCs we serve are declared; calling the others (shared memory,
+trace, log settings) returns UNIMPLEMENTED as gRPC does for any unknown method. ModelConfig and
+ModelStatistics (what perf_analyzer reads first) are Triton's; of Triton's model_config.proto, which
+declares its messages in this same package, only DataType, ModelInput, ModelOutput and the ModelConfig
+fields we fill are copied here, and of ModelStatistics the fields we count. They are response-only, so
+the fields left out read as unset on the client. tests/protos/test_inference_proto_compat.py checks
+the layout against tritonclient's descriptors.
 """
 
 from collections import abc as _abc
@@ -53,6 +57,10 @@ class GRPCInferenceServiceStub:
     """One inference request."""
     ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]
     """Bidirectional streaming inference; per-request errors come back in-stream as error_message."""
+    ModelConfig: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]
+    """A model's configuration (Triton's model_config.proto): batching, inputs and outputs."""
+    ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
+    """Statistics extension: cumulative inference statistics per model version."""
     RepositoryIndex: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]
     """Model repository extension: list models with their state."""
     RepositoryModelLoad: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelLoadRequest, _grpc_service_pb2.RepositoryModelLoadResponse]
@@ -77,6 +85,10 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """One inference request."""
     ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
     """Bidirectional streaming inference; per-request errors come back in-stream as error_message."""
+    ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]  # type: ignore[assignment]
+    """A model's configuration (Triton's model_config.proto): batching, inputs and outputs."""
+    ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
+    """Statistics extension: cumulative inference statistics per model version."""
     RepositoryIndex: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]  # type: ignore[assignment]
     """Model repository extension: list models with their state."""
     RepositoryModelLoad: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelLoadRequest, _grpc_service_pb2.RepositoryModelLoadResponse]  # type: ignore[assignment]
@@ -140,6 +152,22 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_grpc_service_pb2.ModelStreamInferResponse], _abc.AsyncIterator[_grpc_service_pb2.ModelStreamInferResponse]]:
         """Bidirectional streaming inference; per-request errors come back in-stream as error_message."""
+
+    @_abc_1.abstractmethod
+    def ModelConfig(
+        self,
+        request: _grpc_service_pb2.ModelConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelConfigResponse, _abc.Awaitable[_grpc_service_pb2.ModelConfigResponse]]:
+        """A model's configuration (Triton's model_config.proto): batching, inputs and outputs."""
+
+    @_abc_1.abstractmethod
+    def ModelStatistics(
+        self,
+        request: _grpc_service_pb2.ModelStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelStatisticsResponse, _abc.Awaitable[_grpc_service_pb2.ModelStatisticsResponse]]:
+        """Statistics extension: cumulative inference statistics per model version."""
 
     @_abc_1.abstractmethod
     def RepositoryIndex(

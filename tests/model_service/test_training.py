@@ -307,45 +307,83 @@ def record_scalers(stack: Stack, model_id: str) -> tuple[AffineScaler, AffineSca
     return record.x_scaler, record.y_scaler
 
 
+class GatedPredictor:
+    """The real compiled pass; the first one blocks until released, so the next requests queue up behind it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.passes: list[int] = []
+        self.first_pass = threading.Event()
+        self.release = threading.Event()
+
+    def warm(self) -> None:
+        self.inner.warm()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.passes.append(int(x.shape[0]))
+        if len(self.passes) == 1:
+            self.first_pass.set()
+            assert self.release.wait(10)
+        return self.inner(x)
+
+
+def wait_until_queued(model: ServedModel, requests: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(model._batcher._queue) < requests:
+        assert time.monotonic() < deadline, "requests did not queue up"
+        time.sleep(0.005)
+
+
 def test_concurrent_requests_share_forward_passes_in_the_serving_path(stack: Stack) -> None:
     _, record = run(stack, seed_input())
     served = stack.runtime.resolve(record.model_id)
-    inner = served.predictor
-    first_pass, release = threading.Event(), threading.Event()
-    passes: list[int] = []
-
-    class GatedPredictor:
-        """The real compiled pass; the first one blocks so that the next requests queue up behind it."""
-
-        def warm(self) -> None:
-            inner.warm()
-
-        def __call__(self, x: np.ndarray) -> np.ndarray:
-            passes.append(int(x.shape[0]))
-            if len(passes) == 1:
-                first_pass.set()
-                assert release.wait(10)
-            return inner(x)
-
+    gated = GatedPredictor(served.predictor)
     observed: list[int] = []
     options = ServingOptions(max_batch_size=64, observe_batch=observed.append)
-    model = ServedModel(served.record, GatedPredictor(), options)  # type: ignore[arg-type]
+    model = ServedModel(served.record, gated, options)  # type: ignore[arg-type]
     queries = [np.full((1, 3, 1), float(i)) + np.arange(3.0).reshape(1, 3, 1) for i in range(12)]
     expected = [served.infer(q).values for q in queries]
     with ThreadPoolExecutor(13) as pool:
         blocker = pool.submit(model.infer, np.ones((1, 3, 1)))
-        assert first_pass.wait(10)
+        assert gated.first_pass.wait(10)
         futures = [pool.submit(model.infer, q) for q in queries]
-        deadline = time.monotonic() + 10
-        while len(model._batcher._queue) < len(queries):
-            assert time.monotonic() < deadline, "requests did not queue up"
-            time.sleep(0.005)
-        release.set()
+        wait_until_queued(model, len(queries))
+        gated.release.set()
         results = [future.result(10).values for future in futures]
         blocker.result(10)
-    assert passes == [1, 12] and observed == [1, 12]  # twelve requests, one forward pass
+    assert gated.passes == [1, 12] and observed == [1, 12]  # twelve requests, one forward pass
     for got, want in zip(results, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)  # each caller gets its own rows
+    model.close("done")
+
+
+def test_each_prediction_names_the_forward_pass_that_computed_it_and_how_long_it_waited(stack: Stack) -> None:
+    _, record = run(stack, seed_input())
+    served = stack.runtime.resolve(record.model_id)
+    gated = GatedPredictor(served.predictor)
+    model = ServedModel(served.record, gated, ServingOptions(max_batch_size=64))  # type: ignore[arg-type]
+    held_ns = 100_000_000
+    with ThreadPoolExecutor(4) as pool:
+        blocker = pool.submit(model.infer, np.ones((1, 3, 1)))
+        assert gated.first_pass.wait(10)
+        futures = [pool.submit(model.infer, np.ones((rows, 3, 1))) for rows in (1, 2, 3)]
+        wait_until_queued(model, 3)
+        time.sleep(held_ns / 1e9)  # the queued requests wait at least this long for their pass
+        gated.release.set()
+        queued = [future.result(10).timing for future in futures]
+        first = blocker.result(10).timing
+    assert gated.passes == [1, 6]
+    # The idle request ran at once, in a pass of its own that took as long as it was held.
+    assert first.forward.rows == 1 and first.forward.duration_ns >= held_ns
+    assert first.queue_ns < held_ns
+    # The three queued requests were computed in one pass, after the first, which they waited for.
+    shared = queued[0].forward
+    assert all(t.forward is shared for t in queued) and shared is not first.forward
+    assert shared.rows == 6 and shared.duration_ns > 0
+    assert shared.started_ns >= first.forward.started_ns + first.forward.duration_ns
+    for timing in queued:
+        assert timing.queue_ns >= held_ns
+        assert timing.input_ns > 0 and timing.output_ns > 0
     model.close("done")
 
 

@@ -56,7 +56,14 @@ def secure_overrides(tls: TlsFiles, token: str) -> dict[str, Any]:
 @contextmanager
 def running_scaler_server(store: Path, **overrides: Any) -> Iterator[ScalerServerHandle]:
     settings = ScalerSettings(
-        **{"host": "127.0.0.1", "port": 0, "store": store, "grace_seconds": 0.0, "executor_threads": 40, **overrides}
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "store": store,
+            "grace_seconds": 0.0,
+            "executor_threads": 40,
+            **overrides,
+        }
     )
     server, port = create_server(settings)
     server.start()

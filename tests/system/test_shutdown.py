@@ -201,7 +201,14 @@ def assert_clean_shutdown(result: LoadResult, service: ServiceProcess) -> None:
 
 
 def _shutdown_args() -> list[str]:
-    return ["--grace-seconds", str(GRACE_SECONDS), "--drain-seconds", str(DRAIN_SECONDS), "--executor-threads", "24"]
+    return [
+        "--grace-seconds",
+        str(GRACE_SECONDS),
+        "--drain-seconds",
+        str(DRAIN_SECONDS),
+        "--executor-threads",
+        "24",
+    ]
 
 
 def test_scaler_sigterm_under_load(tmp_path: Path) -> None:
