@@ -109,15 +109,16 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     return path
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
+def make_tls_files(directory: Path, server_names: tuple[str, ...] = ("localhost",)) -> TlsFiles:
+    """``server_names``: the DNS names in the server certificate (127.0.0.1 is always in it)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = _ca("lstm-stack test CA")
     server_cert, server_key = _leaf(
-        "localhost",
+        server_names[0],
         ca_cert,
         ca_key,
         ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        [*(x509.DNSName(name) for name in server_names), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
     client_cert, client_key = _leaf(
         "lstm-stack test client", ca_cert, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH, []
