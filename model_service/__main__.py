@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_service.settings import ModelSettings
+from model_service.settings import TRAINER_FACTORY, TRAINER_SOCKET_NAME, ModelSettings, trainer_settings
 from service_common.server import configure_logging, serve
 from service_common.settings import load_settings
 from service_common.supervisor import Role, run_workers, worker_count
@@ -35,9 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_supervised(settings: ModelSettings) -> int:
     """Workers on one port plus one trainer process they all forward Train to, on a private socket."""
-    from model_service.trainer_link import TRAINER_FACTORY, TRAINER_SOCKET_NAME
-    from model_service.trainer_process import trainer_settings
-
     with tempfile.TemporaryDirectory(prefix="lstm-trainer-") as runtime_dir:
         socket_path = str(Path(runtime_dir) / TRAINER_SOCKET_NAME)
         workers = dataclasses.replace(settings, trainer_address=f"unix:{socket_path}")

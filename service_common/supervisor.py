@@ -281,7 +281,7 @@ def run_workers(
     service: str,
     settings: Any,
     worker_factory: str,
-    extra_roles: Callable[[Any], list[Role]] = lambda _s: [],
+    extra_roles: list[Role] | None = None,
 ) -> int:
     """``settings.workers`` processes of ``worker_factory`` on one port (plus ``extra_roles``), supervised."""
     count = worker_count(settings.workers)
@@ -289,13 +289,13 @@ def run_workers(
         worker_settings = dataclasses.replace(
             settings, port=port, reuse_port=True, workers=1, metrics_port=-1
         )
-        roles = [*extra_roles(worker_settings), Role("worker", worker_factory, worker_settings, count)]
+        roles = [*(extra_roles or []), Role("worker", worker_factory, worker_settings, count)]
         metrics_server = None
         if settings.metrics_port >= 0:
             metrics_server, metrics_port = serve_multiprocess_metrics(
                 settings.metrics_host, settings.metrics_port
             )
-            log.info("metrics (all workers) on http://%s:%d/metrics", settings.metrics_host, metrics_port)
+            log.info("metrics on http://%s:%d/metrics (all workers)", settings.metrics_host, metrics_port)
         supervisor = Supervisor(service, roles, settings.grace_seconds, settings.drain_seconds)
 
         def announce() -> None:

@@ -48,6 +48,9 @@ def child_env(**extra: str) -> dict[str, str]:
         if name.startswith(("LSTM_SCALER_", "LSTM_MODEL_")):
             del env[name]
     env.update(
+        # One server process each unless a test passes --workers (the flag beats the environment).
+        LSTM_MODEL_WORKERS="1",
+        LSTM_SCALER_WORKERS="1",
         PYTHONUNBUFFERED="1",
         TF_CPP_MIN_LOG_LEVEL="2",
         CUDA_VISIBLE_DEVICES="",
@@ -138,7 +141,7 @@ class ServiceProcess:
             if self.proc is None or self.proc.poll() is not None:
                 raise AssertionError(f"{self.module} exited early:\n{self.log_tail()}")
             try:
-                if self.health(timeout=1.0) == "SERVING":
+                if self.health(timeout=1.0) == "SERVING" and self._every_worker_ready():
                     if self.metrics:
                         self.metrics_port = self._logged_metrics_port()
                     return
@@ -147,8 +150,19 @@ class ServiceProcess:
             time.sleep(0.1)
         raise AssertionError(f"{self.module} not SERVING after {timeout}s:\n{self.log_tail()}")
 
+    def _this_start_log(self) -> str:
+        return self.log_path.read_text(errors="replace").rsplit("===== start ", 1)[-1]
+
+    def _every_worker_ready(self) -> bool:
+        """A supervisor (``--workers N``) answers health once one worker serves; wait for all of them."""
+        log = self._this_start_log()
+        return (
+            "lstm_stack.supervisor" not in log
+            or re.search(r"listening on \S+ \(\d+ workers\)", log) is not None
+        )
+
     def _logged_metrics_port(self) -> int:
-        this_start = self.log_path.read_text(errors="replace").rsplit("===== start ", 1)[-1]
+        this_start = self._this_start_log()
         found = re.findall(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", this_start)
         assert found, f"{self.module} logged no metrics endpoint:\n{self.log_tail()}"
         return int(found[-1])
@@ -191,6 +205,11 @@ class ServiceProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def ready_pids(self, role: str = "worker") -> list[int]:
+        """Pids of the processes the supervisor reported ready, in order, for this start."""
+        this_start = self._this_start_log()
+        return [int(pid) for pid in re.findall(rf": {role} \d+ ready \(pid (\d+)\)", this_start)]
 
     def log_tail(self, lines: int = 60) -> str:
         try:
