@@ -356,6 +356,15 @@ class ModelRegistry:
         """The served model (0 = the latest READY version). NotFound for unknown id/version;
         FailedPrecondition while training or when unloaded."""
         self._cached(model_id, version)
+        try:
+            return self._resolve_cached(model_id, version)
+        except FailedPrecondition:
+            # Training or unloaded as far as this cache knows: another process may have committed or
+            # loaded it since the last poll, so look at the store before refusing.
+            self.sync(model_id)
+            return self._resolve_cached(model_id, version)
+
+    def _resolve_cached(self, model_id: str, version: int) -> ServedModel:
         with self._lock:
             versions = self._versions(model_id)
             if version == 0:
