@@ -94,7 +94,7 @@ class ModelRegistry:
     def start_watching(self, poll_seconds: float) -> None:
         """Follow the store from a daemon thread every ``poll_seconds`` (0 = only on misses and commits)."""
         if poll_seconds > 0 and self._watcher is None:
-            self._watcher = StoreWatcher("watch-models", self.refresh, poll_seconds)
+            self._watcher = StoreWatcher("watch-models", self._store, self.refresh, self.sync, poll_seconds)
             self._watcher.start()
 
     def warm_all(self) -> None:

@@ -28,6 +28,7 @@ from model_service.serving import ServingOptions
 from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
 from service_common.artifacts import ArtifactStore
 from service_common.errors import FailedPrecondition, NotFound
+from service_common.versioning import StoreWatcher
 
 KEY = b"test-signing-key-0123456789"
 SPEC = resolve(ModelSpec(3, 1, (Lstm(4),), Head(Task.REGRESSION)))
@@ -105,6 +106,47 @@ def test_the_watcher_serves_a_version_committed_elsewhere_within_two_seconds(
     # list() never syncs on its own: only the watcher can bring the version in.
     wait_for(lambda: listed(b) == [("m", 1, VersionState.READY)], WITHIN_SECONDS)
     assert [(e.model_id, e.version, e.state) for e in b.index()] == [("m", 1, VersionState.READY)]
+
+
+def test_polling_alone_serves_a_version_committed_elsewhere_within_the_poll_interval(
+    registries: Callable[[], ModelRegistry], tmp_path: Path, keras_bytes: bytes
+) -> None:
+    b = registries()
+    watcher = StoreWatcher("poll-only", b._store, b.refresh, b.sync, POLL_SECONDS, use_inotify=False)
+    watcher.start()
+    try:
+        publish(tmp_path, keras_bytes, "m")
+        wait_for(lambda: listed(b) == [("m", 1, VersionState.READY)], WITHIN_SECONDS)
+    finally:
+        watcher.stop()
+    assert not watcher.uses_inotify
+
+
+def test_with_inotify_changes_elsewhere_show_long_before_the_poll(
+    registries: Callable[[], ModelRegistry], tmp_path: Path, keras_bytes: bytes
+) -> None:
+    b = registries()
+    b.start_watching(60.0)  # no poll during this test: only inotify can bring changes in
+    assert b._watcher is not None and b._watcher.uses_inotify
+    time.sleep(0.3)  # the watches are in place
+    publish(tmp_path, keras_bytes, "new-id")  # an id directory that did not exist when watching began
+    wait_for(lambda: listed(b) == [("new-id", 1, VersionState.READY)], 1.0)
+    publish(tmp_path, keras_bytes, "new-id")
+    wait_for(lambda: [v for _, v, _ in listed(b)] == [1, 2], 1.0)
+    ArtifactStore(tmp_path, KEY).delete("new-id", 1)
+    wait_for(lambda: [v for _, v, _ in listed(b)] == [2], 1.0)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert trainer.stdout is not None and int(trainer.stdout.readline()) == 1
+        wait_for(lambda: ("killed", 1, VersionState.TRAINING) in listed(b), 1.0)
+    finally:
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(timeout=10)
+    # Its marker was closed when it died: that alone wakes the watcher.
+    wait_for(lambda: listed(b) == [("new-id", 2, VersionState.READY)], 1.0)
 
 
 def test_a_delete_through_one_gives_not_found_on_the_other_within_two_seconds(
