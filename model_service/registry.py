@@ -355,12 +355,11 @@ class ModelRegistry:
     def resolve(self, model_id: str, version: int = 0) -> ServedModel:
         """The served model (0 = the latest READY version). NotFound for unknown id/version;
         FailedPrecondition while training or when unloaded."""
-        self._cached(model_id, version)
         try:
             return self._resolve_cached(model_id, version)
-        except FailedPrecondition:
-            # Training or unloaded as far as this cache knows: another process may have committed or
-            # loaded it since the last poll, so look at the store before refusing.
+        except (NotFound, FailedPrecondition):
+            # Unknown, training or unloaded as far as this cache knows: another process may have
+            # committed, loaded or unloaded it since the last poll, so look at the store before refusing.
             self.sync(model_id)
             return self._resolve_cached(model_id, version)
 

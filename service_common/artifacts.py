@@ -148,7 +148,9 @@ class Reservation:
     """A version number handed out to this process, alive (and listed) until committed or released.
 
     The marker's flock lives as long as this object's file descriptor: a process that dies releases it
-    with no clean-up of its own. Release it explicitly (or commit it); it is not a finalizer's job.
+    with no clean-up of its own. Release it explicitly (or commit it); it is not a finalizer's job. A
+    child forked meanwhile shares the lock (one open file description) and keeps it live until it exits
+    too, so reserve in the process that produces the version (a trainer process reserves for itself).
     """
 
     def __init__(self, store: ArtifactStore, artifact_id: str, version: int, path: Path, fd: int) -> None:
