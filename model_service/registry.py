@@ -94,7 +94,7 @@ class ModelRegistry:
     def start_watching(self, poll_seconds: float) -> None:
         """Follow the store from a daemon thread every ``poll_seconds`` (0 = only on misses and commits)."""
         if poll_seconds > 0 and self._watcher is None:
-            self._watcher = StoreWatcher("watch-models", self.refresh, poll_seconds)
+            self._watcher = StoreWatcher("watch-models", self._store, self.refresh, self.sync, poll_seconds)
             self._watcher.start()
 
     def warm_all(self) -> None:
@@ -355,7 +355,15 @@ class ModelRegistry:
     def resolve(self, model_id: str, version: int = 0) -> ServedModel:
         """The served model (0 = the latest READY version). NotFound for unknown id/version;
         FailedPrecondition while training or when unloaded."""
-        self._cached(model_id, version)
+        try:
+            return self._resolve_cached(model_id, version)
+        except (NotFound, FailedPrecondition):
+            # Unknown, training or unloaded as far as this cache knows: another process may have
+            # committed, loaded or unloaded it since the last poll, so look at the store before refusing.
+            self.sync(model_id)
+            return self._resolve_cached(model_id, version)
+
+    def _resolve_cached(self, model_id: str, version: int) -> ServedModel:
         with self._lock:
             versions = self._versions(model_id)
             if version == 0:

@@ -113,7 +113,7 @@ class ScalerRegistry:
     def start_watching(self, poll_seconds: float) -> None:
         """Follow the store from a daemon thread every ``poll_seconds`` (0 = only on misses)."""
         if poll_seconds > 0 and self._watcher is None:
-            self._watcher = StoreWatcher("watch-scalers", self.refresh, poll_seconds)
+            self._watcher = StoreWatcher("watch-scalers", self._store, self.refresh, self.sync, poll_seconds)
             self._watcher.start()
 
     def close(self) -> None:

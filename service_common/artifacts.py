@@ -148,7 +148,9 @@ class Reservation:
     """A version number handed out to this process, alive (and listed) until committed or released.
 
     The marker's flock lives as long as this object's file descriptor: a process that dies releases it
-    with no clean-up of its own. Release it explicitly (or commit it); it is not a finalizer's job.
+    with no clean-up of its own. Release it explicitly (or commit it); it is not a finalizer's job. A
+    child forked meanwhile shares the lock (one open file description) and keeps it live until it exits
+    too, so reserve in the process that produces the version (a trainer process reserves for itself).
     """
 
     def __init__(self, store: ArtifactStore, artifact_id: str, version: int, path: Path, fd: int) -> None:
@@ -193,7 +195,8 @@ class ArtifactStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         # A new open file per holder: flock excludes other threads of this process as well as others.
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Read-only: closing it then wakes no inotify watcher (they watch for closes after writes).
+        fd = os.open(self.root / LOCK_FILE, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -480,6 +483,41 @@ class ArtifactStore:
         return marks
 
     # ---- change detection ----------------------------------------------------------------------
+
+    def watched_directories(self) -> list[Path]:
+        """The directories whose entries change when a version, reservation or unload mark comes or
+        goes: what an inotify watcher watches (a new one appears as an entry of one listed)."""
+        found = [self.root]
+        for parent in (self.root, self._reservations):
+            try:
+                names = os.listdir(parent)
+            except FileNotFoundError:
+                continue
+            found.extend(parent / name for name in names if self.is_watched_directory(parent / name))
+        return found
+
+    def is_watched_directory(self, path: Path) -> bool:
+        """Whether ``path`` is (or would be) one of watched_directories."""
+        if path == self.root:
+            return True
+        if path.parent == self.root and path.name in {RESERVATIONS_DIR, UNLOADED_DIR}:
+            return path.is_dir()
+        if path.parent in (self.root, self._reservations) and not path.name.startswith("."):
+            return bool(ID_PATTERN.match(path.name)) and path.is_dir()
+        return False
+
+    def changed_id(self, directory: Path, name: str) -> str | None:
+        """The artifact id that an entry ``name`` changing in ``directory`` (one of watched_directories)
+        concerns; None for the store's own files (locks, temp files, the high-water mark)."""
+        if directory in (self.root, self._reservations, self._unloaded):
+            candidate = name
+        elif directory.parent in (self.root, self._reservations):
+            candidate = directory.name
+        else:
+            return None
+        if candidate.startswith(".") or not ID_PATTERN.match(candidate):
+            return None
+        return candidate
 
     def generation(self) -> object:
         """A cheap token of the listing: equal tokens mean no version or unload mark came or went.
