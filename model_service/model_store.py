@@ -8,11 +8,12 @@ them up from the store (ModelRegistry.refresh / sync). Domain code only: no grpc
 from __future__ import annotations
 
 import logging
+import threading
 
 from model_service.records import ModelRecord, now_text
 from model_service.spec import ModelSpec
 from service_common.artifacts import ArtifactStore, Reservation, validate_id
-from service_common.errors import IntegrityError, InvalidArgument
+from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +84,49 @@ class ModelWriter:
     def release(self, reservation: Reservation) -> None:
         """Give up a reserved version that will not be committed (its number is not reused)."""
         reservation.release()
+
+
+class ModelPublisher:
+    """Versions this process is training, held by (id, version) until committed or released.
+
+    What a process that serves nothing (the trainer) publishes through; the serving registry wraps the
+    same calls and then syncs its cache. Thread-safe.
+    """
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self._writer = ModelWriter(store)
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, int], Reservation] = {}
+
+    def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> ModelRecord:
+        """A new version number for ``model_id`` (a new id when empty), listed as TRAINING store-wide."""
+        record, reservation = self._writer.reserve(model_id, spec, seed)
+        with self._lock:
+            self._held[(record.model_id, record.version)] = reservation
+        return record
+
+    def release(self, model_id: str, version: int) -> None:
+        """Give up a reserved version whose training did not finish (its number is not reused)."""
+        with self._lock:
+            reservation = self._held.pop((model_id, version), None)
+        if reservation is not None:
+            self._writer.release(reservation)
+
+    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None:
+        """Persist a version this process reserved, whole and signed."""
+        key = (record.model_id, record.version)
+        with self._lock:
+            reservation = self._held.get(key)
+        if reservation is None:
+            raise FailedPrecondition(
+                f"model {record.model_id!r} version {record.version} is not reserved by this process"
+            )
+        self._writer.commit(record, keras_bytes, reservation)
+        with self._lock:
+            self._held.pop(key, None)
+
+    def release_all(self) -> None:
+        with self._lock:
+            held, self._held = list(self._held.values()), {}
+        for reservation in held:
+            reservation.release()

@@ -17,11 +17,11 @@ import threading
 from dataclasses import dataclass
 
 from model_service import builder
-from model_service.model_store import ModelWriter, check_model_id, read_version, reserved_record
+from model_service.model_store import ModelPublisher, check_model_id, read_version, reserved_record
 from model_service.records import ModelRecord
 from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
-from service_common.artifacts import ArtifactStore, Reservation
+from service_common.artifacts import ArtifactStore
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
 
@@ -73,12 +73,11 @@ class _Load:
 class ModelRegistry:
     def __init__(self, store: ArtifactStore, options: ServingOptions) -> None:
         self._store = store
-        self.writer = ModelWriter(store)
+        self.publisher = ModelPublisher(store)
         self._options = options
         self._lock = threading.RLock()  # guards _entries; never held while loading
         self._sync_lock = threading.Lock()  # one refresh at a time, so no version is loaded twice
         self._entries: dict[str, dict[int, _Entry]] = {}
-        self._reservations: dict[Key, Reservation] = {}  # the ones this process holds
         self._refused: set[Key] = set()  # artifacts that failed to verify or load: not retried
         self._generation: object = None
         self._watcher: StoreWatcher | None = None
@@ -112,11 +111,7 @@ class ModelRegistry:
         self._closed.set()
         if self._watcher is not None:
             self._watcher.stop()
-        with self._sync_lock, self._lock:
-            reservations = list(self._reservations.values())
-            self._reservations.clear()
-        for reservation in reservations:
-            reservation.release()
+        self.publisher.release_all()
         for entry in self._snapshot():
             if entry.served is not None:
                 entry.served.close("the model service is shutting down")
@@ -239,32 +234,18 @@ class ModelRegistry:
 
     def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> ModelRecord:
         """A new version number for ``model_id`` (a new id when empty), listed as TRAINING store-wide."""
-        record, reservation = self.writer.reserve(model_id, spec, seed)
-        with self._lock:
-            self._reservations[(record.model_id, record.version)] = reservation
+        record = self.publisher.reserve(model_id, spec, seed)
         self.sync(record.model_id)
         return record
 
     def release(self, model_id: str, version: int) -> None:
         """Forget a reserved version whose training did not finish (its number is not reused)."""
-        with self._lock:
-            reservation = self._reservations.pop((model_id, version), None)
-        if reservation is not None:
-            self.writer.release(reservation)
-            self.sync(model_id)
+        self.publisher.release(model_id, version)
+        self.sync(model_id)
 
     def commit(self, record: ModelRecord, keras_bytes: bytes) -> None:
         """Persist a version this process reserved (atomic, signed), then serve it before returning."""
-        key = (record.model_id, record.version)
-        with self._lock:
-            reservation = self._reservations.get(key)
-        if reservation is None:
-            raise FailedPrecondition(
-                f"model {record.model_id!r} version {record.version} is not reserved by this process"
-            )
-        self.writer.commit(record, keras_bytes, reservation)
-        with self._lock:
-            self._reservations.pop(key, None)
+        self.publisher.commit(record, keras_bytes)
         self.sync(record.model_id)
 
     # ---- queries -------------------------------------------------------------------------------

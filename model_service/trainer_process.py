@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from model_service import convert
+from model_service.model_store import ModelPublisher
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import ModelRegistry, VersionState, VersionView
+from model_service.registry import VersionState, VersionView
 from model_service.scaler_gateway import ScalerGateway
 from model_service.serving import ServingOptions
 from model_service.settings import ModelSettings
@@ -101,9 +102,8 @@ def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:
         max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
         jit_compile=settings.jit_compile,
     )
-    registry = ModelRegistry(store, serving)
     trainer = TrainingManager(
-        registry,
+        ModelPublisher(store),
         gateway,
         serving,
         max_jobs=settings.max_training_jobs,

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -27,7 +27,6 @@ import tensorflow as tf
 from model_service import builder, data
 from model_service.predictor import CompiledPredictor
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import ModelRegistry
 from model_service.scaling import AffineScaler, ScalerFitter, ScalerRef
 from model_service.serving import ServedModel, ServingOptions
 from model_service.spec import ModelSpec, Task, resolve
@@ -43,6 +42,17 @@ MAX_PATIENCE = 10_000
 # The affine form the scaler service reports must reproduce its own transform to this tolerance.
 AFFINE_RTOL = 1e-6
 AFFINE_ATOL = 1e-9
+
+
+class Publisher(Protocol):
+    """Where a job reserves its version, then commits or releases it: the serving registry (which then
+    serves it) or a bare model_store.ModelPublisher (the trainer process, which serves nothing)."""
+
+    def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> ModelRecord: ...
+
+    def release(self, model_id: str, version: int) -> None: ...
+
+    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -206,7 +216,7 @@ class TrainingJob:
         prepared: _Prepared,
         request: TrainInput,
         record: ModelRecord,
-        registry: ModelRegistry,
+        registry: Publisher,
         fitter: ScalerFitter,
         serving: ServingOptions,
         on_finish: Callable[[], None],
@@ -395,7 +405,6 @@ class TrainingJob:
             epochs_run=len(progress.history),
             train_seconds=time.perf_counter() - started,
         )
-        predictor.warm()  # the first Predict must not pay for tracing
         self._check_cancelled()
         self._registry.commit(record, keras_bytes)
         return record
@@ -406,7 +415,7 @@ class TrainingManager:
 
     def __init__(
         self,
-        registry: ModelRegistry,
+        registry: Publisher,
         fitter: ScalerFitter,
         serving: ServingOptions,
         max_jobs: int,
