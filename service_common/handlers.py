@@ -36,14 +36,17 @@ def _require_async(behaviour: Callable[..., Any]) -> None:
 def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMethodHandler:
     """The same kind of handler, calling ``hook.started`` / ``hook.finished`` around each call."""
 
-    def unary_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def unary_response(behaviour: Callable[..., Any], streamed_requests: bool) -> Callable[..., Any]:
         _require_async(behaviour)
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = hook.started(context)
             error: BaseException | None = None
             try:
-                return await behaviour(request, context)
+                result = await behaviour(request, context)
+                if streamed_requests:
+                    await _let_a_cancellation_land()
+                return result
             except BaseException as exc:
                 error = exc
                 raise
@@ -52,7 +55,7 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
 
         return run
 
-    def stream_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def stream_response(behaviour: Callable[..., Any], streamed_requests: bool) -> Callable[..., Any]:
         _require_async(behaviour)
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -64,6 +67,8 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
                         yield item
                 else:  # a coroutine that writes with context.write()
                     await behaviour(request, context)
+                if streamed_requests:
+                    await _let_a_cancellation_land()
             except BaseException as exc:
                 error = exc
                 raise
@@ -73,6 +78,13 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
         return run
 
     return _rebuild(handler, unary_response, stream_response)
+
+
+async def _let_a_cancellation_land() -> None:
+    """A client that cancels a request stream first ends it as if it were complete, and the handler's
+    task is cancelled a moment later: one turn of the loop lets that cancellation arrive, so a call the
+    client abandoned is not counted as OK."""
+    await asyncio.sleep(0)
 
 
 def refusing_handler(
@@ -101,17 +113,21 @@ def refusing_handler(
 
 def _rebuild(
     handler: grpc.RpcMethodHandler,
-    unary_response: Callable[[Callable[..., Any]], Callable[..., Any]],
-    stream_response: Callable[[Callable[..., Any]], Callable[..., Any]],
+    unary_response: Callable[[Callable[..., Any], bool], Callable[..., Any]],
+    stream_response: Callable[[Callable[..., Any], bool], Callable[..., Any]],
 ) -> grpc.RpcMethodHandler:
     serialization = (handler.request_deserializer, handler.response_serializer)
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), *serialization)
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary, False), *serialization)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), *serialization)
+        return grpc.unary_stream_rpc_method_handler(
+            stream_response(handler.unary_stream, False), *serialization
+        )
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), *serialization)
-    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), *serialization)
+        return grpc.stream_unary_rpc_method_handler(
+            unary_response(handler.stream_unary, True), *serialization
+        )
+    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream, True), *serialization)
 
 
 def is_cancellation(error: BaseException | None) -> bool:

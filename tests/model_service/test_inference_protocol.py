@@ -7,7 +7,9 @@ read with our own message classes, arrays as {"dtype", "shape", "data"}.
 
 from __future__ import annotations
 
+import logging
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import pytest
 
 from model_service.inference_protocol import codec
 from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from protos.lstm_stack.v1 import model_pb2
 from service_common.errors import InvalidArgument
 from tests.model_service.conftest import ModelServerHandle
@@ -413,6 +416,43 @@ def test_stream_infer_reports_errors_in_stream_and_keeps_going(served: Served) -
     )
     assert missing[0] is None and missing[2]
     assert "no-such-model" in missing[1]
+
+
+def test_a_client_cancelling_a_stream_is_counted_cancelled_and_logged_without_a_traceback(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = served.server
+    method = {"grpc_service": "inference.GRPCInferenceService", "grpc_method": "ModelStreamInfer"}
+
+    def count(code: str) -> float:
+        labels = {**method, "grpc_code": code}
+        return handle.server.metrics.registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+    before = {code: count(code) for code in ("CANCELLED", "INTERNAL", "UNKNOWN")}
+    x = query(1).astype(np.float32)
+    request = pb.ModelInferRequest(
+        model_name=REGRESSION_ID,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=list(x.shape))],
+        raw_input_contents=[x.tobytes()],
+    )
+    more = threading.Event()
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        yield request
+        more.wait(30)  # the client holds the stream open, then cancels it
+
+    with caplog.at_level(logging.INFO):
+        stream = oip_grpc.GRPCInferenceServiceStub(handle.channel).ModelStreamInfer(requests(), timeout=30)
+        assert next(stream).infer_response.model_name == REGRESSION_ID
+        stream.cancel()
+        deadline = time.monotonic() + 10
+        while count("CANCELLED") == before["CANCELLED"]:
+            assert time.monotonic() < deadline, "the cancelled stream was never counted"
+            time.sleep(0.02)
+        more.set()
+    assert count("CANCELLED") == before["CANCELLED"] + 1
+    assert (count("INTERNAL"), count("UNKNOWN")) == (before["INTERNAL"], before["UNKNOWN"])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 # ---- repository extension ---------------------------------------------------------------------------

@@ -154,12 +154,13 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace").rsplit("===== start ", 1)[-1]
 
     def _every_worker_ready(self) -> bool:
-        """A supervisor (``--workers N``) answers health once one worker serves; wait for all of them."""
-        log = self._this_start_log()
-        return (
-            "lstm_stack.supervisor" not in log
-            or re.search(r"listening on \S+ \(\d+ workers\)", log) is not None
-        )
+        """With ``--workers N`` (N > 1) health answers once one worker serves: wait for the supervisor
+        to announce all of them."""
+        args = self.extra_args
+        workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+        if workers <= 1:
+            return True
+        return re.search(rf"listening on \S+ \({workers} workers\)", self._this_start_log()) is not None
 
     def _logged_metrics_port(self) -> int:
         this_start = self._this_start_log()
