@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import grpc
 
+from model_service.cost import Admission
 from model_service.inference_protocol import add_inference_protocol
 from model_service.registry import ModelRegistry
 from model_service.runtime import ModelRuntime
@@ -56,6 +57,7 @@ def create_server(
         max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
         jit_compile=settings.jit_compile,
         observe_batch=observe_batch,
+        admission=Admission.from_settings(settings.memory_budget_mb, settings.max_message_bytes),
     )
     registry = ModelRegistry(store, serving)
     registry.load_all()

@@ -19,6 +19,7 @@ from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
 from service_common.artifacts import ArtifactStore, validate_id
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from service_common.memory import release_unused_soon
 from service_common.versioning import VersionCounter, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ class ModelRegistry:
         for entry in removed:
             if entry.served is not None:
                 entry.served.close(f"model {model_id!r} version {entry.record.version} was deleted")
+        release_unused_soon()  # the models' memory goes back to the system, not only to malloc
         return chosen
 
     def count(self) -> int:
@@ -297,3 +299,4 @@ class ModelRegistry:
                         entry.served = None
         for served in dropped:
             served.close(f"model {model_id!r} version {served.version} was unloaded; load it to serve it")
+        release_unused_soon()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import numpy as np
 
 from model_service import data
 from model_service.batching import AdaptiveBatcher
+from model_service.cost import Admission, ModelCost
 from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
 from model_service.spec import Task
@@ -25,6 +27,8 @@ class ServingOptions:
     max_batch_wait_seconds: float = 0.0
     jit_compile: bool = True
     observe_batch: Callable[[int], None] | None = None
+    # Memory budget and reply limit (cost.py); None admits everything and computes in one pass.
+    admission: Admission | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ class ServedModel:
         self.task = spec.task
         self.signature = ModelSignature(spec.timesteps, spec.features, spec.task.value, spec.head.units)
         self.predictor = predictor
+        self.cost = ModelCost.of(record.plan)
+        self._admission = options.admission
+        self._chunk_rows = options.admission.chunk_rows(self.cost) if options.admission else 0
+        self._name = f"model {record.model_id!r} v{record.version}"
         self._x_scaler = record.x_scaler
         self._y_scaler = record.y_scaler
         self._batcher = AdaptiveBatcher(
@@ -66,18 +74,36 @@ class ServedModel:
 
     def close(self, reason: str) -> None:
         self._batcher.close(reason)
+        self.predictor.close()
 
-    def raw_outputs(self, x: np.ndarray) -> np.ndarray:
-        """Checked raw-unit x -> the head's outputs (scaled units for a y-scaled regression)."""
+    def _admit(self, rows: int, reply: bool) -> contextlib.AbstractContextManager[Any]:
+        if self._admission is None:
+            return contextlib.nullcontext()
+        what = f"{rows} row(s) on {self._name}"
+        return self._admission.reserve(self._admission.inference(self.cost, rows, what, reply))
+
+    def raw_outputs(self, x: np.ndarray, reply: bool = False) -> np.ndarray:
+        """Checked raw-unit x -> the head's outputs (scaled units for a y-scaled regression). Admitted
+        before the forward pass (``reply``: the rows' outputs go back to the caller), which runs chunk
+        by chunk."""
         x = data.model_input(x, self.signature.timesteps, self.signature.features)
+        # Values first (a bad request is INVALID_ARGUMENT whatever its size); these copies are no larger
+        # than the request, which the message limit bounds.
         if self._x_scaler is not None:
-            x = self._x_scaler.transform(x)
-        self.predictor.warm()
-        return self._batcher.submit(np.ascontiguousarray(x, dtype=np.float32))
+            x = data.narrowed(self._x_scaler.transform(x), "x (scaled by the model's x scaler)")
+        else:
+            x = data.narrowed(x, "x")
+        with self._admit(x.shape[0], reply):
+            self.predictor.warm()
+            chunk = self._chunk_rows or x.shape[0]
+            if x.shape[0] <= chunk:
+                return self._batcher.submit(x)
+            return np.concatenate([self._batcher.submit(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
-    def infer(self, x: np.ndarray) -> Prediction:
-        """x in raw units, (batch, timesteps, features), any float dtype (InvalidArgument on mismatch)."""
-        out = self.raw_outputs(x)
+    def infer(self, x: np.ndarray, reply: bool = True) -> Prediction:
+        """x in raw units, (batch, timesteps, features), any float dtype (InvalidArgument on mismatch;
+        ResourceExhausted when its estimated memory, or with ``reply`` its reply, does not fit)."""
+        out = self.raw_outputs(x, reply)
         if self.task is Task.REGRESSION:
             values = out.astype(np.float64)
             if self._y_scaler is not None:
@@ -94,7 +120,7 @@ class ServedModel:
         """Metrics in original units: mse/mae/rmse (regression) or accuracy/log_loss (classification)."""
         x = data.model_input(x, self.signature.timesteps, self.signature.features, what="samples")
         y = data.targets(y, x.shape[0], self.record.spec)
-        return score(self.task, y, self.infer(x))
+        return score(self.task, y, self.infer(x, reply=False))
 
 
 def score(task: Task, y: np.ndarray, prediction: Prediction) -> dict[str, float]:

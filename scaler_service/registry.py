@@ -135,6 +135,7 @@ class ScalerRegistry:
     def get(self, scaler_id: str, version: int = 0) -> ScalerVersion:
         if not scaler_id:
             raise InvalidArgument("scaler_id is required")
+        validate_id(scaler_id, "scaler")  # no id that could not exist is looked up (or repeated whole)
         with self._lock:
             versions = self._versions.get(scaler_id)
             if not versions:
@@ -169,6 +170,7 @@ class ScalerRegistry:
         """Delete one version, or every version when ``version`` is 0; returns what was deleted."""
         if not scaler_id:
             raise InvalidArgument("scaler_id is required")
+        validate_id(scaler_id, "scaler")
         with self._lock:
             record = self.get(scaler_id, version) if version else None
             versions = [record.version] if record else sorted(self._versions.get(scaler_id, {}))

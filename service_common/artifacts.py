@@ -22,18 +22,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from service_common.errors import IntegrityError, InvalidArgument
+from service_common.errors import IntegrityError, InvalidArgument, echo
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_FILE = "SIGNATURE"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Always fullmatch: with match/search, "$" also matches before a final newline ("id\n" would pass).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def is_valid_id(artifact_id: str) -> bool:
+    return ID_PATTERN.fullmatch(artifact_id) is not None and ".." not in artifact_id
 
 
 def validate_id(artifact_id: str, what: str) -> str:
-    if not ID_PATTERN.match(artifact_id) or ".." in artifact_id:
+    if not is_valid_id(artifact_id):
         raise InvalidArgument(
-            f"{what} id {artifact_id!r} is not valid: expected 1-128 characters of letters, digits, "
+            f"{what} id {echo(artifact_id)} is not valid: expected 1-128 characters of letters, digits, "
             "'_', '-', '.', starting with a letter or digit"
         )
     return artifact_id
@@ -168,7 +173,7 @@ class ArtifactStore:
         if not self.root.exists():
             return
         for id_dir in sorted(self.root.iterdir()):
-            if id_dir.name.startswith(".") or not id_dir.is_dir() or not ID_PATTERN.match(id_dir.name):
+            if id_dir.name.startswith(".") or not id_dir.is_dir() or not is_valid_id(id_dir.name):
                 continue
             versions = [v for v in id_dir.iterdir() if v.is_dir() and v.name.isdigit()]
             for version_dir in sorted(versions, key=lambda p: int(p.name)):
