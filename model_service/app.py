@@ -15,7 +15,7 @@ from model_service.runtime import ModelRuntime
 from model_service.scaler_gateway import ScalerGateway
 from model_service.scaling import ScalerRef
 from model_service.servicer import ModelServicer
-from model_service.serving import ServingOptions
+from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
@@ -74,12 +74,7 @@ def create_server(
     def observe_batch(rows: int) -> None:
         metrics.observe_batch("predict", rows)
 
-    serving = ServingOptions(
-        max_batch_size=settings.max_batch_size,
-        max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
-        jit_compile=settings.jit_compile,
-        observe_batch=observe_batch,
-    )
+    serving = serving_options(settings, observe_batch)
     registry = ModelRegistry(store, serving)
     registry.load_all()
     registry.start_watching(settings.store_poll_seconds)

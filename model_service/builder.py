@@ -36,6 +36,9 @@ from service_common.errors import IntegrityError, InvalidArgument
 
 # Global Keras/TF random state is touched only under this lock (set_random_seed, then build).
 BUILD_LOCK = threading.Lock()
+# Models built only to be looked at (ValidateSpec) are built one at a time: each holds its weights
+# (up to spec.MAX_PARAMS) until it is dropped, and callers are many.
+_DESCRIBE_LOCK = threading.Lock()
 # Unrolled LSTMs avoid a while-loop per call: about 2x faster steps for the short windows this
 # service is for; long sequences keep the loop so graphs stay small.
 UNROLL_MAX_TIMESTEPS = 32
@@ -84,19 +87,24 @@ def _bias(activation: str) -> keras.initializers.Initializer:
     return keras.initializers.Zeros()
 
 
-def _layers(spec: ModelSpec, seeds: Iterator[int]) -> list[keras.layers.Layer]:
+def _layers(spec: ModelSpec, seeds: Iterator[int], initialize: bool) -> list[keras.layers.Layer]:
+    def initial(initializer: keras.initializers.Initializer) -> keras.initializers.Initializer:
+        # Zeros cost nothing to make; Orthogonal's QR decomposition of a wide LSTM takes seconds.
+        return initializer if initialize else keras.initializers.Zeros()
+
     built: list[keras.layers.Layer] = []
-    steps = spec.timesteps
+    shapes = [(None, spec.timesteps, spec.features), *(p.output_shape for p in plan(spec).layers)]
     for index, layer in enumerate(spec.layers):
         name = layer_name(index, layer.kind)
         if isinstance(layer, Lstm):
+            steps = shapes[index][1] or 0  # what the LSTM walks: a Reshape before it may have changed it
             built.append(
                 keras.layers.LSTM(
                     layer.units,
                     activation=layer.activation,
                     return_sequences=bool(layer.return_sequences),
-                    kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
-                    recurrent_initializer=keras.initializers.Orthogonal(seed=next(seeds)),
+                    kernel_initializer=initial(keras.initializers.GlorotUniform(seed=next(seeds))),
+                    recurrent_initializer=initial(keras.initializers.Orthogonal(seed=next(seeds))),
                     bias_initializer=_bias(layer.activation),
                     unroll=steps <= UNROLL_MAX_TIMESTEPS,
                     name=name,
@@ -107,34 +115,35 @@ def _layers(spec: ModelSpec, seeds: Iterator[int]) -> list[keras.layers.Layer]:
                 keras.layers.Dense(
                     layer.units,
                     activation=layer.activation,
-                    kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
+                    kernel_initializer=initial(keras.initializers.GlorotUniform(seed=next(seeds))),
                     bias_initializer=_bias(layer.activation),
                     name=name,
                 )
             )
         elif isinstance(layer, Reshape):
             built.append(keras.layers.Reshape(layer.target_shape, name=name))
-            if len(layer.target_shape) >= 2:
-                steps = layer.target_shape[0]
         elif isinstance(layer, Dropout):
             built.append(keras.layers.Dropout(layer.rate, seed=next(seeds), name=name))
     built.append(
         keras.layers.Dense(
             spec.head.units,
             activation=HEAD_ACTIVATION[spec.task],
-            kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
+            kernel_initializer=initial(keras.initializers.GlorotUniform(seed=next(seeds))),
             name="head",
         )
     )
     return built
 
 
-def build(spec: ModelSpec, seed: int, compile_model: bool = True) -> keras.Sequential:
-    """A (compiled) model for a resolved spec. Call under BUILD_LOCK when determinism matters."""
+def build(
+    spec: ModelSpec, seed: int, compile_model: bool = True, initialize: bool = True
+) -> keras.Sequential:
+    """A (compiled) model for a resolved spec. Call under BUILD_LOCK when determinism matters.
+    ``initialize=False`` starts every kernel at zero: a model only looked at, never trained."""
     seeds = seed_stream(seed)
     try:
         model = keras.Sequential(
-            [keras.Input((spec.timesteps, spec.features), name="x"), *_layers(spec, seeds)],
+            [keras.Input((spec.timesteps, spec.features), name="x"), *_layers(spec, seeds, initialize)],
             name="lstm_stack",
         )
     except (ValueError, TypeError) as exc:
@@ -165,15 +174,17 @@ def _keras_shape(shape: Any) -> tuple[int | None, ...]:
 def describe(spec: ModelSpec) -> SpecPlan:
     """The plan for a resolved spec, confirmed by building it in Keras (no training, no compile)."""
     expected = plan(spec)
-    model = build(spec, 0, compile_model=False)
-    if len(model.layers) != len(expected.layers):
-        raise RuntimeError(f"Keras built {len(model.layers)} layers, the plan has {len(expected.layers)}")
-    for layer, planned in zip(model.layers, expected.layers, strict=True):
-        actual = _keras_shape(layer.output.shape)
-        if actual != planned.output_shape or layer.count_params() != planned.params:
+    with _DESCRIBE_LOCK:
+        model = build(spec, 0, compile_model=False, initialize=False)
+        built = [(_keras_shape(layer.output.shape), layer.count_params()) for layer in model.layers]
+        del model
+    if len(built) != len(expected.layers):
+        raise RuntimeError(f"Keras built {len(built)} layers, the plan has {len(expected.layers)}")
+    for (actual, params), planned in zip(built, expected.layers, strict=True):
+        if actual != planned.output_shape or params != planned.params:
             raise RuntimeError(
                 f"layer {planned.index} ({planned.kind}): Keras says {shape_text(actual)} with "
-                f"{layer.count_params()} params, the plan {planned.output_shape_text} with {planned.params}"
+                f"{params} params, the plan {planned.output_shape_text} with {planned.params}"
             )
     return expected
 

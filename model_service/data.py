@@ -9,21 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from model_service.spec import ModelSpec, Task
+from service_common.codec import require_finite, require_representable
 from service_common.errors import InvalidArgument
 
 MAX_SAMPLES = 10_000_000
+# What the models compute in; every input is narrowed to it on the way in.
+MODEL_DTYPE = np.dtype(np.float32)
+_MODEL_DTYPE_MAX = float(np.finfo(MODEL_DTYPE).max)
 
 
 def _shape(array: np.ndarray) -> str:
     return "[" + ", ".join(str(d) for d in array.shape) + "]"
-
-
-def require_finite(array: np.ndarray, name: str) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = np.argwhere(~np.isfinite(array))[0]
-        raise InvalidArgument(
-            f"{name}: values must be finite; found {array[tuple(bad)]} at index {bad.tolist()}"
-        )
 
 
 def model_input(
@@ -48,6 +44,19 @@ def model_input(
         raise InvalidArgument(f"{name} has {x.shape[0]} samples; at most {MAX_SAMPLES} are accepted")
     require_finite(x, name)
     return x.astype(np.float64, copy=False)
+
+
+def narrowed(array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` as the model computes on it (contiguous float32), refusing what float32 cannot hold: a
+    finite float64 such as 1e300 would become inf and come out of the model as NaN."""
+    if array.dtype != MODEL_DTYPE:
+        # One pass for the common case; NaN and inf fail the comparison as well.
+        with np.errstate(invalid="ignore"):
+            fits = bool((np.abs(array) <= _MODEL_DTYPE_MAX).all())
+        if not fits:
+            require_finite(array, name)
+            require_representable(array, MODEL_DTYPE, name, "the model's float32")
+    return np.ascontiguousarray(array, dtype=MODEL_DTYPE)
 
 
 def targets(y: np.ndarray, n_samples: int, spec: ModelSpec, name: str = "y") -> np.ndarray:

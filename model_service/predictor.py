@@ -28,6 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from service_common.memory import release_unused_soon
+
 log = logging.getLogger(__name__)
 
 # Uses of a batch-size bucket before it is compiled with XLA (a few requests' worth: tests and one-off
@@ -65,12 +67,13 @@ class _BackgroundCompiler:
     """One thread per process compiles XLA buckets one at a time, so compiling never takes both cores."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        # A job returns True when memory should go back to the system after it (see CompiledPredictor.close).
+        self._jobs: queue.SimpleQueue[Callable[[], bool] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], bool]) -> None:
         with self._lock:
             if self._stopping.is_set():
                 return
@@ -92,10 +95,15 @@ class _BackgroundCompiler:
             job = self._jobs.get()
             if job is None or self._stopping.is_set():
                 return
+            release = False
             try:
-                job()
+                release = job()
             except Exception:  # noqa: BLE001 - a failed compile leaves the bucket on the graph tier
                 log.exception("XLA compilation failed; the graph function keeps serving")
+            # The job holds its predictor and model: drop it now, not when the next job comes.
+            del job
+            if release:
+                release_unused_soon()
 
 
 _compiler = _BackgroundCompiler()
@@ -129,6 +137,7 @@ class CompiledPredictor:
         self.xla_calls = 0
         self._warm_lock = threading.Lock()
         self._warm = False
+        self._closed = False
 
     def warm(self) -> None:
         """Run the graph function once so no request pays for tracing (XLA buckets warm themselves)."""
@@ -167,7 +176,18 @@ class CompiledPredictor:
         self._uses[bucket] = uses
         if uses >= self.hot_after and bucket not in self._requested:
             self._requested.add(bucket)
-            _compiler.submit(lambda: self.compile_now(bucket))
+            _compiler.submit(lambda: self._compile_unless_closed(bucket))
+
+    def _compile_unless_closed(self, bucket: int) -> bool:
+        """A background compile; skipped for a model that was deleted or unloaded meanwhile. True when
+        the model was closed by the time it ends: its memory can go back to the system."""
+        if not self._closed:
+            self.compile_now(bucket)
+        return self._closed
+
+    def close(self) -> None:
+        """No more compiles for this model (it is being deleted or unloaded)."""
+        self._closed = True
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x: float32 (n, timesteps, features), already scaled. Returns the model's raw outputs."""

@@ -23,6 +23,7 @@ from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
 from service_common.artifacts import ArtifactStore
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from service_common.memory import release_unused_soon
 from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,7 @@ class ModelRegistry:
         if not removed:
             # Another process deleted them between our look and ours.
             raise NotFound(f"model {model_id!r} version {', '.join(map(str, chosen))} not found")
+        release_unused_soon()  # the models' memory goes back to the system, not only to malloc
         return removed
 
     def count(self) -> int:
@@ -393,3 +395,4 @@ class ModelRegistry:
             self._versions(model_id)
         self._store.set_unloaded(model_id, True)
         self.sync(model_id)
+        release_unused_soon()

@@ -5,6 +5,7 @@ Each prediction says where its time went (InferTiming), for the statistics exten
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -15,8 +16,10 @@ import numpy as np
 
 from model_service import data
 from model_service.batching import AdaptiveBatcher
+from model_service.cost import Admission, ModelCost
 from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
+from model_service.settings import ModelSettings
 from model_service.spec import Task
 
 # Probabilities are clipped this far from 0 and 1 for the log loss (float32 softmax can hit 0 exactly).
@@ -29,6 +32,21 @@ class ServingOptions:
     max_batch_wait_seconds: float = 0.0
     jit_compile: bool = True
     observe_batch: Callable[[int], None] | None = None
+    # Memory budget and reply limit (cost.py); None admits everything and computes in one pass.
+    admission: Admission | None = None
+
+
+def serving_options(
+    settings: ModelSettings, observe_batch: Callable[[int], None] | None = None
+) -> ServingOptions:
+    """The serving options the settings ask for: batching, XLA, the memory budget and reply limit."""
+    return ServingOptions(
+        max_batch_size=settings.max_batch_size,
+        max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
+        jit_compile=settings.jit_compile,
+        observe_batch=observe_batch,
+        admission=Admission.from_settings(settings.memory_budget_mb, settings.max_message_bytes),
+    )
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,10 @@ class ServedModel:
         self.task = spec.task
         self.signature = ModelSignature(spec.timesteps, spec.features, spec.task.value, spec.head.units)
         self.predictor = predictor
+        self.cost = ModelCost.of(record.plan)
+        self._admission = options.admission
+        self._chunk_rows = options.admission.chunk_rows(self.cost) if options.admission else 0
+        self._name = f"model {record.model_id!r} v{record.version}"
         self._x_scaler = record.x_scaler
         self._y_scaler = record.y_scaler
         self._batcher = AdaptiveBatcher(
@@ -114,28 +136,49 @@ class ServedModel:
 
     def close(self, reason: str) -> None:
         self._batcher.close(reason)
+        self.predictor.close()
+
+    def _admit(self, rows: int, reply: bool) -> contextlib.AbstractContextManager[Any]:
+        if self._admission is None:
+            return contextlib.nullcontext()
+        what = f"{rows} row(s) on {self._name}"
+        return self._admission.reserve(self._admission.inference(self.cost, rows, what, reply))
 
     def _model_input(self, x: np.ndarray) -> np.ndarray:
-        """Checked raw-unit x -> what the forward pass takes (x-scaled, float32, contiguous)."""
+        """Checked raw-unit x -> what the forward pass takes (x-scaled, float32, contiguous). Values
+        first (a bad request is INVALID_ARGUMENT whatever its size); these copies are no larger than the
+        request, which the message limit bounds."""
         x = data.model_input(x, self.signature.timesteps, self.signature.features)
         if self._x_scaler is not None:
-            x = self._x_scaler.transform(x)
-        return np.ascontiguousarray(x, dtype=np.float32)
+            return data.narrowed(self._x_scaler.transform(x), "x (scaled by the model's x scaler)")
+        return data.narrowed(x, "x")
 
-    def infer(self, x: np.ndarray) -> Prediction:
-        """x in raw units, (batch, timesteps, features), any float dtype (InvalidArgument on mismatch)."""
-        began = time.perf_counter_ns()
-        self.predictor.warm()
-        x = self._model_input(x)
-        submitted = time.perf_counter_ns()
-        return self._prediction(self._batcher.submit(x), began, submitted)
+    def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
+        """``x`` in pieces of at most the rows the memory budget allows in one pass."""
+        chunk = self._chunk_rows or x.shape[0]
+        if x.shape[0] <= chunk:
+            return [x]
+        return [x[i : i + chunk] for i in range(0, len(x), chunk)]
 
-    async def infer_async(self, x: np.ndarray) -> Prediction:
-        """``infer`` from the event loop: the forward pass runs on the batcher's thread, never here."""
+    def infer(self, x: np.ndarray, reply: bool = True) -> Prediction:
+        """x in raw units, (batch, timesteps, features), any float dtype (InvalidArgument on mismatch;
+        ResourceExhausted when its estimated memory, or with ``reply`` its reply, does not fit)."""
         began = time.perf_counter_ns()
         x = self._model_input(x)
-        submitted = time.perf_counter_ns()
-        return self._prediction(await self._batcher.submit_async(x), began, submitted)
+        with self._admit(x.shape[0], reply):
+            self.predictor.warm()
+            submitted = time.perf_counter_ns()
+            outs = [self._batcher.submit(part) for part in self._chunks(x)]
+        return self._prediction(outs[0] if len(outs) == 1 else np.concatenate(outs), began, submitted)
+
+    async def infer_async(self, x: np.ndarray, reply: bool = True) -> Prediction:
+        """``infer`` from the event loop: admitted here, the forward pass on the batcher's thread."""
+        began = time.perf_counter_ns()
+        x = self._model_input(x)
+        with self._admit(x.shape[0], reply):
+            submitted = time.perf_counter_ns()
+            outs = [await self._batcher.submit_async(part) for part in self._chunks(x)]
+        return self._prediction(outs[0] if len(outs) == 1 else np.concatenate(outs), began, submitted)
 
     def _prediction(self, out: np.ndarray, began: int, submitted: int) -> Prediction:
         """The head's outputs (scaled units for a y-scaled regression) -> original units, with the time
@@ -168,7 +211,7 @@ class ServedModel:
         """Metrics in original units: mse/mae/rmse (regression) or accuracy/log_loss (classification)."""
         x = data.model_input(x, self.signature.timesteps, self.signature.features, what="samples")
         y = data.targets(y, x.shape[0], self.record.spec)
-        return score(self.task, y, self.infer(x))
+        return score(self.task, y, self.infer(x, reply=False))
 
 
 def score(task: Task, y: np.ndarray, prediction: Prediction) -> dict[str, float]:

@@ -28,6 +28,12 @@ class ModelSettings(ServerSettings):
     max_training_jobs: int = 2
     # Ceiling on one job's work, epochs x training rows.
     max_training_work: int = 200_000_000
+    # Memory (MiB) that Predict, Evaluate, ModelInfer and Train calls running at once may take on top of
+    # the loaded models: each call's estimate (model_service/cost.py: activations, its inputs and outputs,
+    # for Train also weights and optimizer state) is held against it while the call runs, and a call
+    # that would go past it gets RESOURCE_EXHAUSTED naming both. Big inference calls run in chunks of
+    # at most a quarter of it.
+    memory_budget_mb: int = 2048
     # Adaptive batching (chosen by bench/bench_model.py): an idle request runs at once; under load the
     # worker drains whatever is queued, up to this many rows, waiting up to max_batch_wait_ms for more.
     # With 32 clients, batching gave 1.21-1.33x the unbatched rate (XLA tier); a 1 ms wait was within

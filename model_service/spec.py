@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from service_common.errors import InvalidArgument
+from service_common.errors import InvalidArgument, echo
 
 
 class Task(StrEnum):
@@ -71,6 +71,15 @@ MAX_CLASSES = 10_000
 MAX_OUTPUTS = 10_000
 MAX_PARAMS = 20_000_000
 MAX_LEARNING_RATE = 10.0
+# Shape properties TensorFlow enforces only when it runs the model, some by aborting the process:
+# - dimensions per tensor, batch included. TensorShape aborts past 254 ("Too many dimensions in
+#   tensor"), Reshape refuses 254, and the broadcasting kernels (Dropout's select, element-wise ops)
+#   handle at most 8. So every layer's output has at most 8 (a Reshape target at most 7 entries);
+# - values per sample in any layer's output: a Reshape to (n, 1) followed by a wide Dense multiplies
+#   them, and past 2**63 per tensor TensorShape aborts too. Nothing near 2**31 fits in memory anyway;
+# - timesteps an LSTM walks: a Reshape can make far more than input.timesteps allows.
+MAX_TENSOR_RANK = 8
+MAX_SAMPLE_VALUES = 2**31 - 1
 
 Shape = tuple[int | None, ...]  # None is the batch dimension
 
@@ -232,7 +241,7 @@ def _check_activation(activation: str, default: str, what: str) -> str:
     name = (activation or default).strip().lower()
     if name not in ACTIVATIONS:
         raise InvalidArgument(
-            f"{what}: unknown activation {activation!r}; expected one of {', '.join(sorted(ACTIVATIONS))}"
+            f"{what}: unknown activation {echo(activation)}; expected one of {', '.join(sorted(ACTIVATIONS))}"
         )
     return name
 
@@ -267,6 +276,12 @@ def _resolve_layer(index: int, layer: LayerSpec, layers: tuple[LayerSpec, ...]) 
         if not target:
             raise InvalidArgument(
                 f"{where}: target_shape is empty; give the shape of one sample, e.g. [10, 1]"
+            )
+        if len(target) > MAX_TENSOR_RANK - 1:
+            raise InvalidArgument(
+                f"{where}: target_shape {echo(list(target))} has {len(target)} dimensions; at most "
+                f"{MAX_TENSOR_RANK - 1} are allowed (TensorFlow's kernels take tensors of up to "
+                f"{MAX_TENSOR_RANK} dimensions, the batch included)"
             )
         if any(d == 0 or d < -1 for d in target) or target.count(-1) > 1:
             raise InvalidArgument(
@@ -314,7 +329,7 @@ def _resolve_optimizer(optimizer: Optimizer) -> Optimizer:
     name = (optimizer.name or DEFAULT_OPTIMIZER).strip().lower()
     if name not in OPTIMIZERS:
         raise InvalidArgument(
-            f"optimizer: unknown name {optimizer.name!r}; expected one of {', '.join(OPTIMIZERS)}"
+            f"optimizer: unknown name {echo(optimizer.name)}; expected one of {', '.join(OPTIMIZERS)}"
         )
     rate = optimizer.learning_rate or DEFAULT_LEARNING_RATE
     if not (math.isfinite(rate) and 0.0 < rate <= MAX_LEARNING_RATE):
@@ -380,6 +395,12 @@ def plan(spec: ModelSpec) -> SpecPlan:
                     f"gives {len(shape)}-D {shape_text(shape)}; set return_sequences on the LSTM before it or "
                     f"add a reshape layer, e.g. target_shape [{_sample_elements(shape)}, 1]"
                 )
+            steps = shape[1] or 0
+            if steps > MAX_TIMESTEPS:
+                raise InvalidArgument(
+                    f"{_where(index, layer)} would walk {steps} timesteps ({origin} gives "
+                    f"{shape_text(shape)}); at most {MAX_TIMESTEPS} are allowed, as for input.timesteps"
+                )
             features = shape[2] or 0
             params = 4 * layer.units * (features + layer.units + 1)
             shape = (None, shape[1], layer.units) if layer.return_sequences else (None, layer.units)
@@ -395,6 +416,11 @@ def plan(spec: ModelSpec) -> SpecPlan:
             plans.append(LayerPlan(index, "reshape", name, shape, 0))
         else:
             plans.append(LayerPlan(index, "dropout", name, shape, 0))
+        if _sample_elements(shape) > MAX_SAMPLE_VALUES:
+            raise InvalidArgument(
+                f"{_where(index, layer)} outputs {shape_text(shape)}: {_sample_elements(shape)} values per "
+                f"sample; at most {MAX_SAMPLE_VALUES} are allowed"
+            )
         origin = _where(index, layer)
     head_index = len(spec.layers)
     if len(shape) != 2:

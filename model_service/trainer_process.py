@@ -23,7 +23,7 @@ from model_service.model_store import ModelPublisher
 from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
 from model_service.scaler_gateway import ScalerGateway
-from model_service.serving import ServingOptions
+from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.training import TrainingManager, TrainStarted
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
@@ -97,11 +97,7 @@ def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:
         tls_server_name=settings.scaler_tls_server_name,
         max_message_bytes=settings.max_message_bytes,
     )
-    serving = ServingOptions(
-        max_batch_size=settings.max_batch_size,
-        max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
-        jit_compile=settings.jit_compile,
-    )
+    serving = serving_options(settings)
     trainer = TrainingManager(
         ModelPublisher(store),
         gateway,

@@ -25,11 +25,12 @@ import numpy as np
 import tensorflow as tf
 
 from model_service import builder, data
+from model_service.cost import Admission, Estimate, ModelCost, Reservation
 from model_service.predictor import CompiledPredictor
 from model_service.records import EpochProgress, ModelRecord
 from model_service.scaling import AffineScaler, ScalerFitter, ScalerRef
 from model_service.serving import ServedModel, ServingOptions
-from model_service.spec import ModelSpec, Task, resolve
+from model_service.spec import ModelSpec, Task, plan, resolve
 from service_common.errors import Cancelled, InvalidArgument, ResourceExhausted, ServiceError
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,14 @@ class _Prepared:
     x: np.ndarray  # (n, timesteps, features) float64, raw units
     y: np.ndarray  # as data.targets returns it
     n_train: int
+    estimate: Estimate | None = None  # memory, held against the budget while the job runs
 
     @property
     def n_validation(self) -> int:
         return self.x.shape[0] - self.n_train
 
 
-def prepare(request: TrainInput, max_work: int) -> _Prepared:
+def prepare(request: TrainInput, max_work: int, admission: Admission | None = None) -> _Prepared:
     """Every check that needs no training, so bad requests fail before a job starts."""
     spec = resolve(request.spec)
     options = request.options.resolved()
@@ -155,7 +157,19 @@ def prepare(request: TrainInput, max_work: int) -> _Prepared:
             f"training work {options.epochs} epochs x {n_train} rows = {work} exceeds the limit "
             f"max_training_work={max_work}; train on fewer rows or epochs"
         )
-    return _Prepared(spec, options, x, y, n_train)
+    estimate = None
+    if admission is not None:
+        cost = ModelCost.of(plan(spec))
+        n_validation = x.shape[0] - n_train
+        batch = min(options.batch_size, max(n_train, n_validation))  # no batch holds more rows than there are
+        estimate = admission.training(
+            cost, batch, n_train, n_validation, f"training with batch_size {options.batch_size}"
+        )
+        if estimate.memory_bytes > admission.memory_budget_bytes:
+            fits = admission.max_batch_size(cost, n_train, n_validation)
+            hint = f"use batch_size {fits} or less" if fits else "train a smaller model or on fewer rows"
+            admission.reserve(estimate, hint)  # raises, naming the estimate and the budget
+    return _Prepared(spec, options, x, y, n_train, estimate)
 
 
 class _Progress(keras.callbacks.Callback):
@@ -221,8 +235,10 @@ class TrainingJob:
         serving: ServingOptions,
         on_finish: Callable[[], None],
         track: Callable[[], contextlib.AbstractContextManager[Any]],
+        memory: Reservation | None = None,
     ) -> None:
         self.model_id = record.model_id
+        self._memory = memory
         self.version = record.version
         self._prepared = prepared
         self._request = request
@@ -304,6 +320,8 @@ class TrainingJob:
                         self._fitter.delete(ref)
                     except Exception as exc:  # noqa: BLE001 - best effort: an orphan scaler harms nobody
                         log.warning("could not delete scaler %s v%d: %s", ref.scaler_id, ref.version, exc)
+            if self._memory is not None:
+                self._memory.release()
             self._on_finish()
             self._events.put(_END)
 
@@ -338,6 +356,12 @@ class TrainingJob:
         if self._request.y_scaling is not None:
             y_scaler, y_train, y_val = self._scale("y", self._request.y_scaling, y_train, y_val)
             self._check_cancelled()
+        # The model trains in float32: refuse what float32 cannot hold rather than train on inf.
+        scaled = " (scaled by the x scaler)" if x_scaler else ""
+        x_train, x_val = data.narrowed(x_train, f"x{scaled}"), data.narrowed(x_val, f"x{scaled}")
+        if spec.task is not Task.MULTICLASS:
+            scaled = " (scaled by the y scaler)" if y_scaler else ""
+            y_train, y_val = data.narrowed(y_train, f"y{scaled}"), data.narrowed(y_val, f"y{scaled}")
         self.emit(
             TrainStarted(
                 self.model_id,
@@ -392,7 +416,14 @@ class TrainingJob:
         if p.n_validation:
             # Scored through the serving path itself (raw units in, original units out), unbatched.
             scorer = ServedModel(
-                record, predictor, ServingOptions(max_batch_size=1, jit_compile=self._serving.jit_compile)
+                record,
+                predictor,
+                ServingOptions(
+                    max_batch_size=1,
+                    jit_compile=self._serving.jit_compile,
+                    # Chunked as served, but not counted again: the job's reservation covers the scoring.
+                    admission=self._serving.admission.untracked() if self._serving.admission else None,
+                ),
             )
             holdout = scorer.evaluate(p.x[n_train:], p.y[n_train:])
         keras_bytes = builder.to_keras_bytes(model)
@@ -433,7 +464,8 @@ class TrainingManager:
         self._closed = False
 
     def start(self, request: TrainInput) -> TrainingJob:
-        prepared = prepare(request, self.max_work)
+        admission = self._serving.admission
+        prepared = prepare(request, self.max_work, admission)
         with self._lock:
             if self._closed:
                 raise Cancelled("the model service is shutting down")
@@ -442,7 +474,13 @@ class TrainingManager:
                     f"{len(self._jobs)} training job(s) already running, the limit is max_training_jobs="
                     f"{self.max_jobs}; retry when one has finished"
                 )
-            record = self._registry.reserve(request.model_id, prepared.spec, prepared.options.seed)
+            memory = admission.reserve(prepared.estimate) if admission and prepared.estimate else None
+            try:
+                record = self._registry.reserve(request.model_id, prepared.spec, prepared.options.seed)
+            except BaseException:
+                if memory is not None:
+                    memory.release()
+                raise
             job = TrainingJob(
                 prepared,
                 request,
@@ -452,6 +490,7 @@ class TrainingManager:
                 self._serving,
                 lambda: self._finished(job),
                 self._track,
+                memory,
             )
             self._jobs.add(job)
         job.start()

@@ -107,6 +107,15 @@ def reply_dtype(request_tensor: tensor_pb2.Tensor) -> type[np.floating]:
 
 
 def check_reply_size(arrays: list[tuple[np.ndarray, type[np.floating]]], limit: int) -> None:
+    """Refuse, before anything is stored or encoded, a reply that would not fit the message limit or
+    whose values its dtype cannot hold (FLOAT32 in, FLOAT32 out: a transform can leave float32's range)."""
+    for array, dtype in arrays:
+        codec.require_representable(
+            array,
+            dtype,
+            "the result (send FLOAT64 data for float64's range)",
+            "FLOAT32, the request's dtype,",
+        )
     needed = sum(array.size * np.dtype(dtype).itemsize for array, dtype in arrays) + REPLY_OVERHEAD_BYTES
     if needed > limit:
         raise ResourceExhausted(

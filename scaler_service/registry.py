@@ -198,6 +198,7 @@ class ScalerRegistry:
     def get(self, scaler_id: str, version: int = 0) -> ScalerVersion:
         if not scaler_id:
             raise InvalidArgument("scaler_id is required")
+        validate_id(scaler_id, "scaler")  # no id that could not exist is looked up (or repeated whole)
         with self._lock:
             versions = self._versions.get(scaler_id)
             cached = bool(versions) and (version == 0 or version in versions)
@@ -239,6 +240,7 @@ class ScalerRegistry:
         what was deleted."""
         if not scaler_id:
             raise InvalidArgument("scaler_id is required")
+        validate_id(scaler_id, "scaler")
         self._sync_on_miss(scaler_id)
         record = self.get(scaler_id, version) if version else None
         with self._lock:

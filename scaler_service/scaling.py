@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
 
-from service_common.errors import FailedPrecondition, InvalidArgument
+from service_common.errors import FailedPrecondition, InvalidArgument, echo
 
 
 class Kind(StrEnum):
@@ -101,7 +101,7 @@ def _choice(enum: type[StrEnum], value: str, what: str) -> Any:
         return enum(value)
     except ValueError:
         expected = ", ".join(member.value for member in enum)  # type: ignore[attr-defined]
-        raise InvalidArgument(f"{what} {value!r} is not known; expected one of {expected}") from None
+        raise InvalidArgument(f"{what} {echo(value)} is not known; expected one of {expected}") from None
 
 
 def make_spec(kind: str, layout: str | None = None, params: Mapping[str, Any] | None = None) -> ScalerSpec:
@@ -275,7 +275,16 @@ class FittedScaler:
         if columns.shape[0] == 0:
             return np.empty(data.shape, dtype=np.float64)
         method = self.estimator.inverse_transform if inverse else self.estimator.transform
-        return np.asarray(method(columns), dtype=np.float64).reshape(data.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.asarray(method(columns), dtype=np.float64).reshape(data.shape)
+        if not np.isfinite(out).all():
+            # Finite data in, inf out: float64 overflowed (1e308 data, a scale above 1).
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+            raise InvalidArgument(
+                f"{name}: the {'inverse ' if inverse else ''}transform of {data[index]!s} at index "
+                f"{list(index)} gives {out[index]!s}: beyond float64's range"
+            )
+        return out
 
     def statistics(self) -> Statistics:
         est = self.estimator
@@ -292,6 +301,18 @@ class FittedScaler:
             if found is not None:
                 values[attribute.rstrip("_")] = tuple(float(v) for v in np.ravel(found))
         return Statistics(values)
+
+    def require_finite_statistics(self, name: str) -> FittedScaler:
+        """Refuse a fit whose statistics overflowed float64 (finite data spanning more than its range:
+        a variance or range of inf makes a scaler that maps everything to one value)."""
+        for statistic, values in self.statistics().values.items():
+            for column, value in enumerate(values):
+                if not math.isfinite(value):
+                    raise InvalidArgument(
+                        f"{name}: the fitted {statistic} of column {column} is {value}: the data's spread is "
+                        "beyond float64's range; divide it by a power of ten first"
+                    )
+        return self
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, offset) per column with transform(x) == x * scale + offset (before any minmax clip)."""
@@ -331,9 +352,10 @@ def fit(spec: ScalerSpec, data: np.ndarray, name: str = "data") -> FittedScaler:
     estimator.fit(to_columns(data, spec.layout))
     fingerprint = Fingerprint()
     fingerprint.update(data)
-    return FittedScaler(
+    fitted = FittedScaler(
         spec, sample_shape, int(data.shape[0]), fingerprint.hexdigest(sample_shape), estimator
     )
+    return fitted.require_finite_statistics(name)
 
 
 class StreamingFit:
@@ -377,4 +399,4 @@ class StreamingFit:
             self._n_samples,
             self._fingerprint.hexdigest(self._sample_shape),
             self._estimator,
-        )
+        ).require_finite_statistics("stream")

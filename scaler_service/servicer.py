@@ -20,7 +20,7 @@ from scaler_service.convert import (
 from scaler_service.registry import ScalerRegistry
 from service_common import codec
 from service_common.artifacts import validate_id
-from service_common.errors import InvalidArgument
+from service_common.errors import InvalidArgument, echo
 from service_common.grpc_errors import map_errors
 
 
@@ -93,13 +93,15 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         spec = spec_from_proto(request.spec)
         scaler_id = _optional_id(request.scaler_id)
         train = decode_data(request, "train")
-        others = {name: codec.to_float_array(t, f"others[{name!r}]") for name, t in request.others.items()}
+        others = {
+            name: codec.to_float_array(t, f"others[{echo(name)}]") for name, t in request.others.items()
+        }
         fitted = scaling.fit(spec, train, "train")
         # Everything is transformed and size-checked before the version is stored, so a bad
         # `others` entry leaves no orphan version behind.
         train_out = fitted.transform(train, "train")
         self._observe_rows("fit_transform", len(train))
-        others_out = {name: fitted.transform(data, f"others[{name!r}]") for name, data in others.items()}
+        others_out = {name: fitted.transform(data, f"others[{echo(name)}]") for name, data in others.items()}
         check_reply_size(
             [(train_out, reply_dtype(request.train))]
             + [(others_out[name], reply_dtype(request.others[name])) for name in others_out],

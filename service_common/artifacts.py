@@ -40,18 +40,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from service_common.errors import IntegrityError, InvalidArgument
+from service_common.errors import IntegrityError, InvalidArgument, echo
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_FILE = "SIGNATURE"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Always fullmatch: with match/search, "$" also matches before a final newline ("id\n" would pass).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def is_valid_id(artifact_id: str) -> bool:
+    return ID_PATTERN.fullmatch(artifact_id) is not None and ".." not in artifact_id
 
 
 def validate_id(artifact_id: str, what: str) -> str:
-    if not ID_PATTERN.match(artifact_id) or ".." in artifact_id:
+    if not is_valid_id(artifact_id):
         raise InvalidArgument(
-            f"{what} id {artifact_id!r} is not valid: expected 1-128 characters of letters, digits, "
+            f"{what} id {echo(artifact_id)} is not valid: expected 1-128 characters of letters, digits, "
             "'_', '-', '.', starting with a letter or digit"
         )
     return artifact_id
@@ -441,11 +446,11 @@ class ArtifactStore:
         if not self.root.exists():
             return
         if artifact_id is not None:
-            id_dirs = [self.root / artifact_id] if ID_PATTERN.match(artifact_id) else []
+            id_dirs = [self.root / artifact_id] if is_valid_id(artifact_id) else []
         else:
             id_dirs = sorted(self.root.iterdir())
         for id_dir in id_dirs:
-            if id_dir.name.startswith(".") or not ID_PATTERN.match(id_dir.name):
+            if id_dir.name.startswith(".") or not id_dir.is_dir() or not is_valid_id(id_dir.name):
                 continue
             for version in sorted(_version_numbers(id_dir)):
                 version_dir = id_dir / str(version)
@@ -503,7 +508,7 @@ class ArtifactStore:
         if path.parent == self.root and path.name in {RESERVATIONS_DIR, UNLOADED_DIR}:
             return path.is_dir()
         if path.parent in (self.root, self._reservations) and not path.name.startswith("."):
-            return bool(ID_PATTERN.match(path.name)) and path.is_dir()
+            return is_valid_id(path.name) and path.is_dir()
         return False
 
     def changed_id(self, directory: Path, name: str) -> str | None:
@@ -515,7 +520,7 @@ class ArtifactStore:
             candidate = directory.name
         else:
             return None
-        if candidate.startswith(".") or not ID_PATTERN.match(candidate):
+        if candidate.startswith(".") or not is_valid_id(candidate):
             return None
         return candidate
 

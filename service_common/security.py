@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from service_common.errors import echo
 from service_common.handlers import refusing_handler
 
 log = logging.getLogger(__name__)
@@ -94,15 +95,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(self._exempt):
             return await continuation(handler_call_details)
         presented = _presented_token(handler_call_details.invocation_metadata)
+        # The method is whatever path the caller sent; real ones are far shorter than this.
+        shown = echo(method, limit=128, quote=False)
         if presented is None:
-            message = f"{method}: missing credentials; send metadata 'authorization: Bearer <token>'"
+            message = f"{shown}: missing credentials; send metadata 'authorization: Bearer <token>'"
         elif not presented:
-            message = f"{method}: the authorization metadata must be 'Bearer <token>'"
+            message = f"{shown}: the authorization metadata must be 'Bearer <token>'"
         elif self.accepts(presented):
             return await continuation(handler_call_details)
         else:
-            message = f"{method}: the bearer token is not valid"
-        log.warning("refused %s: %s", method, message.split(": ", 1)[1])
+            message = f"{shown}: the bearer token is not valid"
+        log.warning("refused %s: %s", shown, message.split(": ", 1)[1])
         return refusing_handler(
             await continuation(handler_call_details), grpc.StatusCode.UNAUTHENTICATED, message
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from service_common.artifacts import ArtifactStore
-from service_common.errors import InvalidArgument
+from service_common.errors import InvalidArgument, echo
 
 try:
     import inotify_simple
@@ -180,9 +180,15 @@ def encode_page_token(artifact_id: str, version: int) -> str:
 def decode_page_token(token: str, rpc: str) -> tuple[str, int]:
     """The (id, version) a page ended at; InvalidArgument naming ``rpc`` when the token is not ours."""
     try:
-        artifact_id, version = base64.urlsafe_b64decode(token.encode()).decode().rsplit("/", 1)
-        return artifact_id, int(version)
+        # validate=True: without it, b64decode skips characters outside the alphabet.
+        artifact_id, version = (
+            base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode().rsplit("/", 1)
+        )
     except (ValueError, binascii.Error, UnicodeDecodeError):
+        artifact_id, version = "", ""
+    # Whole-string checks: int() would also take " 7\n", "+7" or "7_0".
+    if not (artifact_id and version.isascii() and version.isdigit()):
         raise InvalidArgument(
-            f"page_token {token!r} is not valid; pass back a next_page_token from {rpc}"
-        ) from None
+            f"page_token {echo(token)} is not valid; pass back a next_page_token from {rpc}"
+        )
+    return artifact_id, int(version)

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from service_common.errors import InvalidArgument
+from service_common.codec import MAX_RANK
+from service_common.errors import InvalidArgument, echo
 
 # Numeric datatypes of the protocol -> little-endian numpy dtype. BYTES and BF16 have no numpy equivalent
 # we could serve, so they are rejected with the list below.
@@ -68,11 +69,16 @@ _ALL_CONTENTS_FIELDS = (
 
 
 def check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    if len(shape) > MAX_RANK:  # before numpy (64 at most) or a message sees it
+        raise InvalidArgument(
+            f"input {echo(name)}: shape {echo(shape)} has {len(shape)} dimensions; at most {MAX_RANK} "
+            "are accepted"
+        )
     dims = tuple(int(d) for d in shape)
     if not dims:
-        raise InvalidArgument(f"input '{name}': shape is missing")
+        raise InvalidArgument(f"input {echo(name)}: shape is missing")
     if any(d < 0 for d in dims):
-        raise InvalidArgument(f"input '{name}': shape {list(dims)} has a negative dimension")
+        raise InvalidArgument(f"input {echo(name)}: shape {list(dims)} has a negative dimension")
     return dims
 
 
@@ -80,7 +86,8 @@ def dtype_of(datatype: str, name: str, allowed: Sequence[str] | None = None) -> 
     accepted = list(allowed) if allowed is not None else list(NUMPY_DTYPES)
     if datatype not in accepted or datatype not in NUMPY_DTYPES:
         raise InvalidArgument(
-            f"input '{name}': datatype {datatype or '(empty)'} is not supported; expected one of "
+            f"input {echo(name)}: datatype {echo(datatype, quote=False) if datatype else '(empty)'} is not "
+            "supported; expected one of "
             f"{', '.join(accepted)}"
         )
     return NUMPY_DTYPES[datatype]
@@ -93,7 +100,7 @@ def decode_raw(raw: bytes, datatype: str, shape: Sequence[int], name: str) -> np
     expected = math.prod(dims) * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"input '{name}': shape {list(dims)} of {datatype} needs {expected} bytes, got {len(raw)}"
+            f"input {echo(name)}: shape {list(dims)} of {datatype} needs {expected} bytes, got {len(raw)}"
         )
     array = np.frombuffer(raw, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="), copy=False)
@@ -105,20 +112,24 @@ def decode_contents(contents: Any, datatype: str, shape: Sequence[int], name: st
     dims = check_shape(shape, name)
     field = CONTENTS_FIELDS.get(datatype)
     if field is None:
-        raise InvalidArgument(f"input '{name}': datatype {datatype} can only be sent in raw_input_contents")
+        raise InvalidArgument(
+            f"input {echo(name)}: datatype {datatype} can only be sent in raw_input_contents"
+        )
     stray = [f for f in _ALL_CONTENTS_FIELDS if f != field and len(getattr(contents, f))]
     if stray:
-        raise InvalidArgument(f"input '{name}': datatype {datatype} expects {field}, got {', '.join(stray)}")
+        raise InvalidArgument(
+            f"input {echo(name)}: datatype {datatype} expects {field}, got {', '.join(stray)}"
+        )
     values = getattr(contents, field)
     expected = math.prod(dims)
     if len(values) != expected:
         raise InvalidArgument(
-            f"input '{name}': shape {list(dims)} holds {expected} elements, got {len(values)} in {field}"
+            f"input {echo(name)}: shape {list(dims)} holds {expected} elements, got {len(values)} in {field}"
         )
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if expected and (min(values) < info.min or max(values) > info.max):
-            raise InvalidArgument(f"input '{name}': a value in {field} is out of range for {datatype}")
+            raise InvalidArgument(f"input {echo(name)}: a value in {field} is out of range for {datatype}")
     return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(dims)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from model_service.inference_protocol import codec
 from model_service.inference_protocol.statistics import Duration, InferenceStatistics, SuccessTiming
 from protos.inference import grpc_service_pb2 as pb
-from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from service_common.errors import FailedPrecondition, InvalidArgument, NotFound, echo
 
 SERVER_NAME = "lstm-stack"
 EXTENSIONS = ("model_repository", "statistics")
@@ -62,7 +62,9 @@ def parse_version(model_id: str, version: str) -> int:
         return 0
     # isascii: str.isdigit() also accepts digits such as '¹' that int() rejects.
     if not (version.isascii() and version.isdigit()) or int(version) == 0:
-        raise NotFound(f"model '{model_id}' has no version '{version}': versions are positive integers")
+        raise NotFound(
+            f"model {echo(model_id)} has no version {echo(version)}: versions are positive integers"
+        )
     return int(version)
 
 
@@ -121,24 +123,26 @@ def model_metadata(runtime: Any, request: Any) -> Any:
 def _reject_unsupported(parameters: Any, where: str) -> None:
     for key, feature in UNSUPPORTED_PARAMETERS.items():
         if key in parameters:
-            raise InvalidArgument(f"{where}: parameter '{key}' asks for {feature}, which is not supported")
+            raise InvalidArgument(
+                f"{where}: parameter {echo(key)} asks for {feature}, which is not supported"
+            )
 
 
 def decode_input(request: Any, signature: Any) -> np.ndarray:
     """The request's single input as a (batch, timesteps, features) float array, checked against the model."""
     if len(request.inputs) != 1:
         names = [t.name for t in request.inputs]
-        raise InvalidArgument(f"expected exactly 1 input '{INPUT_NAME}', got {len(names)}: {names}")
+        raise InvalidArgument(f"expected exactly 1 input '{INPUT_NAME}', got {len(names)}: {echo(names)}")
     tensor = request.inputs[0]
     if tensor.name != INPUT_NAME:
-        raise InvalidArgument(f"expected input '{INPUT_NAME}', got '{tensor.name}'")
+        raise InvalidArgument(f"expected input '{INPUT_NAME}', got {echo(tensor.name)}")
     _reject_unsupported(tensor.parameters, f"input '{tensor.name}'")
     codec.dtype_of(tensor.datatype, tensor.name, INPUT_DATATYPES)
     expected = input_spec(signature).shape
     shape = list(tensor.shape)
     if len(shape) != 3 or shape[1:] != list(expected[1:]) or shape[0] < 1:
         raise InvalidArgument(
-            f"input '{tensor.name}': expected shape [batch>=1, {expected[1]}, {expected[2]}], got {shape}"
+            f"input '{tensor.name}': expected shape [batch>=1, {expected[1]}, {expected[2]}], got {echo(shape)}"
         )
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
@@ -157,7 +161,7 @@ def requested_outputs(request: Any, available: dict[str, TensorSpec]) -> list[Te
     chosen = []
     for output in request.outputs:
         if output.name not in available:
-            raise InvalidArgument(f"unknown output '{output.name}'; the model has {sorted(available)}")
+            raise InvalidArgument(f"unknown output {echo(output.name)}; the model has {sorted(available)}")
         _reject_unsupported(output.parameters, f"output '{output.name}'")
         chosen.append(available[output.name])
     return chosen
@@ -309,7 +313,7 @@ def _check_repository_request(request: Any) -> None:
     overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
     if overrides:
         raise InvalidArgument(
-            f"model '{request.model_name}': overriding {overrides} is not supported; models are "
+            f"model {echo(request.model_name)}: overriding {echo(overrides)} is not supported; models are "
             "created by training through lstm_stack.v1.ModelService"
         )
 

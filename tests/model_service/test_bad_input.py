@@ -150,6 +150,31 @@ INF_Y[4] = np.inf
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             ["max_training_work"],
         ),
+        (
+            lambda: train_request(tiny_spec(), X, np.where(np.arange(13) == 5, 1e300, Y)),
+            INVALID,
+            ["y: the model's float32 holds only values within ±3.403e+38; found 1e+300 at index [5, 0]"],
+        ),
+        (
+            lambda: train_request(tiny_spec(), np.where(X > 50, 1e39, X), Y),
+            INVALID,
+            ["x: the model's float32 holds only values within", "found 1e+39"],
+        ),
+        (
+            # 2000 timesteps through a wide Dense: a batch of 32 rows alone needs gigabytes.
+            lambda: train_request(
+                make_spec([lstm(8, return_sequences=True), dense(1024, "relu"), lstm(4)], timesteps=2000),
+                np.zeros((40, 2000, 1)),
+                np.zeros(40),
+                batch_size=32,
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            [
+                "training with batch_size 32 needs an estimated",
+                "above the budget memory_budget_mb=2048",
+                "use batch_size",
+            ],
+        ),
     ],
 )
 def test_bad_training_requests(
@@ -189,6 +214,11 @@ def predict_status(
         (np.full((1, 3, 1), np.nan), ["finite"]),
         (np.array([[[1.0], [np.inf], [1.0]]]), ["finite", "inf"]),
         (np.ones((0, 3, 1)), ["x is empty"]),
+        (
+            np.array([[[1.0], [1e300], [1.0]]]),
+            ["x: the model's float32 holds only values", "found 1e+300 at index [0, 1, 0]"],
+        ),
+        (np.ones((1, 3, 1, 1, 1)), ["x has shape [1, 3, 1, 1, 1]; the model expects (batch, 3, 1)"]),
     ],
 )
 def test_bad_predict_input(

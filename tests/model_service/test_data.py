@@ -103,3 +103,27 @@ def test_holdout_is_the_last_fraction() -> None:
         data.holdout_size(1, 0.5)
     with pytest.raises(InvalidArgument, match=r"\[0, 1\)"):
         data.holdout_size(10, 1.0)
+
+
+def test_narrowed_is_the_float32_the_model_computes_in() -> None:
+    x = np.array([[1.5, -3.4e38], [0.0, 2.0]])
+    out = data.narrowed(x, "x")
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, x.astype(np.float32))
+    assert data.narrowed(out, "x") is out  # already float32 and contiguous: no copy
+
+
+@pytest.mark.parametrize(
+    ("x", "fragment"),
+    [
+        (np.array([[1.0, 1e300]]), "x: the model's float32 holds only values within ±3.403e+38; found 1e+300 at index [0, 1]"),
+        (np.array([-3.5e38]), "found -3.5e+38 at index [0]"),
+        (np.array([1.0, np.inf]), "x: values must be finite; found inf"),
+        (np.array([np.nan]), "found nan"),
+    ],
+)  # fmt: skip
+def test_narrowed_refuses_what_float32_cannot_hold(x: np.ndarray, fragment: str) -> None:
+    # A finite float64 such as 1e300 would become inf in float32, and the model would answer NaN.
+    with pytest.raises(InvalidArgument) as info:
+        data.narrowed(x, "x")
+    assert fragment in str(info.value)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import keras
@@ -146,3 +148,21 @@ def test_the_process_exits_cleanly_while_buckets_are_compiling(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "queued"
+
+
+def test_a_closed_predictor_is_not_compiled_and_not_kept_alive_by_the_compiler(model: keras.Model) -> None:
+    """A deleted model's queued compile is skipped, and the compiler does not hold on to it."""
+    blocker = CompiledPredictor(model, TIMESTEPS, FEATURES, jit_compile=True, hot_after=1)
+    closed = CompiledPredictor(model, TIMESTEPS, FEATURES, jit_compile=True, hot_after=1)
+    blocker(rows(16))  # queues bucket 16 first
+    closed(rows(8))  # queued behind it
+    closed.close()
+    wait_compiled(blocker, 16)
+    after = CompiledPredictor(model, TIMESTEPS, FEATURES, jit_compile=True, hot_after=1)
+    after(rows(4))  # runs after the closed one's job
+    wait_compiled(after, 4)
+    assert closed.compiled_buckets == frozenset()
+    ref = weakref.ref(closed)
+    del closed
+    gc.collect()
+    assert ref() is None

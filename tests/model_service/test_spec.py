@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 
 from model_service import builder
+from model_service.predictor import CompiledPredictor
 from model_service.spec import (
     ACTIVATIONS,
+    MAX_SAMPLE_VALUES,
+    MAX_TENSOR_RANK,
     Dense,
     Dropout,
     Head,
@@ -188,3 +192,67 @@ def test_spec_round_trips_through_json() -> None:
         )
     )
     assert ModelSpec.from_dict(resolved.to_dict()) == resolved
+
+
+def test_a_spec_whose_reshape_rank_exceeds_tensorflows_limit_is_refused() -> None:
+    # 254 dims aborted the process in Train ("Too many dimensions in tensor"); 9 to 253 fail in
+    # TensorFlow's broadcasting kernels. At most MAX_TENSOR_RANK, the batch included.
+    for rank in (MAX_TENSOR_RANK, 254, 10_000):
+        target = (2, *([1] * (rank - 1)))
+        with pytest.raises(InvalidArgument) as info:
+            resolve(ModelSpec(3, 1, (Lstm(2), Reshape(target), Reshape((2,))), REGRESSION))
+        message = str(info.value)
+        assert "layers[1] (reshape): target_shape" in message and f"has {rank} dimensions" in message
+        assert f"at most {MAX_TENSOR_RANK - 1} are allowed" in message and len(message) < 400, message
+
+
+def test_a_reshape_to_tensorflows_largest_rank_builds_trains_and_serves() -> None:
+    """The boundary is TensorFlow's: a rank-8 tensor (batch included) through Dense, Dropout and an
+    activation trains and predicts, with the graph function and with XLA."""
+    target = (2, *([1] * (MAX_TENSOR_RANK - 2)))
+    spec = resolve(
+        ModelSpec(
+            3, 1, (Lstm(2), Reshape(target), Dense(3, "gelu"), Dropout(0.5), Reshape((-1,))), REGRESSION
+        )
+    )
+    assert len(plan(spec).layers[1].output_shape) == MAX_TENSOR_RANK
+    model = builder.build(spec, seed=1)
+    x = np.zeros((4, 3, 1), np.float32)
+    model.fit(x, np.zeros((4, 1), np.float32), epochs=1, verbose=0)
+    predictor = CompiledPredictor(model, 3, 1, jit_compile=True)
+    predictor.compile_now(4)
+    assert predictor(x).shape == (4, 1) and predictor.xla_calls == 1
+
+
+def test_values_per_sample_are_bounded_in_every_layer() -> None:
+    # Reshape to (n, 1) and a wide Dense multiply the values per sample; past 2**63 TensorFlow aborts.
+    layers = (Lstm(4096), Reshape((4096, 1)), Dense(4096), Reshape((-1, 1)), Dense(4096))
+    with pytest.raises(InvalidArgument) as info:
+        resolve(ModelSpec(3, 1, layers, REGRESSION))
+    assert "layers[4] (dense) outputs (None, 16777216, 4096)" in str(info.value)
+    assert f"at most {MAX_SAMPLE_VALUES} are allowed" in str(info.value)
+
+
+def test_an_lstm_may_not_walk_more_timesteps_than_the_input_allows() -> None:
+    # A Reshape makes 40 000 timesteps out of 3 x 40 000 values: input.timesteps caps the input only.
+    layers = (Lstm(4000, return_sequences=True), Reshape((-1, 1)), Lstm(1))
+    with pytest.raises(InvalidArgument, match=r"layers\[2\] \(lstm\) would walk 12000 timesteps"):
+        resolve(ModelSpec(3, 1, layers, REGRESSION))
+
+
+def test_unrolling_follows_the_timesteps_an_lstm_really_walks() -> None:
+    # Reshape((-1, 1)) used to count as -1 timesteps, and so unrolled 40 steps (or 40 000).
+    spec = resolve(ModelSpec(3, 1, (Lstm(40), Reshape((-1, 1)), Lstm(2)), REGRESSION))
+    model = builder.build(spec, seed=1, compile_model=False)
+    assert model.layers[0].unroll is True and model.layers[2].unroll is False
+    short = resolve(ModelSpec(3, 1, (Lstm(8), Reshape((-1, 2)), Lstm(2)), REGRESSION))
+    assert builder.build(short, seed=1, compile_model=False).layers[2].unroll is True
+
+
+def test_describe_builds_without_initializing_weights() -> None:
+    """ValidateSpec only needs shapes: Orthogonal's QR of a wide LSTM would take seconds per call."""
+    spec = resolve(ModelSpec(3, 1, (Lstm(16), Dense(4)), REGRESSION))
+    looked_at = builder.build(spec, seed=1, compile_model=False, initialize=False)
+    assert all(not np.any(np.asarray(w)) for w in looked_at.get_weights()[:2])
+    assert any(np.any(np.asarray(w)) for w in builder.build(spec, seed=1).get_weights()[:2])
+    assert builder.describe(spec) == plan(spec)

@@ -16,13 +16,14 @@ import pytest
 import tensorflow as tf
 
 from model_service import builder, training
+from model_service.cost import MIB, Admission, ModelCost
 from model_service.model_store import META_FILE, MODEL_FILE
 from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import ModelRegistry
 from model_service.runtime import ModelRuntime, ModelSignature
 from model_service.scaling import PER_FEATURE, AffineScaler, FitOutcome, ScalerRef
 from model_service.serving import ServedModel, ServingOptions
-from model_service.spec import Dense, Head, Lstm, ModelSpec, Task
+from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, plan, resolve
 from model_service.training import TrainingManager, TrainInput, TrainOptions, TrainStarted
 from scaler_service import scaling as fitting
 from service_common.artifacts import ArtifactStore
@@ -319,6 +320,9 @@ class GatedPredictor:
     def warm(self) -> None:
         self.inner.warm()
 
+    def close(self) -> None:
+        self.inner.close()
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.passes.append(int(x.shape[0]))
         if len(self.passes) == 1:
@@ -416,3 +420,24 @@ def test_a_signed_artifact_with_code_in_it_is_refused_by_safe_mode(
     assert any(
         "skipping model artifact" in r.getMessage() and "sneaky" in r.getMessage() for r in caplog.records
     )
+
+
+def test_the_memory_estimate_counts_the_rows_a_batch_can_really_hold() -> None:
+    """batch_size 65 536 on one row is a batch of one row: admitted. On 40 rows the batches hold 40,
+    past the budget: refused before anything runs, naming a batch size that fits."""
+    wide = ModelSpec(
+        2000, 1, (Lstm(8, return_sequences=True), Dense(1024, "relu"), Lstm(4)), Head(Task.REGRESSION)
+    )
+    admission = Admission(512 * MIB, 64 * MIB)
+
+    def request(rows: int) -> TrainInput:
+        options = TrainOptions(epochs=1, batch_size=65_536)
+        return TrainInput("", wide, options, x=np.zeros((rows, 2000, 1)), y=np.zeros(rows))
+
+    prepared = training.prepare(request(1), 10**9, admission)
+    assert prepared.estimate is not None and prepared.estimate.memory_bytes < 512 * MIB
+    with pytest.raises(ResourceExhausted) as info:
+        training.prepare(request(40), 10**9, admission)
+    fits = admission.max_batch_size(ModelCost.of(plan(resolve(wide))), 40, 0)
+    assert "training with batch_size 65536 needs an estimated" in str(info.value)
+    assert f"use batch_size {fits} or less" in str(info.value) and 1 <= fits < 40

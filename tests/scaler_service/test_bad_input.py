@@ -61,6 +61,10 @@ FIT_CASES = [
     ("feature_range equal", _fit(GOOD, kind=scaler_pb2.MINMAX, minmax=scaler_pb2.MinMaxParams(feature_max=0)), "got (0, 0)"),
     ("quantile order", _fit(GOOD, kind=scaler_pb2.ROBUST, robust=scaler_pb2.RobustParams(quantile_min=75, quantile_max=25)), "quantile_min < quantile_max, got (75, 25)"),
     ("quantile range", _fit(GOOD, kind=scaler_pb2.ROBUST, robust=scaler_pb2.RobustParams(quantile_max=150)), "percentiles within [0, 100], got (25, 150)"),
+    ("int32 wraps", _fit(tensor_pb2.Tensor(dtype=tensor_pb2.INT32, shape=[2, 2], values=[1, 2, 3, 3e9])), "data: dtype INT32 needs whole numbers in -2147483648..2147483647; found 3000000000.0 at index [1, 1]"),
+    ("65 dims", _fit(_raw(tensor_pb2.FLOAT64, [1] * 65, bytes(8))), "data: shape [1, 1, "),
+    ("range overflows", _fit(codec.from_numpy(np.array([[-1e308], [1e308]]))), "data: the fitted var of column 0 is inf"),
+    ("range overflows minmax", _fit(codec.from_numpy(np.array([[-1e308], [1e308]])), kind=scaler_pb2.MINMAX), "the fitted data_range of column 0 is inf"),
 ]  # fmt: skip
 
 
@@ -115,6 +119,59 @@ def test_bad_transform_input(
 ) -> None:
     call = scaler_server.stub.InverseTransform if inverse else scaler_server.stub.Transform
     _expect(lambda: call(request_, timeout=10), code, message)
+    _still_serving(scaler_server)
+
+
+def test_results_beyond_the_reply_dtype_are_refused_not_sent_as_inf(
+    scaler_server: ScalerServerHandle,
+) -> None:
+    # Fitted on [0, 1] to the range [0, 1e10]: a FLOAT32 3e30 lands beyond float32, a FLOAT64 1e300 beyond float64.
+    wide = scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX, minmax=scaler_pb2.MinMaxParams(feature_max=1e10))
+    request = scaler_pb2.FitRequest(
+        scaler_id="stretch", spec=wide, data=codec.from_numpy(np.array([[0.0], [1.0]]))
+    )
+    scaler_server.stub.Fit(request, timeout=10)
+    as_float32 = codec.from_numpy(np.array([[0.5], [3e30]], dtype=np.float32))
+    _expect(
+        lambda: scaler_server.stub.Transform(_transform("stretch", data=as_float32), timeout=10),
+        INVALID,
+        "the result (send FLOAT64 data for float64's range): FLOAT32, the request's dtype, holds only values "
+        "within ±3.403e+38; found 2.99999",
+    )
+    as_float64 = codec.from_numpy(np.array([[0.5], [1e300]]))
+    _expect(
+        lambda: scaler_server.stub.Transform(_transform("stretch", data=as_float64), timeout=10),
+        INVALID,
+        "data: the transform of 1e+300 at index [1, 0] gives inf: beyond float64's range",
+    )
+    # FitTransform checks the same before storing anything.
+    fit_transform = scaler_pb2.FitTransformRequest(
+        scaler_id="stretched", spec=wide, train=request.data, others={"test": as_float32}
+    )
+    _expect(
+        lambda: scaler_server.stub.FitTransform(fit_transform, timeout=10),
+        INVALID,
+        "FLOAT32, the request's dtype",
+    )
+    listed = scaler_server.stub.ListScalers(scaler_pb2.ListScalersRequest(scaler_id="stretched")).scalers
+    assert not listed
+    _still_serving(scaler_server)
+
+
+def test_ids_must_match_whole_and_are_echoed_short(scaler_server: ScalerServerHandle) -> None:
+    stub = scaler_server.stub
+    request = _fit(GOOD)
+    request.scaler_id = "trailing-newline\n"
+    _expect(lambda: stub.Fit(request), INVALID, "scaler id 'trailing-newline\\n' is not valid")
+    for call in (
+        lambda: stub.GetScaler(scaler_pb2.GetScalerRequest(scaler_id="y" * 10_000)),
+        lambda: stub.DeleteScaler(scaler_pb2.DeleteScalerRequest(scaler_id="y" * 10_000)),
+        lambda: stub.Transform(_transform("y" * 10_000)),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == INVALID and len(info.value.details()) < 300, info.value.details()[:200]
+        assert "…(10000 chars) is not valid" in info.value.details()
     _still_serving(scaler_server)
 
 

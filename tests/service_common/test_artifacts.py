@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from service_common.artifacts import SIGNATURE_FILE, ArtifactStore, load_signing_key, validate_id
-from service_common.errors import IntegrityError, InvalidArgument
+from service_common.errors import IntegrityError, InvalidArgument, echo
 
 KEY = b"k" * 32
 
@@ -119,10 +120,29 @@ def test_validate_id_accepts(good: str) -> None:
     assert validate_id(good, "scaler") == good
 
 
-@pytest.mark.parametrize("bad", ["", ".hidden", "-x", "a/b", "..", "a..b", "x" * 129, "sp ace", "ü"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", ".hidden", "-x", "a/b", "..", "a..b", "x" * 129, "sp ace", "ü", "a\n", "a\r\n", "\na", "a\x00"],
+)
 def test_validate_id_refuses(bad: str) -> None:
-    with pytest.raises(InvalidArgument, match=f"scaler id {bad!r} is not valid"):
+    with pytest.raises(InvalidArgument, match=re.escape(f"scaler id {echo(bad)} is not valid")):
         validate_id(bad, "scaler")
+
+
+def test_an_id_ending_in_a_newline_is_refused_and_never_written(store: ArtifactStore) -> None:
+    # A "$" anchor with re.match also matches before a final newline; ids must match whole.
+    with pytest.raises(InvalidArgument, match="is not valid"):
+        validate_id("model\n", "model")
+    (store.root / "legit\n").mkdir(parents=True)  # planted on disk: never listed either
+    (store.root / "legit\n" / "1").mkdir()
+    assert [ref.artifact_id for ref in store.scan()] == []
+
+
+def test_a_long_id_is_echoed_short() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_id("x" * 10_000, "model")
+    message = str(info.value)
+    assert len(message) < 300 and "…(10000 chars)" in message, message
 
 
 def test_signing_key_from_setting_file_or_generated(tmp_path: Path) -> None:

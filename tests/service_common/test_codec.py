@@ -98,3 +98,118 @@ def test_to_float_array_requires_finite_values() -> None:
     assert ints.dtype == np.float64 and ints.tolist() == [1.0, 2.0]
     # Integers cannot hold NaN, so require_finite passes them through untouched.
     assert codec.require_finite(np.array([1, 2]), "x").tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("rank", [codec.MAX_RANK + 1, 65, 1000])
+@pytest.mark.parametrize("form", ["raw", "values"])
+def test_tensors_of_more_dimensions_than_any_field_needs_are_refused_before_numpy(
+    rank: int, form: str
+) -> None:
+    # numpy's own limit (64) would surface as "maximum supported dimension" and an INTERNAL status.
+    if form == "raw":
+        tensor = tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT64, shape=[1] * rank, raw=bytes(8))
+    else:
+        tensor = tensor_pb2.Tensor(shape=[1] * rank, values=[1.0])
+    with pytest.raises(InvalidArgument) as excinfo:
+        codec.to_numpy(tensor, "x")
+    message = str(excinfo.value)
+    assert f"has {rank} dimensions; at most {codec.MAX_RANK} are accepted" in message
+    assert len(message) < 300, message
+
+
+def test_the_largest_accepted_rank_decodes() -> None:
+    shape = [1] * codec.MAX_RANK
+    decoded = codec.to_numpy(tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=shape, raw=bytes(4)))
+    assert decoded.ndim == len(shape)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [
+        (tensor_pb2.INT32, 3e9),
+        (tensor_pb2.INT32, -(2.0**31) - 1),
+        (tensor_pb2.INT32, 2.0**31),
+        (tensor_pb2.INT64, 2.0**63),  # float(2**63 - 1) rounds up to this
+        (tensor_pb2.INT64, -1e19),
+        (tensor_pb2.INT64, float("inf")),
+        (tensor_pb2.INT32, float("nan")),
+    ],
+)
+def test_integer_values_outside_their_dtype_are_refused_not_wrapped(dtype: int, value: float) -> None:
+    tensor = tensor_pb2.Tensor(dtype=dtype, shape=[2], values=[1.0, value])
+    name = tensor_pb2.DType.Name(dtype)
+    with pytest.raises(
+        InvalidArgument, match=rf"x: dtype {name} needs whole numbers in .*; found .* at index \[1\]"
+    ):
+        codec.to_numpy(tensor, "x")
+
+
+def test_integer_values_at_their_dtype_bounds_are_kept_exactly() -> None:
+    low, high = -(2**31), 2**31 - 1
+    got = codec.to_numpy(tensor_pb2.Tensor(dtype=tensor_pb2.INT32, values=[low, high]), "x")
+    assert got.dtype == np.int32 and got.tolist() == [low, high]
+    got = codec.to_numpy(tensor_pb2.Tensor(dtype=tensor_pb2.INT64, values=[-(2.0**63), 2.0**62]), "x")
+    assert got.tolist() == [-(2**63), 2**62]
+
+
+def test_float32_values_beyond_its_range_are_refused_not_turned_into_inf() -> None:
+    with pytest.raises(
+        InvalidArgument, match=r"x: dtype FLOAT32 holds only values within ±3\.403e\+38; found 1e\+300"
+    ):
+        codec.to_numpy(tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, values=[1.0, 1e300]), "x")
+    edge = codec.to_numpy(tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, values=[3.4e38, -3.4e38]), "x")
+    assert np.isfinite(edge).all()
+    # NaN and inf are for require_finite, which names them as such.
+    with pytest.raises(InvalidArgument, match="values must be finite; found inf"):
+        codec.to_float_array(tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, values=[np.inf]), "x")
+
+
+@pytest.mark.parametrize(
+    ("array", "dtype", "fragment"),
+    [
+        (np.array([[1.0, 1e300]]), np.float32, "found 1e+300 at index [0, 1]"),
+        (np.array([3e9]), np.int32, "found 3000000000.0 at index [0]"),
+        (np.array([0.5]), np.int64, "needs whole numbers"),
+        (np.array([2**40], dtype=np.int64), np.int32, "found 1099511627776 at index [0]"),
+    ],
+)
+def test_require_representable_refuses_before_a_narrowing(
+    array: np.ndarray, dtype: type, fragment: str
+) -> None:
+    with pytest.raises(InvalidArgument) as excinfo:
+        codec.require_representable(array, dtype, "x")
+    assert fragment in str(excinfo.value)
+
+
+def test_require_representable_passes_what_fits() -> None:
+    for array, dtype in [
+        (np.array([3.4e38, np.nan]), np.float32),  # NaN is require_finite's business
+        (np.array([1e300]), np.float64),
+        (np.array([2**62], dtype=np.int64), np.float32),
+        (np.array([7.0, -2.0]), np.int32),
+        (np.array([], dtype=np.float64), np.int32),
+    ]:
+        assert codec.require_representable(array, dtype, "x") is array
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from([tensor_pb2.INT32, tensor_pb2.INT64, tensor_pb2.FLOAT32]),
+    values=st.lists(
+        st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**64), 2**64).map(float)),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_values_are_decoded_exactly_or_refused(dtype: int, values: list[float]) -> None:
+    """Never wrapped around, rounded to an integer or turned into inf on the way in."""
+    tensor = tensor_pb2.Tensor(dtype=dtype, values=values)
+    try:
+        decoded = codec.to_numpy(tensor, "x")
+    except InvalidArgument:
+        return
+    if dtype == tensor_pb2.FLOAT32:
+        assert np.isfinite(decoded).all()
+        np.testing.assert_allclose(decoded, np.float32(values), rtol=1e-7)
+    else:
+        assert [int(v) for v in decoded] == [int(v) for v in values] and all(v == int(v) for v in values)

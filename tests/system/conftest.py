@@ -14,6 +14,7 @@ from tests.system.procs import ServiceProcess, model_process, running, scaler_pr
 MODEL_MAX_MESSAGE_MB = 1
 MODEL_MAX_TRAINING_JOBS = 1
 MODEL_MAX_TRAINING_WORK = 20_000
+MODEL_MEMORY_BUDGET_MB = 512
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,7 @@ def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
         "--max-message-mb", str(MODEL_MAX_MESSAGE_MB),
         "--max-training-jobs", str(MODEL_MAX_TRAINING_JOBS),
         "--max-training-work", str(MODEL_MAX_TRAINING_WORK),
+        "--memory-budget-mb", str(MODEL_MEMORY_BUDGET_MB),
         "--warm-on-start", "false",
         metrics=True,
     )  # fmt: skip

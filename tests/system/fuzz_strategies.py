@@ -1,4 +1,9 @@
-"""Hypothesis strategies for malformed (and sometimes well-formed) tensors, scaler specs and ids."""
+"""Hypothesis strategies for malformed (and sometimes well-formed) tensors, scaler specs and ids.
+
+Besides plain garbage they aim at the classes a hostile-input battery once broke: shapes of more
+dimensions than numpy or TensorFlow take, integers beyond their dtype, finite floats beyond float32,
+ids that match only up to a final newline, inputs long enough to overflow a status message, and
+specs and requests that are cheap to send but costly to run."""
 
 from __future__ import annotations
 
@@ -15,11 +20,18 @@ NUMPY_BY_DTYPE = {
     tensor_pb2.INT64: "<i8",
 }
 HUGE_DIMS = [2**31 - 1, 2**31, 2**40, 2**62, 2**63 - 1]
+# Finite values float32 cannot hold, and integers (as the values field's doubles) past int32 / int64.
+BEYOND_FLOAT32 = [1e300, -1e300, 3.5e38, -1e39, 1.7e308, 1e41]
+BEYOND_INT32 = [3e9, -3e9, 2.0**31, -(2.0**31) - 1]
+BEYOND_INT64 = [2.0**63, -1e19, 1e300]
+INT_BOUNDS = {tensor_pb2.INT32: (-(2**31), 2**31 - 1), tensor_pb2.INT64: (-(2**63), 2**63 - 1)}
 
 # Open enums: unknown numbers arrive as they are, so the server must cope with them.
 dtypes = st.one_of(st.sampled_from(list(NUMPY_BY_DTYPE)), st.integers(min_value=-3, max_value=12))
 dims = st.one_of(st.integers(min_value=-3, max_value=6), st.sampled_from(HUGE_DIMS))
-shapes = st.lists(dims, max_size=5)
+# Past the codec's 8 (and numpy's 64) dimensions, in a shape that still holds one element.
+high_rank_shapes = st.integers(min_value=9, max_value=300).map(lambda n: [1] * n)
+shapes = st.one_of(st.lists(dims, max_size=5), high_rank_shapes)
 nasty_floats = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0, 1e308, -1e308, 5e-324, 3.4e38, np.nan, np.inf, -np.inf]),
@@ -35,6 +47,57 @@ def arbitrary_tensors(draw: st.DrawFn) -> tensor_pb2.Tensor:
     if draw(st.booleans()):
         tensor.values.extend(draw(st.lists(nasty_floats, max_size=12)))
     return tensor
+
+
+@st.composite
+def out_of_range_tensors(draw: st.DrawFn, sample_shape: tuple[int, ...] = (3,)) -> tensor_pb2.Tensor:
+    """Consistent tensors whose values do not fit their dtype: integers beyond INT32/INT64 (values form)
+    or finite floats beyond FLOAT32 (FLOAT32 values form, or FLOAT64 raw bytes for a float32 model)."""
+    rows = draw(st.integers(min_value=1, max_value=4))
+    shape = [rows, *sample_shape]
+    count = int(np.prod(shape))
+    dtype = draw(
+        st.sampled_from([tensor_pb2.INT32, tensor_pb2.INT64, tensor_pb2.FLOAT32, tensor_pb2.FLOAT64])
+    )
+    bad = {
+        tensor_pb2.INT32: BEYOND_INT32,
+        tensor_pb2.INT64: BEYOND_INT64,
+        tensor_pb2.FLOAT32: BEYOND_FLOAT32,
+        tensor_pb2.FLOAT64: BEYOND_FLOAT32,
+    }[dtype]
+    values = draw(
+        st.lists(st.integers(min_value=-50, max_value=50).map(float), min_size=count, max_size=count)
+    )
+    values[draw(st.integers(min_value=0, max_value=count - 1))] = draw(st.sampled_from(bad))
+    if dtype == tensor_pb2.FLOAT64:
+        return tensor_pb2.Tensor(dtype=dtype, shape=shape, raw=np.asarray(values, "<f8").tobytes())
+    return tensor_pb2.Tensor(dtype=dtype, shape=shape, values=values)
+
+
+def fits_its_dtype(tensor: tensor_pb2.Tensor) -> bool:
+    """False when a values-form tensor holds an integer its INT dtype cannot, or a finite float FLOAT32
+    cannot; such a tensor must never be answered OK."""
+    values = np.asarray(tensor.values, dtype=np.float64)
+    if tensor.dtype in INT_BOUNDS:
+        low, high = INT_BOUNDS[tensor.dtype]
+        finite = values[np.isfinite(values)]
+        return bool(np.all((finite >= low) & (finite < float(high) + 1)))
+    if tensor.dtype == tensor_pb2.FLOAT32:
+        finite = values[np.isfinite(values)]
+        return bool(np.all(np.abs(finite) <= np.finfo(np.float32).max))
+    return True
+
+
+def holds_values_beyond_float32(tensor: tensor_pb2.Tensor) -> bool:
+    """Whether any finite value of a (consistent) tensor is beyond float32's range."""
+    if tensor.values:
+        values = np.asarray(tensor.values, dtype=np.float64)
+    elif tensor.dtype == tensor_pb2.FLOAT64 and len(tensor.raw) % 8 == 0:
+        values = np.frombuffer(tensor.raw, "<f8")
+    else:
+        return False
+    finite = values[np.isfinite(values)]
+    return bool(np.any(np.abs(finite) > np.finfo(np.float32).max))
 
 
 @st.composite
@@ -86,25 +149,42 @@ def shaped_data(draw: st.DrawFn, sample_shape: tuple[int, ...], finite: bool = F
     dtype = draw(st.sampled_from([tensor_pb2.FLOAT32, tensor_pb2.FLOAT64]))
     with np.errstate(over="ignore", invalid="ignore"):
         array = np.asarray(draw(st.lists(elements, min_size=count, max_size=count)), dtype=np.float64)
+        if finite and dtype == tensor_pb2.FLOAT64 and count and draw(st.integers(0, 4)) == 0:
+            # Finite, but not for a float32 model.
+            array.flat[draw(st.integers(0, count - 1))] = draw(st.sampled_from(BEYOND_FLOAT32))
         array = array.astype(NUMPY_BY_DTYPE[dtype]).reshape(shape)
     return tensor_pb2.Tensor(dtype=dtype, shape=shape, raw=array.tobytes())
 
 
 def tensors() -> st.SearchStrategy[tensor_pb2.Tensor]:
     # Plausible data twice: half the examples get past the decoder into the real code.
-    return st.one_of(arbitrary_tensors(), consistent_tensors(), plausible_data(), plausible_data())
+    return st.one_of(
+        arbitrary_tensors(), consistent_tensors(), out_of_range_tensors(), plausible_data(), plausible_data()
+    )
 
 
 valid_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,20}", fullmatch=True)
+# A valid id and a line break, a NUL or a carriage return after it: "^...$" with match() took them.
+almost_valid_ids = st.builds(
+    lambda base, tail: base + tail, valid_ids, st.sampled_from(["\n", "\r\n", "\x00", "\n\n", " ", "\t"])
+)
 ids = st.one_of(
     st.just(""),
     valid_ids,
+    almost_valid_ids,
     st.text(max_size=40),
     st.sampled_from(["..", "../etc", "a/b", ".hidden", "x" * 200, "ok-id", "a\x00b", "-lead", "ünï"]),
+    st.sampled_from(["x" * 10_000, "ü" * 5_000, "\n" * 3_000]),  # longer than any message may repeat
 )
 versions = st.one_of(st.just(0), st.integers(min_value=0, max_value=3), st.just(2**32 - 1))
 page_sizes = st.integers(min_value=-(2**31), max_value=2**31 - 1)
-page_tokens = st.one_of(st.just(""), st.text(max_size=30), st.sampled_from(["Zm9vLzE=", "!!!", "YS8tMQ=="]))
+page_tokens = st.one_of(
+    st.just(""),
+    st.text(max_size=30),
+    st.sampled_from(
+        ["Zm9vLzE=", "!!!", "YS8tMQ==", "YS8gMQo=", "YS8xXzA=", "Y" * 10_000]
+    ),  # "a/ 1\n", "a/1_0"
+)
 optional_floats = st.one_of(st.none(), nasty_floats)
 
 
@@ -157,7 +237,7 @@ def scaler_specs(draw: st.DrawFn) -> scaler_pb2.ScalerSpec:
 # ---- model service ----
 
 small_counts = st.one_of(
-    st.integers(min_value=-2, max_value=8), st.sampled_from([0, 4097, 10_001, 2**31 - 1])
+    st.integers(min_value=-2, max_value=8), st.sampled_from([0, 1024, 4096, 4097, 10_001, 2**31 - 1])
 )
 activations = st.one_of(
     st.sampled_from(["", "relu", "tanh", "sigmoid", "linear", "elu", "softmax"]),
@@ -179,7 +259,15 @@ def model_layers(draw: st.DrawFn) -> model_pb2.Layer:
         layer.dense.units = draw(small_counts)
         layer.dense.activation = draw(activations)
     elif kind == "reshape":
-        layer.reshape.target_shape.extend(draw(st.lists(dims, max_size=4)))
+        target = draw(
+            st.one_of(
+                st.lists(dims, max_size=4),
+                # Many dimensions: TensorFlow aborted the process at 254, failed from 9.
+                st.integers(min_value=6, max_value=300).map(lambda n: [-1, *([1] * n)]),
+                st.sampled_from([[-1, 1], [-1, 4096], [4096, -1]]),  # (n, 1) before a wide Dense
+            )
+        )
+        layer.reshape.target_shape.extend(target)
     elif kind == "dropout":
         layer.dropout.rate = draw(nasty_floats)
     return layer
@@ -261,11 +349,11 @@ def infer_requests(draw: st.DrawFn, model_names: st.SearchStrategy[str]) -> infe
     )
     for _ in range(draw(st.integers(min_value=0, max_value=2))):
         tensor = request.inputs.add(
-            name=draw(st.one_of(st.just("x"), st.text(max_size=4))),
-            datatype=draw(datatypes),
+            name=draw(st.one_of(st.just("x"), st.text(max_size=4), st.just("n" * 10_000))),
+            datatype=draw(st.one_of(datatypes, st.just("D" * 10_000))),
             shape=draw(st.one_of(st.just([2, 3, 1]), shapes)),
         )
-        how = draw(st.sampled_from(["fp32", "fp64", "int", "raw", "none"]))
+        how = draw(st.sampled_from(["fp32", "fp64", "int", "raw", "huge", "none"]))
         if how == "fp32":
             tensor.contents.fp32_contents.extend(
                 draw(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), max_size=8))
@@ -276,6 +364,12 @@ def infer_requests(draw: st.DrawFn, model_names: st.SearchStrategy[str]) -> infe
             tensor.contents.int_contents.extend(draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=8)))
         elif how == "raw":
             request.raw_input_contents.append(draw(st.binary(max_size=64)))
+        elif how == "huge":  # a well-formed FP64 input the model's float32 cannot hold
+            tensor.datatype = "FP64"
+            del tensor.shape[:]
+            tensor.shape.extend([2, 3, 1])
+            values = [1.0] * 5 + [draw(st.sampled_from(BEYOND_FLOAT32))]
+            request.raw_input_contents.append(np.asarray(values, "<f8").tobytes())
     if draw(st.booleans()):
         request.outputs.add(
             name=draw(st.one_of(st.sampled_from(["values", "labels", "probabilities"]), st.text(max_size=5)))
@@ -283,3 +377,60 @@ def infer_requests(draw: st.DrawFn, model_names: st.SearchStrategy[str]) -> infe
     if draw(st.booleans()):
         request.parameters[draw(st.text(max_size=6))].int64_param = draw(st.integers(-5, 5))
     return request
+
+
+# ---- costly but well-formed requests (cost admission) ----
+
+WIDE_TIMESTEPS = [3, 100, 500]
+
+
+def wide_spec(timesteps: int, lstm_units: int, dense_units: int, outputs: int = 1) -> model_pb2.ModelSpec:
+    """An LSTM sequence through a Dense layer and a second LSTM: activations of timesteps x dense_units
+    per row, parameters of a few thousand."""
+    return model_pb2.ModelSpec(
+        input=model_pb2.InputShape(timesteps=timesteps, features=1),
+        layers=[
+            model_pb2.Layer(lstm=model_pb2.LstmLayer(units=lstm_units, return_sequences=True)),
+            model_pb2.Layer(dense=model_pb2.DenseLayer(units=dense_units, activation="relu")),
+            model_pb2.Layer(lstm=model_pb2.LstmLayer(units=2)),
+        ],
+        head=model_pb2.Head(task=model_pb2.REGRESSION, outputs=outputs),
+    )
+
+
+@st.composite
+def costly_train_requests(draw: st.DrawFn) -> model_pb2.TrainRequest:
+    """Valid requests (data matching the spec) whose cost is mostly in the batch size and the widths:
+    a few rows of up to 2000 timesteps through up to Dense(4096) (about 300 MB per batch row)."""
+    timesteps = draw(st.sampled_from([*WIDE_TIMESTEPS, 2000]))
+    spec = wide_spec(
+        timesteps,
+        draw(st.sampled_from([2, 16])),
+        draw(st.sampled_from([16, 1024, 4096])),
+        draw(st.sampled_from([1, 1, 5000])),
+    )
+    rows = draw(st.integers(min_value=1, max_value=3))
+    x = np.random.default_rng(rows).normal(size=(rows, timesteps, 1))
+    y = np.zeros((rows, spec.head.outputs))
+    return model_pb2.TrainRequest(
+        spec=spec,
+        supervised=model_pb2.SupervisedData(x=tensor_from(x), y=tensor_from(y)),
+        epochs=1,
+        batch_size=draw(st.sampled_from([1, 2, 64, 4096, 65_536])),
+        seed=1,
+    )
+
+
+def tensor_from(array: np.ndarray) -> tensor_pb2.Tensor:
+    little = np.ascontiguousarray(array, dtype="<f8")
+    return tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT64, shape=list(little.shape), raw=little.tobytes())
+
+
+@st.composite
+def costly_rows(draw: st.DrawFn, timesteps: int, max_bytes: int) -> tensor_pb2.Tensor:
+    """Up to as many rows as fit a request of ``max_bytes``; values finite, sometimes beyond float32."""
+    rows = draw(st.one_of(st.integers(min_value=1, max_value=8), st.just(max_bytes // (timesteps * 8) - 1)))
+    x = np.random.default_rng(rows).normal(size=(rows, timesteps, 1))
+    if draw(st.integers(min_value=0, max_value=4)) == 0:
+        x[draw(st.integers(min_value=0, max_value=rows - 1)), 0, 0] = draw(st.sampled_from(BEYOND_FLOAT32))
+    return tensor_from(x)

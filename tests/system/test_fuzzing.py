@@ -1,5 +1,9 @@
 """Property-based fuzzing of every RPC of the real services (subprocesses): malformed tensors, specs and
-requests get documented status codes only (never UNKNOWN, INTERNAL, DATA_LOSS) and the server stays SERVING.
+requests get documented status codes only (never UNKNOWN, INTERNAL, DATA_LOSS) with short messages, and
+the server stays SERVING. Per class a hostile-input battery once broke, a sharper property: integers
+beyond their dtype, finite floats beyond float32 and ids that match only up to a newline are never
+answered OK; costly but well-formed requests are answered or refused RESOURCE_EXHAUSTED, within the
+model service's memory budget.
 
 Examples are derandomized so CI sees the same inputs every run, and bounded to keep the module short.
 """
@@ -7,6 +11,7 @@ Examples are derandomized so CI sees the same inputs every run, and bounded to k
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +29,7 @@ from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_p
 from service_common import codec
 from tests.system import fuzz_strategies as fz
 from tests.system import workloads
+from tests.system.conftest import MODEL_MAX_MESSAGE_MB, MODEL_MEMORY_BUDGET_MB
 from tests.system.procs import ServiceProcess, scaler_process
 
 DOCUMENTED = {
@@ -45,6 +51,14 @@ FUZZ = settings(
 BASE_SCALER = "fuzz-base"
 COLUMN_SCALER = "fuzz-columns"
 ROWS = np.arange(6, dtype=np.float64).reshape(2, 3)
+# A status message travels in a trailer under gRPC's 8 KiB metadata soft limit; ours stay far below.
+MAX_DETAILS_BYTES = 2048
+# The id rule, written out independently of the services' code: whole-string, ASCII.
+ID_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def valid_id(text: str) -> bool:
+    return ID_RULE.fullmatch(text) is not None and ".." not in text
 
 
 class Outcomes:
@@ -66,6 +80,7 @@ class Outcomes:
         assert code in DOCUMENTED, f"{rpc} answered {code.name} ({details}) to {request!r:.600}"
         if code != grpc.StatusCode.OK:
             assert details, f"{rpc} answered {code.name} without a message"
+            assert len(details.encode()) <= MAX_DETAILS_BYTES, f"{rpc}: {len(details)} chars: {details[:300]}"
         return code
 
 
@@ -136,7 +151,12 @@ def test_fuzz_fit(scaler, scaler_stub, outcomes, scaler_id, spec, data) -> None:
     request = scaler_pb2.FitRequest(scaler_id=scaler_id, spec=spec)
     if data is not None:
         request.data.CopyFrom(data)
-    outcomes.call("Fit", lambda: scaler_stub.Fit(request, timeout=30), request)
+    code = outcomes.call("Fit", lambda: scaler_stub.Fit(request, timeout=30), request)
+    if code == grpc.StatusCode.OK:
+        assert not scaler_id or valid_id(scaler_id), f"stored under the id {scaler_id!r}"
+        assert data is not None and fz.fits_its_dtype(data), f"fitted on values its dtype cannot hold: {data}"
+    if data is not None and len(data.shape) > codec.MAX_RANK:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
     _assert_serving(scaler)
 
 
@@ -196,7 +216,9 @@ def test_fuzz_transform(scaler, scaler_stub, outcomes, scaler_id, version, data,
         request.data.CopyFrom(data)
     rpc = scaler_stub.InverseTransform if inverse else scaler_stub.Transform
     name = "InverseTransform" if inverse else "Transform"
-    outcomes.call(name, lambda: rpc(request, timeout=30), request)
+    code = outcomes.call(name, lambda: rpc(request, timeout=30), request)
+    if data is not None and not fz.fits_its_dtype(data):
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{name} answered {code.name} to {data}"
     _assert_serving(scaler)
 
 
@@ -236,8 +258,27 @@ MODEL_FUZZ = settings(FUZZ, max_examples=60)
 model_ids = st.one_of(st.just(workloads.BASE_MODEL), fz.ids)
 
 
+def _resident_mib(service: ServiceProcess, field: str = "VmRSS") -> int:
+    assert service.proc is not None
+    with open(f"/proc/{service.proc.pid}/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) // 1024
+    raise AssertionError(f"no {field} in /proc/{service.proc.pid}/status")
+
+
 @pytest.fixture(scope="module")
-def model_stubs(model_stack) -> Iterator[tuple[model_pb2_grpc.ModelServiceStub, Any]]:
+def memory_baseline(model_stack) -> int:
+    """The model service's resident size before the model fuzzing; its peak is measured from here."""
+    model = model_stack[1]
+    assert model.proc is not None
+    with open(f"/proc/{model.proc.pid}/clear_refs", "w") as refs:
+        refs.write("5")  # reset the peak (VmHWM) to the current size
+    return _resident_mib(model)
+
+
+@pytest.fixture(scope="module")
+def model_stubs(model_stack, memory_baseline) -> Iterator[tuple[model_pb2_grpc.ModelServiceStub, Any]]:
     _scaler, model = model_stack
     with model.channel() as channel:
         yield model_pb2_grpc.ModelServiceStub(channel), inference_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -254,7 +295,19 @@ def test_fuzz_validate_spec(model_stack, model_stubs, outcomes, spec) -> None:
 @settings(FUZZ, max_examples=30)
 @given(request=fz.train_requests())
 def test_fuzz_train(model_stack, model_stubs, outcomes, request) -> None:
-    outcomes.call("Train", lambda: list(model_stubs[0].Train(request, timeout=120)), request)
+    code = outcomes.call("Train", lambda: list(model_stubs[0].Train(request, timeout=120)), request)
+    if code == grpc.StatusCode.OK:
+        assert not request.model_id or valid_id(request.model_id), f"trained as {request.model_id!r}"
+        data = [request.supervised.x, request.supervised.y, request.series.series]
+        assert all(fz.fits_its_dtype(t) for t in data), f"trained on wrapped values: {request!r:.600}"
+        # Unscaled, the values reach the model as they came: float32 must hold them. (A scaler may
+        # bring 1e300 into range.)
+        unscaled = [
+            *([request.supervised.x] if not request.HasField("x_scaling") else []),
+            *([request.supervised.y] if not request.HasField("y_scaling") else []),
+            *([request.series.series] if not request.HasField("x_scaling") else []),
+        ]
+        assert not any(fz.holds_values_beyond_float32(t) for t in unscaled), f"{request!r:.600}"
     _assert_serving(model_stack[1])
 
 
@@ -280,7 +333,11 @@ def test_fuzz_predict_and_evaluate(
         rpc, name = stub.Predict, "Predict"
     if x is not None:
         request.x.CopyFrom(x)
-    outcomes.call(name, lambda: rpc(request, timeout=60), request)
+    code = outcomes.call(name, lambda: rpc(request, timeout=60), request)
+    if code == grpc.StatusCode.OK:
+        # (The base model's MinMax x scaler may bring values beyond float32 into range: the costly
+        # inference test below, on unscaled models, holds the float32 property.)
+        assert x is not None and fz.fits_its_dtype(x), f"{name} answered OK to wrapped values: {x}"
     _assert_serving(model_stack[1])
 
 
@@ -345,6 +402,92 @@ def test_fuzz_inference_metadata_and_repository(model_stack, model_stubs, outcom
     ):
         outcomes.call(rpc_name, lambda rpc=rpc, empty=empty: rpc(empty, timeout=30), empty)
     _assert_serving(model_stack[1])
+
+
+# ---- costly but well-formed requests: answered, or refused RESOURCE_EXHAUSTED, within the budget ----
+
+COST = {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+WIDE_MODEL, OUTPUTS_MODEL = "fuzz-wide", "fuzz-outputs"
+MAX_REQUEST_BYTES = int(MODEL_MAX_MESSAGE_MB * 1024 * 1024 * 0.9)
+
+
+@pytest.fixture(scope="module")
+def costly_models(model_stack, model_stubs) -> dict[str, int]:
+    """A long, wide model (500 timesteps through Dense(1024)) and one of 5000 outputs; id -> timesteps."""
+    models = {WIDE_MODEL: fz.wide_spec(500, 16, 1024), OUTPUTS_MODEL: fz.wide_spec(3, 2, 16, outputs=5000)}
+    with model_stack[1].channel() as channel:
+        for model_id, spec in models.items():
+            rows = 2
+            x = np.random.default_rng(0).normal(size=(rows, spec.input.timesteps, 1))
+            request = model_pb2.TrainRequest(
+                model_id=model_id,
+                spec=spec,
+                supervised=model_pb2.SupervisedData(
+                    x=fz.tensor_from(x), y=fz.tensor_from(np.zeros((rows, spec.head.outputs)))
+                ),
+                epochs=1,
+                batch_size=1,
+            )
+            workloads.train_when_a_slot_is_free(channel, request, timeout=300)
+    return {model_id: spec.input.timesteps for model_id, spec in models.items()}
+
+
+@settings(FUZZ, max_examples=12)
+@given(request=fz.costly_train_requests())
+def test_fuzz_costly_train(model_stack, model_stubs, outcomes, request) -> None:
+    stub = model_stubs[0]
+    code = outcomes.call("Train (costly)", lambda: list(stub.Train(request, timeout=300)), request)
+    assert code in COST, code
+    if code == grpc.StatusCode.OK:  # keep the process's memory for the next examples
+        for info in stub.ListModels(model_pb2.ListModelsRequest(), timeout=30).models:
+            if info.id.startswith("model-"):
+                stub.DeleteModel(model_pb2.DeleteModelRequest(model_id=info.id), timeout=30)
+    _assert_serving(model_stack[1])
+
+
+@settings(FUZZ, max_examples=20)
+@given(
+    data=st.data(),
+    model_id=st.sampled_from([WIDE_MODEL, OUTPUTS_MODEL]),
+    how=st.sampled_from(["predict", "evaluate", "infer"]),
+)
+def test_fuzz_costly_inference(
+    model_stack, model_stubs, costly_models, outcomes, data, model_id, how
+) -> None:
+    stub, oip = model_stubs
+    timesteps = costly_models[model_id]
+    x = data.draw(fz.costly_rows(timesteps, MAX_REQUEST_BYTES))
+    rows = x.shape[0]
+    replies: list[Any] = []
+    if how == "predict":
+        request: Any = model_pb2.PredictRequest(model_id=model_id, x=x)
+        rpc = "Predict (costly)"
+        code = outcomes.call(rpc, lambda: replies.append(stub.Predict(request, timeout=300)), request)
+    elif how == "evaluate" and model_id == WIDE_MODEL:
+        request = model_pb2.EvaluateRequest(model_id=model_id, x=x, y=fz.tensor_from(np.zeros(rows)))
+        rpc = "Evaluate (costly)"
+        code = outcomes.call(rpc, lambda: replies.append(stub.Evaluate(request, timeout=300)), request)
+    else:
+        request = inference_pb2.ModelInferRequest(model_name=model_id)
+        request.inputs.add(name="x", datatype="FP64", shape=list(x.shape))
+        request.raw_input_contents.append(x.raw)
+        rpc = "ModelInfer (costly)"
+        code = outcomes.call(rpc, lambda: replies.append(oip.ModelInfer(request, timeout=300)), request)
+    if fz.holds_values_beyond_float32(x):
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, code
+    else:
+        assert code in COST, code
+    if code == grpc.StatusCode.OK and isinstance(replies[0], model_pb2.PredictResponse):
+        values = codec.to_numpy(replies[0].values)
+        assert values.shape[0] == rows and np.isfinite(values).all()
+    _assert_serving(model_stack[1])
+
+
+def test_model_memory_stayed_within_the_budget_while_fuzzing(model_stack, memory_baseline) -> None:
+    """Every costly request was chunked or refused: the peak is the budget plus what the fuzzing left
+    resident (the models it trained, compiled batch sizes), not a multiple of it."""
+    peak = _resident_mib(model_stack[1], "VmHWM") - memory_baseline
+    assert peak <= MODEL_MEMORY_BUDGET_MB + 512, f"peak {peak} MiB above the {memory_baseline} MiB before"
 
 
 def test_model_still_predicts_after_fuzzing(model_stack) -> None:
