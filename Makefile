@@ -39,8 +39,11 @@ test: $(STAMP) node-deps
 run: $(STAMP)
 	$(PY) -m demo
 
+## Every bench (bench/run_all.py; bench_serving.py installs h2load and makes bench/.mlserver-venv itself).
+## `make bench BENCH_ARGS=--quick`: each script's short form; `BENCH_ARGS=bench_serving.py`: one script.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

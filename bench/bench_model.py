@@ -112,6 +112,13 @@ def free_port() -> int:
 @contextmanager
 def service(module: str, args: list[str], log: Path) -> Iterator[str]:
     """``python -m module`` on a free port; yields its address once health says SERVING."""
+    with service_process(module, args, log) as (_, address):
+        yield address
+
+
+@contextmanager
+def service_process(module: str, args: list[str], log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """As ``service``, also yielding the process (bench_serving reads its threads' CPU time)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = free_port()
@@ -140,7 +147,7 @@ def service(module: str, args: list[str], log: Path) -> Iterator[str]:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{module} not SERVING in time; see {log}")
                     time.sleep(0.2)
-            yield address
+            yield process, address
         finally:
             process.send_signal(signal.SIGTERM)
             try:
