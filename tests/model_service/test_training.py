@@ -243,14 +243,14 @@ def test_holdout_is_the_time_ordered_tail_scaled_with_the_training_fit(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[tuple[np.ndarray, np.ndarray, int | None, Any]] = []
-    original = training._dataset
+    original = training.fitting.dataset
 
     def spy(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None) -> Any:
         dataset = original(x, y, batch_size, shuffle_seed)
         built.append((x.copy(), y.copy(), shuffle_seed, dataset))
         return dataset
 
-    monkeypatch.setattr(training, "_dataset", spy)
+    monkeypatch.setattr(training.fitting, "dataset", spy)
     x, y = seed_example()
     run(stack, seed_input(validation_fraction=0.25))  # shuffle on; 13 samples: 10 train, last 3 holdout
     (train_x, train_y, train_seed, train_set), (val_x, val_y, val_seed, _) = built

@@ -1,0 +1,264 @@
+"""Training jobs: checked synchronously, run on a worker thread, reported event by event, cancellable.
+
+A job runs its steps in order (request.prepare before it starts; then scalers.fit_scaler, fitting.fit_model,
+holdout.score_holdout, publish.publish). Cancelled or failed jobs leave nothing: no artifact, no listing,
+and their scaler versions are deleted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from model_service import data
+from model_service.cost import Reservation
+from model_service.records import ModelRecord
+from model_service.scaling import ScalerFitter, ScalerRef
+from model_service.serving import ServingOptions
+from model_service.spec import Task
+from model_service.training import fitting
+from model_service.training.fitting import Progress, fit_model
+from model_service.training.holdout import score_holdout
+from model_service.training.publish import publish
+from model_service.training.request import Prepared, Publisher, TrainEvent, TrainInput, TrainStarted, prepare
+from model_service.training.scalers import fit_scaler
+from service_common.errors import Cancelled, ResourceExhausted, ServiceError
+
+log = logging.getLogger("model_service.training")
+
+_END = object()
+
+
+class TrainingJob:
+    def __init__(
+        self,
+        prepared: Prepared,
+        request: TrainInput,
+        record: ModelRecord,
+        registry: Publisher,
+        fitter: ScalerFitter,
+        serving: ServingOptions,
+        on_finish: Callable[[], None],
+        track: Callable[[], contextlib.AbstractContextManager[Any]],
+        memory: Reservation | None = None,
+    ) -> None:
+        self.model_id = record.model_id
+        self._memory = memory
+        self.version = record.version
+        self._prepared = prepared
+        self._request = request
+        self._record = record
+        self._registry = registry
+        self._fitter = fitter
+        self._serving = serving
+        self._on_finish = on_finish
+        self._track = track
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self._scalers: list[ScalerRef] = []
+        self._thread = threading.Thread(
+            target=self._run, name=f"train-{self.model_id}-v{self.version}", daemon=True
+        )
+
+    # ---- control -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def emit(self, event: TrainEvent) -> None:
+        self._events.put(event)
+
+    def events(
+        self, is_active: Callable[[], bool] = lambda: True, poll_seconds: float = 0.2
+    ) -> Iterator[TrainEvent]:
+        """Every event until the job ends; re-raises its error. Cancels the job once ``is_active`` is False."""
+        while True:
+            try:
+                item = self._events.get(timeout=poll_seconds)
+            except queue.Empty:
+                if not is_active():
+                    self.cancel()
+                    return
+                continue
+            if item is _END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item
+
+    # ---- the worker thread ---------------------------------------------------------------------
+
+    def _check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled(f"training of {self.model_id} v{self.version} was cancelled; nothing was saved")
+
+    def _run(self) -> None:
+        committed = False
+        try:
+            with self._track():
+                done = self._train()
+            committed = True
+            self.emit(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through events()
+            self._error = exc
+            if isinstance(exc, ServiceError):
+                log.info("training %s v%d ended: %s", self.model_id, self.version, exc)
+            else:
+                log.exception("training %s v%d failed", self.model_id, self.version)
+        finally:
+            if not committed:
+                self._registry.release(self.model_id, self.version)
+                for ref in self._scalers:
+                    try:
+                        self._fitter.delete(ref)
+                    except Exception as exc:  # noqa: BLE001 - best effort: an orphan scaler harms nobody
+                        log.warning("could not delete scaler %s v%d: %s", ref.scaler_id, ref.version, exc)
+            if self._memory is not None:
+                self._memory.release()
+            self._on_finish()
+            self._events.put(_END)
+
+    def _train(self) -> ModelRecord:
+        """The job's steps: fit scalers, fit the model, score the holdout, publish."""
+        p = self._prepared
+        spec, options, n_train = p.spec, p.options, p.n_train
+        started = time.perf_counter()
+        x_train, x_val = p.x[:n_train], p.x[n_train:]
+        y_train, y_val = p.y[:n_train], p.y[n_train:]
+        x_scaler = y_scaler = None
+        if self._request.x_scaling is not None:
+            x_scaler, x_train, x_val = fit_scaler(
+                self._fitter, f"{self.model_id}-x", self._request.x_scaling, x_train, x_val, self._scalers
+            )
+            self._check_cancelled()
+        if self._request.y_scaling is not None:
+            y_scaler, y_train, y_val = fit_scaler(
+                self._fitter, f"{self.model_id}-y", self._request.y_scaling, y_train, y_val, self._scalers
+            )
+            self._check_cancelled()
+        # The model trains in float32: refuse what float32 cannot hold rather than train on inf.
+        scaled = " (scaled by the x scaler)" if x_scaler else ""
+        x_train, x_val = data.narrowed(x_train, f"x{scaled}"), data.narrowed(x_val, f"x{scaled}")
+        if spec.task is not Task.MULTICLASS:
+            scaled = " (scaled by the y scaler)" if y_scaler else ""
+            y_train, y_val = data.narrowed(y_train, f"y{scaled}"), data.narrowed(y_val, f"y{scaled}")
+        self.emit(
+            TrainStarted(
+                self.model_id,
+                self.version,
+                n_train,
+                p.n_validation,
+                x_scaler.ref if x_scaler else None,
+                y_scaler.ref if y_scaler else None,
+            )
+        )
+        progress = Progress(self, options.epochs, n_train)
+        model = fit_model(spec, options, (x_train, y_train), (x_val, y_val), progress, fitting.dataset)
+        self._check_cancelled()
+        record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler)
+        holdout = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
+        return publish(
+            self._registry,
+            record,
+            model,
+            progress.history,
+            holdout,
+            n_train,
+            p.n_validation,
+            time.perf_counter() - started,
+            self._check_cancelled,
+        )
+
+
+class TrainingManager:
+    """Starts jobs, bounded by ``max_jobs`` running at once (the next gets RESOURCE_EXHAUSTED)."""
+
+    def __init__(
+        self,
+        registry: Publisher,
+        fitter: ScalerFitter,
+        serving: ServingOptions,
+        max_jobs: int,
+        max_work: int,
+        track: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    ) -> None:
+        self._registry = registry
+        self._fitter = fitter
+        self._serving = serving
+        self.max_jobs = max_jobs
+        self.max_work = max_work
+        self._track = track
+        self._lock = threading.Lock()
+        self._jobs: set[TrainingJob] = set()
+        self._closed = False
+
+    def start(self, request: TrainInput) -> TrainingJob:
+        admission = self._serving.admission
+        prepared = prepare(request, self.max_work, admission)
+        with self._lock:
+            if self._closed:
+                raise Cancelled("the model service is shutting down")
+            if len(self._jobs) >= self.max_jobs:
+                raise ResourceExhausted(
+                    f"{len(self._jobs)} training job(s) already running, the limit is max_training_jobs="
+                    f"{self.max_jobs}; retry when one has finished"
+                )
+            memory = admission.reserve(prepared.estimate) if admission and prepared.estimate else None
+            try:
+                record = self._registry.reserve(request.model_id, prepared.spec, prepared.options.seed)
+            except BaseException:
+                if memory is not None:
+                    memory.release()
+                raise
+            job = TrainingJob(
+                prepared,
+                request,
+                record,
+                self._registry,
+                self._fitter,
+                self._serving,
+                lambda: self._finished(job),
+                self._track,
+                memory,
+            )
+            self._jobs.add(job)
+        job.start()
+        return job
+
+    def _finished(self, job: TrainingJob) -> None:
+        with self._lock:
+            self._jobs.discard(job)
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancel every job and wait for them to stop (each stops within one batch)."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()
+        deadline = time.monotonic() + timeout
+        for job in jobs:
+            if not job.join(max(0.0, deadline - time.monotonic())):
+                log.warning("training %s v%d did not stop within %.0fs", job.model_id, job.version, timeout)

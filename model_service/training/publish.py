@@ -1,0 +1,39 @@
+"""The publish step: the trained version written whole and signed, visible to every process on the store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import keras
+
+from model_service import builder
+from model_service.records import EpochProgress, ModelRecord
+from model_service.training.request import Publisher
+
+
+def publish(
+    publisher: Publisher,
+    record: ModelRecord,
+    model: keras.Model,
+    history: list[EpochProgress],
+    holdout: dict[str, float],
+    n_train: int,
+    n_validation: int,
+    train_seconds: float,
+    check_cancelled: Callable[[], None],
+) -> ModelRecord:
+    """The final record, committed with the model (nothing is written once the job is cancelled)."""
+    keras_bytes = builder.to_keras_bytes(model)
+    record = replace(
+        record,
+        history=tuple(history),
+        holdout_metrics=holdout,
+        n_train=n_train,
+        n_validation=n_validation,
+        epochs_run=len(history),
+        train_seconds=train_seconds,
+    )
+    check_cancelled()
+    publisher.commit(record, keras_bytes)
+    return record

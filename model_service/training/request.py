@@ -1,0 +1,151 @@
+"""What a training request is, and every check that needs no training (the validate/prepare step).
+
+Bad requests fail here, synchronously, before a job, a version number or a scaler exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from model_service import data
+from model_service.cost import Admission, Estimate, ModelCost
+from model_service.records import EpochProgress, ModelRecord
+from model_service.scaling import ScalerRef
+from model_service.spec import ModelSpec, Task, plan, resolve
+from service_common.errors import InvalidArgument, ResourceExhausted
+
+DEFAULT_EPOCHS = 10
+MAX_EPOCHS = 10_000
+DEFAULT_BATCH_SIZE = 32
+MAX_BATCH_SIZE = 65_536
+MAX_PATIENCE = 10_000
+
+
+class Publisher(Protocol):
+    """Where a job reserves its version, then commits or releases it: the serving registry (which then
+    serves it) or a bare model_store.ModelPublisher (the trainer process, which serves nothing)."""
+
+    def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> ModelRecord: ...
+
+    def release(self, model_id: str, version: int) -> None: ...
+
+    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 0  # 0 = DEFAULT_EPOCHS
+    batch_size: int = 0  # 0 = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    shuffle: bool = False
+    validation_fraction: float = 0.0
+    patience: int = 0  # 0 = no early stopping
+    min_delta: float = 0.0
+    restore_best_weights: bool = False
+
+    def resolved(self) -> TrainOptions:
+        epochs = self.epochs or DEFAULT_EPOCHS
+        if not 1 <= epochs <= MAX_EPOCHS:
+            raise InvalidArgument(f"epochs must be in 1..{MAX_EPOCHS}, got {self.epochs}")
+        batch_size = self.batch_size or DEFAULT_BATCH_SIZE
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise InvalidArgument(
+                f"batch_size must be in 1..{MAX_BATCH_SIZE} (0 = {DEFAULT_BATCH_SIZE}), got {self.batch_size}"
+            )
+        if not 0 <= self.patience <= MAX_PATIENCE:
+            raise InvalidArgument(
+                f"early_stopping.patience must be in 0..{MAX_PATIENCE}, got {self.patience}"
+            )
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
+            raise InvalidArgument(
+                f"early_stopping.min_delta must be a finite number >= 0, got {self.min_delta}"
+            )
+        return replace(self, epochs=epochs, batch_size=batch_size)
+
+
+@dataclass(frozen=True)
+class TrainInput:
+    """A training request in domain terms. Exactly one of (x, y) and ``series`` is set."""
+
+    model_id: str
+    spec: ModelSpec
+    options: TrainOptions
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    series: np.ndarray | None = None
+    window: int = 0
+    target_feature: int = 0
+    # Scaler specs as the request carried them, passed to the ScalerFitter untouched; None = no scaling.
+    x_scaling: Any = None
+    y_scaling: Any = None
+
+
+@dataclass(frozen=True)
+class TrainStarted:
+    model_id: str
+    version: int
+    n_train: int
+    n_validation: int
+    x_scaler: ScalerRef | None
+    y_scaler: ScalerRef | None
+
+
+TrainEvent = TrainStarted | EpochProgress | ModelRecord
+
+
+@dataclass(frozen=True)
+class Prepared:
+    spec: ModelSpec
+    options: TrainOptions
+    x: np.ndarray  # (n, timesteps, features) float64, raw units
+    y: np.ndarray  # as data.targets returns it
+    n_train: int
+    estimate: Estimate | None = None  # memory, held against the budget while the job runs
+
+    @property
+    def n_validation(self) -> int:
+        return self.x.shape[0] - self.n_train
+
+
+def prepare(request: TrainInput, max_work: int, admission: Admission | None = None) -> Prepared:
+    """Every check that needs no training, so bad requests fail before a job starts."""
+    spec = resolve(request.spec)
+    options = request.options.resolved()
+    if request.series is not None:
+        x, y = data.windows(request.series, request.window, request.target_feature, spec)
+    else:
+        if request.x is None or request.y is None:
+            raise InvalidArgument(
+                "training data is missing: set supervised {x, y} or series {series, window}"
+            )
+        x, y = request.x, request.y
+    x = data.model_input(x, spec.timesteps, spec.features, name="x", what="samples")
+    y = data.targets(y, x.shape[0], spec)
+    n_train = x.shape[0] - data.holdout_size(x.shape[0], options.validation_fraction)
+    if request.y_scaling is not None and spec.task is not Task.REGRESSION:
+        raise InvalidArgument(
+            f"y_scaling is for REGRESSION only; a {spec.task.value} model predicts class labels"
+        )
+    work = options.epochs * n_train
+    if work > max_work:
+        raise ResourceExhausted(
+            f"training work {options.epochs} epochs x {n_train} rows = {work} exceeds the limit "
+            f"max_training_work={max_work}; train on fewer rows or epochs"
+        )
+    estimate = None
+    if admission is not None:
+        cost = ModelCost.of(plan(spec))
+        n_validation = x.shape[0] - n_train
+        batch = min(options.batch_size, max(n_train, n_validation))  # no batch holds more rows than there are
+        estimate = admission.training(
+            cost, batch, n_train, n_validation, f"training with batch_size {options.batch_size}"
+        )
+        if estimate.memory_bytes > admission.memory_budget_bytes:
+            fits = admission.max_batch_size(cost, n_train, n_validation)
+            hint = f"use batch_size {fits} or less" if fits else "train a smaller model or on fewer rows"
+            admission.reserve(estimate, hint)  # raises, naming the estimate and the budget
+    return Prepared(spec, options, x, y, n_train, estimate)
