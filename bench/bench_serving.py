@@ -18,9 +18,8 @@ What runs, all on 127.0.0.1 with free ports, stores and logs in a temp directory
   log (debug) and metrics are off: the fastest configuration of it, so the bar is the highest.
   ``parallel_workers`` = W, its own way of using W processes for inference.
 
-Per W (worker processes of the model service: 1 and 2, every W up to the core count on a bigger box;
-skipped with the reason when the installed model service has no worker processes yet), for a
-sequential caller (h2load -c 1 -m 1) and 32 concurrent callers (h2load -c 32 -m 1: 32 connections
+Per W (worker processes of the model service: 1 and 2, every W up to the core count on a bigger box),
+for a sequential caller (h2load -c 1 -m 1) and 32 concurrent callers (h2load -c 32 -m 1: 32 connections
 with one stream each, as 32 independent clients), each row's targets are measured in interleaved
 rounds (ours, theirs, ours, theirs, ...), every figure from this run:
 - the no-op floor: our grpc.health.v1.Health/Check; MLServer's inference ServerLive (it serves no
@@ -319,37 +318,6 @@ def mlserver(
 
 
 # ---- worker processes of our model service --------------------------------------------------------
-
-
-def worker_processes_flag(help_text: str) -> tuple[bool, str]:
-    """Whether ``--workers`` of this model service means server processes; the reason either way.
-
-    Today's servers have a ``--workers`` flag that sizes the sync server's RPC thread pool (default 32);
-    passing ``--workers 2`` to them would starve it, not add a process. The worker-process flag says
-    so in its help, or at least no longer defaults to the thread pool's 32.
-    """
-    match = re.search(r"^\s*--workers\b(.*?)(?=^\s*--|\Z)", help_text, re.M | re.S)
-    if match is None:
-        return False, "the model service has no --workers flag"
-    entry = " ".join(match.group(1).split())
-    if "process" in entry.lower():
-        return True, f"--workers: {entry}"
-    if re.search(r"default 32\b", entry):
-        return False, (
-            f"its --workers is still the RPC thread-pool size ({entry}), not worker processes on one "
-            "port (SO_REUSEPORT)"
-        )
-    return True, f"--workers: {entry}"
-
-
-def model_service_help() -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "model_service", "--help"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 # ---- per-thread CPU, from /proc ------------------------------------------------------------------
@@ -851,12 +819,8 @@ def main() -> int:
     venv = ensure_mlserver_venv()
     cpus = os.cpu_count() or 1
     wanted = [int(w) for w in args.workers.split(",")] if args.workers else list(range(1, max(2, cpus) + 1))
-    # Checked once; goes away once every model service has worker processes.
-    supported, why = worker_processes_flag(model_service_help())
-    worker_counts = wanted if supported else [w for w in wanted if w == 1]
-    skipped_because = None if supported or worker_counts == wanted else why
-    if skipped_because:
-        print(f"W={','.join(str(w) for w in wanted if w > 1)} rows skipped: {why}", flush=True)
+    worker_counts = wanted
+    skipped_because: str | None = None
     cpu_model = next(
         (
             line.split(":", 1)[1].strip()
@@ -900,7 +864,7 @@ def main() -> int:
         export_to_mlserver(root / "models", key.encode(), versions, repository)
         files = request_files(root / "bodies", models)
         for workers in worker_counts:
-            extra = ["--workers", str(workers)] if supported else []
+            extra = ["--workers", str(workers)]
             with (
                 service_process(
                     "model_service", [*model_args, *extra], logs / f"model-w{workers}.log"
