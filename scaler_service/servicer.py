@@ -22,6 +22,7 @@ from service_common import codec
 from service_common.artifacts import validate_id
 from service_common.errors import InvalidArgument, echo
 from service_common.grpc_errors import map_errors
+from service_common.handlers import confirm_client_is_there
 
 
 def _optional_id(scaler_id: str) -> str:
@@ -76,6 +77,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         if stream is None:
             raise InvalidArgument("FitStream received no chunks; the first chunk must carry the spec")
         fitted = stream.finish()
+        # A client that cancels ends the request stream just as one that is done does; only the
+        # cancellation that follows tells them apart. Stored only once the client is known to be there.
+        await confirm_client_is_there(context)
         return info_to_proto(await asyncio.to_thread(self._registry.add, scaler_id, fitted))
 
     def _add_chunk(self, stream: scaling.StreamingFit, chunk: scaler_pb2.FitChunk, name: str) -> None:

@@ -80,6 +80,16 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
     return _rebuild(handler, unary_response, stream_response)
 
 
+async def confirm_client_is_there(context: grpc.aio.ServicerContext) -> None:
+    """Before a side effect at the end of a request stream: raise CancelledError if the client cancelled.
+
+    grpc.aio ends the request stream of a call the client cancelled as if it were complete, then
+    cancels the handler. Sending the initial metadata is a round trip through the transport, which
+    fails on a stream the client reset, so the cancellation lands here instead of after the side effect.
+    """
+    await context.send_initial_metadata(())
+
+
 async def _let_a_cancellation_land() -> None:
     """A client that cancels a request stream first ends it as if it were complete, and the handler's
     task is cancelled a moment later: one turn of the loop lets that cancellation arrive, so a call the
