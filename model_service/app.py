@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import grpc
 
 from model_service.inference_protocol import add_inference_protocol
+from model_service.model_store import open_model_store
 from model_service.registry import ModelRegistry
 from model_service.runtime import ModelRuntime
 from model_service.scaler_gateway import ScalerGateway
@@ -19,7 +20,6 @@ from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
-from service_common.artifacts import ArtifactStore, load_signing_key
 from service_common.interceptors import RpcObserver
 from service_common.metrics import ServiceMetrics
 from service_common.server import ManagedServer, build_server
@@ -27,8 +27,6 @@ from service_common.server import ManagedServer, build_server
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
-# Model versions live under <store>/models; the signing key (if generated) at <store>/.signing-key.
-ARTIFACT_DIR = "models"
 
 
 def freeze_heap() -> None:
@@ -56,19 +54,8 @@ def create_server(
     settings: ModelSettings, observers: Iterable[RpcObserver] = ()
 ) -> tuple[ManagedServer, int]:
     """A ready-to-start server; every stored model is verified and loaded before this returns."""
-    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
-    store = ArtifactStore(settings.store / ARTIFACT_DIR, key)
-    gateway = ScalerGateway(
-        settings.scaler_address,
-        settings.scaler_timeout_seconds,
-        token=settings.scaler_token,
-        token_file=settings.scaler_token_file,
-        tls_ca=settings.scaler_tls_ca,
-        tls_cert=settings.scaler_tls_cert,
-        tls_key=settings.scaler_tls_key,
-        tls_server_name=settings.scaler_tls_server_name,
-        max_message_bytes=settings.max_message_bytes,
-    )
+    store = open_model_store(settings)
+    gateway = ScalerGateway.from_settings(settings)
     metrics = ServiceMetrics()
 
     def observe_batch(rows: int) -> None:

@@ -11,8 +11,9 @@ import logging
 import threading
 
 from model_service.records import ModelRecord, now_text
+from model_service.settings import ModelSettings
 from model_service.spec import ModelSpec
-from service_common.artifacts import ArtifactStore, Reservation, validate_id
+from service_common.artifacts import ArtifactStore, Reservation, load_signing_key, validate_id
 from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,16 @@ MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
 # Scaler ids are derived from model ids ("<id>-x", "<id>-y") and must stay within 128 characters.
 MAX_MODEL_ID_LENGTH = 120
+
+
+# Model versions live under <store>/models; the signing key (if generated) at <store>/.signing-key.
+ARTIFACT_DIR = "models"
+
+
+def open_model_store(settings: ModelSettings) -> ArtifactStore:
+    """The signed store of model versions the settings name (serving and trainer processes alike)."""
+    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
+    return ArtifactStore(settings.store / ARTIFACT_DIR, key)
 
 
 def check_model_id(model_id: str) -> str:

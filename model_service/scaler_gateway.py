@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from model_service.scaling import PER_COLUMN, PER_FEATURE, AffineScaler, FitOutcome, ScalerRef
+from model_service.settings import ModelSettings
 from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
 from service_common import codec
 from service_common.errors import (
@@ -90,6 +91,21 @@ class ScalerGateway:
             options=options,
         )
         self._stub = scaler_pb2_grpc.ScalerServiceStub(self._channel)
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> ScalerGateway:
+        """The gateway the model service's settings describe (address, timeout, token, TLS, limits)."""
+        return cls(
+            settings.scaler_address,
+            settings.scaler_timeout_seconds,
+            token=settings.scaler_token,
+            token_file=settings.scaler_token_file,
+            tls_ca=settings.scaler_tls_ca,
+            tls_cert=settings.scaler_tls_cert,
+            tls_key=settings.scaler_tls_key,
+            tls_server_name=settings.scaler_tls_server_name,
+            max_message_bytes=settings.max_message_bytes,
+        )
 
     def close(self) -> None:
         self._channel.close()

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from model_service import convert
-from model_service.model_store import ModelPublisher
+from model_service.model_store import ModelPublisher, open_model_store
 from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
 from model_service.scaler_gateway import ScalerGateway
@@ -27,13 +27,11 @@ from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.training import TrainingManager, TrainStarted
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
-from service_common.artifacts import ArtifactStore, load_signing_key
 from service_common.grpc_errors import map_errors
 from service_common.server import ManagedServer, build_server
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_DIR = "models"
 SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
@@ -84,19 +82,8 @@ def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:
     """The trainer's server (not started): store writer, scaler channel, job manager, Train servicer."""
     if settings.trainer_nice:
         os.nice(settings.trainer_nice)
-    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
-    store = ArtifactStore(settings.store / ARTIFACT_DIR, key)
-    gateway = ScalerGateway(
-        settings.scaler_address,
-        settings.scaler_timeout_seconds,
-        token=settings.scaler_token,
-        token_file=settings.scaler_token_file,
-        tls_ca=settings.scaler_tls_ca,
-        tls_cert=settings.scaler_tls_cert,
-        tls_key=settings.scaler_tls_key,
-        tls_server_name=settings.scaler_tls_server_name,
-        max_message_bytes=settings.max_message_bytes,
-    )
+    store = open_model_store(settings)
+    gateway = ScalerGateway.from_settings(settings)
     serving = serving_options(settings)
     trainer = TrainingManager(
         ModelPublisher(store),
