@@ -25,12 +25,13 @@ from sklearn.preprocessing import StandardScaler
 
 from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
 from service_common import codec
+from service_common.channels import message_size_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FEATURES = 3
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+CHANNEL_OPTIONS = message_size_options(256 * 1024 * 1024)
 STANDARD = scaler_pb2.ScalerSpec(kind=scaler_pb2.STANDARD)
 
 

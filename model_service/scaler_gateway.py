@@ -8,8 +8,6 @@ up and answers UNAVAILABLE for that call); what the scaler service rejects as in
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 import grpc
 import numpy as np
@@ -18,6 +16,7 @@ from model_service.scaling import PER_COLUMN, PER_FEATURE, AffineScaler, FitOutc
 from model_service.settings import ModelSettings
 from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
 from service_common import codec
+from service_common.channels import open_channel
 from service_common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -26,7 +25,7 @@ from service_common.errors import (
     ServiceError,
     Unavailable,
 )
-from service_common.security import load_tokens, open_channel
+from service_common.security import load_tokens
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +76,14 @@ class ScalerGateway:
         self.address = address
         self.timeout_seconds = timeout_seconds
         tokens = load_tokens(token, token_file)
-        options: Sequence[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
         self._channel = open_channel(
             address,
             token=tokens[0] if tokens else "",
-            root_ca=tls_ca or None,
-            client_cert=tls_cert or None,
-            client_key=tls_key or None,
-            server_name=tls_server_name,
-            options=options,
+            tls_root_cert=tls_ca or None,
+            tls_client_cert=tls_cert or None,
+            tls_client_key=tls_key or None,
+            tls_server_name=tls_server_name,
+            max_message_bytes=max_message_bytes,
         )
         self._stub = scaler_pb2_grpc.ScalerServiceStub(self._channel)
 

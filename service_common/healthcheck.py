@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service_common.security import channel_credentials
+from service_common.channels import open_channel
 
 EXIT_SERVING = 0
 EXIT_UNHEALTHY = 1
@@ -48,10 +48,15 @@ class TlsOptions:
 
 def _open_channel(address: str, tls: TlsOptions | None) -> grpc.Channel:
     if tls is None or not tls.active:
-        return grpc.insecure_channel(address)
-    credentials = channel_credentials(tls.root_ca or None, tls.client_cert or None, tls.client_key or None)
-    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
-    return grpc.secure_channel(address, credentials, options=options)
+        return open_channel(address)
+    return open_channel(
+        address,
+        tls=True,
+        tls_root_cert=tls.root_ca or None,
+        tls_client_cert=tls.client_cert or None,
+        tls_client_key=tls.client_key or None,
+        tls_server_name=tls.server_name,
+    )
 
 
 def check(

@@ -1,9 +1,9 @@
-"""Bearer-token auth and TLS for both services and for their outgoing channels.
+"""Bearer-token auth and TLS on the server side of both services (outgoing channels: channels.py).
 
 Server side: ``AuthInterceptor`` refuses every RPC but the health service unless its metadata carries
 ``authorization: Bearer <token>`` matching one of the configured tokens (UNAUTHENTICATED otherwise);
 ``server_credentials`` turns a certificate, key and optional client CA into TLS (mutual TLS when the CA
-is given). Client side: ``open_channel`` builds a channel that sends the token and speaks TLS when asked.
+is given).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hmac
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 
@@ -111,7 +111,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-def _read(path: str | Path, what: str) -> bytes:
+def read_file(path: str | Path, what: str) -> bytes:
+    """A certificate/key file's bytes; unreadable is a ValueError naming what it is and where."""
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -122,100 +123,6 @@ def server_credentials(
     cert: str | Path, key: str | Path, client_ca: str | Path | None = None
 ) -> grpc.ServerCredentials:
     """TLS with this certificate chain and key; with ``client_ca``, clients must show a cert it signed."""
-    pair = (_read(key, "TLS key"), _read(cert, "TLS certificate"))
-    root = _read(client_ca, "TLS client CA") if client_ca else None
+    pair = (read_file(key, "TLS key"), read_file(cert, "TLS certificate"))
+    root = read_file(client_ca, "TLS client CA") if client_ca else None
     return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
-
-
-def channel_credentials(
-    root_ca: str | Path | None = None,
-    client_cert: str | Path | None = None,
-    client_key: str | Path | None = None,
-) -> grpc.ChannelCredentials:
-    """TLS trusting ``root_ca`` (system roots when unset), presenting a client cert for mutual TLS."""
-    if bool(client_cert) != bool(client_key):
-        raise ValueError("a TLS client certificate and its key must be given together")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(root_ca, "TLS root CA") if root_ca else None,
-        private_key=_read(client_key, "TLS client key") if client_key else None,
-        certificate_chain=_read(client_cert, "TLS client certificate") if client_cert else None,
-    )
-
-
-def call_credentials(token: str) -> grpc.CallCredentials:
-    """Sends ``authorization: Bearer <token>`` on every call (gRPC only allows this over TLS)."""
-    return grpc.access_token_call_credentials(token)
-
-
-class _ClientCall(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Sequence[tuple[str, Any]] | None
-    credentials: grpc.CallCredentials | None
-    wait_for_ready: bool | None
-    compression: Any
-
-
-class BearerTokenClientInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds the bearer token to every call of a plaintext channel (call credentials need TLS)."""
-
-    def __init__(self, token: str) -> None:
-        self._metadata = bearer_metadata(token)
-
-    def _with_token(self, details: Any) -> _ClientCall:
-        metadata = [*(details.metadata or ()), *self._metadata]
-        return _ClientCall(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return continuation(self._with_token(details), request_iterator)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return continuation(self._with_token(details), request_iterator)
-
-
-def open_channel(
-    address: str,
-    *,
-    token: str = "",
-    tls: bool = False,
-    root_ca: str | Path | None = None,
-    client_cert: str | Path | None = None,
-    client_key: str | Path | None = None,
-    server_name: str = "",
-    options: Sequence[tuple[str, Any]] = (),
-) -> grpc.Channel:
-    """A channel to ``address``: TLS when ``tls`` or any TLS file is given, the bearer token when set.
-
-    ``server_name`` overrides the name checked against the server certificate (e.g. when dialling an IP
-    whose certificate names only a host).
-    """
-    channel_options = list(options)
-    if tls or root_ca or client_cert or client_key:
-        credentials = channel_credentials(root_ca, client_cert, client_key)
-        if token:
-            credentials = grpc.composite_channel_credentials(credentials, call_credentials(token))
-        if server_name:
-            channel_options.append(("grpc.ssl_target_name_override", server_name))
-        return grpc.secure_channel(address, credentials, options=channel_options)
-    channel = grpc.insecure_channel(address, options=channel_options)
-    if token:
-        return grpc.intercept_channel(channel, BearerTokenClientInterceptor(token))
-    return channel

@@ -24,6 +24,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_common.channels import message_size_options
 from service_common.handlers import refusing_handler, wrap_behaviour
 from service_common.interceptors import ObservingInterceptor, RpcObserver, log_rpc
 from service_common.metrics import ServiceMetrics
@@ -330,8 +331,7 @@ async def _build(
 
 def server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
+        *message_size_options(settings.max_message_bytes),
         # Worker processes share one port (SO_REUSEPORT, the kernel spreads connections); a single
         # process keeps the port to itself, so a second instance on it fails loudly.
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),

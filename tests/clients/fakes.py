@@ -14,6 +14,7 @@ import numpy as np
 
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
 from service_common import codec
+from service_common.channels import message_size_options
 
 MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -119,8 +120,7 @@ def start_fake(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
+            *message_size_options(MAX_MESSAGE),
         ],
     )
     scaler_pb2_grpc.add_ScalerServiceServicer_to_server(FakeScaler(script), server)

@@ -14,12 +14,12 @@ import pytest
 from model_service.app import create_server
 from model_service.settings import ModelSettings
 from protos.lstm_stack.v1 import model_pb2_grpc
+from service_common.channels import message_size_options
 from service_common.server import ManagedServer
 from tests.scaler_service.harness import ScalerServerHandle, running_scaler_server
 
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    *message_size_options(256 * 1024 * 1024),
 ]
 
 

@@ -14,13 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.lstm_stack.v1 import scaler_pb2_grpc
 from scaler_service.app import create_server
 from scaler_service.settings import ScalerSettings
+from service_common.channels import message_size_options
 from service_common.server import ManagedServer
 from tests.service_common.certs import TlsFiles
 
 # The client accepts anything; the server's own limit is what tests exercise.
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 512 * 1024 * 1024),
-    ("grpc.max_send_message_length", 512 * 1024 * 1024),
+    *message_size_options(512 * 1024 * 1024),
 ]
 
 

@@ -11,11 +11,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from service_common.channels import open_channel
 from service_common.security import (
     AuthInterceptor,
     bearer_metadata,
     load_tokens,
-    open_channel,
 )
 from service_common.server import ManagedServer, build_server
 from service_common.settings import ServerSettings
@@ -177,11 +177,11 @@ def test_no_token_configured_means_no_auth(make_server) -> None:
 
 def test_server_tls_serves_clients_that_trust_its_ca(make_server, tls: TlsFiles) -> None:
     port, _service = make_server(tls_cert=str(tls.server_cert), tls_key=str(tls.server_key))
-    with open_channel(f"127.0.0.1:{port}", root_ca=tls.ca) as channel:
+    with open_channel(f"127.0.0.1:{port}", tls_root_cert=tls.ca) as channel:
         assert echo.say(channel, b"over tls") == b"over tls"
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
     # The certificate names localhost too.
-    with open_channel(f"localhost:{port}", root_ca=tls.ca) as channel:
+    with open_channel(f"localhost:{port}", tls_root_cert=tls.ca) as channel:
         assert echo.say(channel) == b"hi"
 
 
@@ -189,7 +189,7 @@ def test_server_tls_refuses_plaintext_and_untrusting_clients(make_server, tls: T
     port, service = make_server(tls_cert=str(tls.server_cert), tls_key=str(tls.server_key))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         assert _code(lambda: echo.say(channel)) == grpc.StatusCode.UNAVAILABLE
-    with open_channel(f"127.0.0.1:{port}", root_ca=tls.rogue_ca) as channel:
+    with open_channel(f"127.0.0.1:{port}", tls_root_cert=tls.rogue_ca) as channel:
         assert _code(lambda: echo.say(channel)) == grpc.StatusCode.UNAVAILABLE
     assert service.calls == 0
 
@@ -199,15 +199,18 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(make_server, tls: 
         tls_cert=str(tls.server_cert), tls_key=str(tls.server_key), tls_client_ca=str(tls.ca)
     )
     address = f"127.0.0.1:{port}"
-    with open_channel(address, root_ca=tls.ca) as channel:
+    with open_channel(address, tls_root_cert=tls.ca) as channel:
         assert _code(lambda: echo.say(channel)) == grpc.StatusCode.UNAVAILABLE
     with open_channel(
-        address, root_ca=tls.ca, client_cert=tls.rogue_client_cert, client_key=tls.rogue_client_key
+        address,
+        tls_root_cert=tls.ca,
+        tls_client_cert=tls.rogue_client_cert,
+        tls_client_key=tls.rogue_client_key,
     ) as channel:
         assert _code(lambda: echo.say(channel)) == grpc.StatusCode.UNAVAILABLE
     assert service.calls == 0
     with open_channel(
-        address, root_ca=tls.ca, client_cert=tls.client_cert, client_key=tls.client_key
+        address, tls_root_cert=tls.ca, tls_client_cert=tls.client_cert, tls_client_key=tls.client_key
     ) as channel:
         assert echo.say(channel, b"mutual") == b"mutual"
 
@@ -220,7 +223,7 @@ def test_tls_and_token_together(make_server, tls: TlsFiles) -> None:
         tls_client_ca=str(tls.ca),
     )
     address = f"127.0.0.1:{port}"
-    client = {"root_ca": tls.ca, "client_cert": tls.client_cert, "client_key": tls.client_key}
+    client = {"tls_root_cert": tls.ca, "tls_client_cert": tls.client_cert, "tls_client_key": tls.client_key}
     with open_channel(address, **client) as channel:
         # A valid client certificate does not replace the token.
         assert _code(lambda: echo.say(channel)) == grpc.StatusCode.UNAUTHENTICATED
@@ -252,4 +255,4 @@ def test_bad_security_settings_stop_the_server_from_starting(
 
 def test_open_channel_rejects_half_a_client_certificate(tls: TlsFiles) -> None:
     with pytest.raises(ValueError, match="together"):
-        open_channel("127.0.0.1:1", root_ca=tls.ca, client_cert=tls.client_cert)
+        open_channel("127.0.0.1:1", tls_root_cert=tls.ca, tls_client_cert=tls.client_cert)

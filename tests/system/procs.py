@@ -19,14 +19,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service_common.security import open_channel
+from service_common.channels import message_size_options, open_channel
 
 REPO = Path(__file__).resolve().parents[2]
 # The model service imports TensorFlow on start; on 2 busy cores that can take a while.
 START_TIMEOUT = 120.0
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    *message_size_options(256 * 1024 * 1024),
     # Services here restart within seconds: reconnect fast instead of backing off for up to 2 minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),

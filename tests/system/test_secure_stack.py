@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lstm_stack_client import client as stack_client
 
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
-from service_common.security import open_channel
+from service_common.channels import open_channel
 from tests.service_common.certs import make_tls_files
 from tests.system import workloads
 from tests.system.procs import child_env, model_process, running, scaler_process
@@ -30,7 +30,11 @@ def test_token_and_mutual_tls_end_to_end(tmp_path: Path) -> None:
         "--tls-key", str(tls.server_key),
         "--tls-client-ca", str(tls.ca),
     ]  # fmt: skip
-    client_tls = {"root_ca": tls.ca, "client_cert": tls.client_cert, "client_key": tls.client_key}
+    client_tls = {
+        "tls_root_cert": tls.ca,
+        "tls_client_cert": tls.client_cert,
+        "tls_client_key": tls.client_key,
+    }
     scaler = scaler_process(
         tmp_path / "scaler-store",
         tmp_path / "logs",
@@ -84,7 +88,7 @@ def test_token_and_mutual_tls_end_to_end(tmp_path: Path) -> None:
                         call(channel)
                     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             # Token but no client certificate, or plaintext: the handshake fails.
-            with open_channel(service.address, token=TOKEN, root_ca=tls.ca) as channel:
+            with open_channel(service.address, token=TOKEN, tls_root_cert=tls.ca) as channel:
                 with pytest.raises(grpc.RpcError) as info:
                     call(channel)
                 assert info.value.code() == grpc.StatusCode.UNAVAILABLE

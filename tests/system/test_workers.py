@@ -20,7 +20,7 @@ import pytest
 
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
 from service_common import codec
-from service_common.security import open_channel
+from service_common.channels import open_channel
 from tests.system import workloads
 from tests.system.procs import CHANNEL_OPTIONS, ServiceProcess, model_process, running, scaler_process
 

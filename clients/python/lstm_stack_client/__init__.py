@@ -9,6 +9,8 @@ with connect(scaler_address="127.0.0.1:50051", model_address="127.0.0.1:50052") 
     print(stack.model.predict(model.id, [[50, 60, 70]]).values)
 """
 
+from service_common.channels import channel_credentials, open_channel
+
 from .client import (
     DEFAULT_MODEL_ADDRESS,
     DEFAULT_SCALER_ADDRESS,
@@ -26,9 +28,7 @@ from .client import (
     ScalerClient,
     TrainingCancelled,
     TrainRun,
-    channel_credentials,
     connect,
-    open_channel,
 )
 from .specs import SpecError, load_model_spec, model_spec, parse_layers, scaler_spec
 

@@ -22,6 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc, tensor_pb2
 from service_common import codec
+from service_common.channels import message_size_options, open_channel
+from service_common.security import bearer_metadata
 
 from .specs import scaler_spec
 
@@ -71,55 +73,13 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
-def _read_pem(value: bytes | str | Path | None) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    return Path(value).read_bytes()
-
-
-def channel_credentials(
-    tls_root_cert: bytes | str | Path | None = None,
-    tls_client_cert: bytes | str | Path | None = None,
-    tls_client_key: bytes | str | Path | None = None,
-) -> grpc.ChannelCredentials:
-    """TLS credentials; PEM given as bytes or a file path. No root cert: the system roots."""
-    if (tls_client_cert is None) != (tls_client_key is None):
-        raise ValueError("mutual TLS needs both tls_client_cert and tls_client_key")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read_pem(tls_root_cert),
-        private_key=_read_pem(tls_client_key),
-        certificate_chain=_read_pem(tls_client_cert),
-    )
-
-
-def open_channel(
-    address: str,
-    *,
-    tls: bool = False,
-    tls_root_cert: bytes | str | Path | None = None,
-    tls_client_cert: bytes | str | Path | None = None,
-    tls_client_key: bytes | str | Path | None = None,
-    tls_server_name: str | None = None,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
-) -> grpc.Channel:
-    """An insecure channel, or a TLS one when ``tls`` is set or any certificate is given."""
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+def _client_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        *message_size_options(max_message_bytes),
         ("grpc.primary_user_agent", USER_AGENT),
         # Retries are ours (below), so that only idempotent calls are retried.
         ("grpc.enable_retries", 0),
     ]
-    if tls_server_name:
-        options.append(("grpc.ssl_target_name_override", tls_server_name))
-    if tls or any(v is not None for v in (tls_root_cert, tls_client_cert, tls_client_key)):
-        credentials = channel_credentials(tls_root_cert, tls_client_cert, tls_client_key)
-        return grpc.secure_channel(address, credentials, options=options)
-    return grpc.insecure_channel(address, options=options)
-
-
-def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def encode(array: Any, name: str) -> tensor_pb2.Tensor:
@@ -149,7 +109,7 @@ class _Rpc:
         self.channel = channel
         self.timeout = timeout
         self.retry = retry
-        self.metadata = token_metadata(token)
+        self.metadata = bearer_metadata(token) if token else ()
         self.sleep = sleep
 
     def call(
@@ -289,7 +249,7 @@ class ScalerClient(_Client):
     @classmethod
     def connect(cls, address: str = DEFAULT_SCALER_ADDRESS, **options: Any) -> ScalerClient:
         channel_options, client_options = _split_options(options)
-        return cls(open_channel(address, **channel_options), own_channel=True, **client_options)
+        return cls(_channel(address, channel_options), own_channel=True, **client_options)
 
     def fit(
         self,
@@ -504,7 +464,7 @@ class ModelClient(_Client):
     @classmethod
     def connect(cls, address: str = DEFAULT_MODEL_ADDRESS, **options: Any) -> ModelClient:
         channel_options, client_options = _split_options(options)
-        return cls(open_channel(address, **channel_options), own_channel=True, **client_options)
+        return cls(_channel(address, channel_options), own_channel=True, **client_options)
 
     def validate(
         self, spec: model_pb2.ModelSpec, *, timeout: float | None = None
@@ -653,6 +613,12 @@ _CHANNEL_OPTIONS = {
 }
 
 
+def _channel(address: str, channel_options: dict[str, Any]) -> grpc.Channel:
+    options = dict(channel_options)
+    max_message_bytes = options.pop("max_message_bytes", MAX_MESSAGE_BYTES)
+    return open_channel(address, options=_client_options(max_message_bytes), **options)
+
+
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     channel = {k: v for k, v in options.items() if k in _CHANNEL_OPTIONS}
     client = {k: v for k, v in options.items() if k not in _CHANNEL_OPTIONS}
@@ -713,16 +679,16 @@ def connect(
     )
     channel_options: dict[str, Any] = {
         "tls": tls,
-        "tls_root_cert": _read_pem(tls_root_cert),
-        "tls_client_cert": _read_pem(tls_client_cert),
-        "tls_client_key": _read_pem(tls_client_key),
+        "tls_root_cert": tls_root_cert,
+        "tls_client_cert": tls_client_cert,
+        "tls_client_key": tls_client_key,
         "tls_server_name": tls_server_name,
         "max_message_bytes": max_message_bytes,
     }
     client_options: dict[str, Any] = {"timeout": timeout, "retry": retry, "token": token}
-    scaler = ScalerClient(open_channel(scaler_target, **channel_options), own_channel=True, **client_options)
+    scaler = ScalerClient(_channel(scaler_target, channel_options), own_channel=True, **client_options)
     model = ModelClient(
-        open_channel(model_target, **channel_options),
+        _channel(model_target, channel_options),
         own_channel=True,
         train_timeout=train_timeout,
         **client_options,
