@@ -39,8 +39,8 @@ BUILD_LOCK = threading.Lock()
 # Models built only to be looked at (ValidateSpec) are built one at a time: each holds its weights
 # (up to spec.MAX_PARAMS) until it is dropped, and callers are many.
 _DESCRIBE_LOCK = threading.Lock()
-# Unrolled LSTMs avoid a while-loop per call: about 2x faster steps for the short windows this
-# service is for; long sequences keep the loop so graphs stay small.
+# Unrolled LSTMs avoid a while-loop per call, so the short windows this service is for step faster
+# (docs/performance.md, "Figures behind the defaults"); long sequences keep the loop so graphs stay small.
 UNROLL_MAX_TIMESTEPS = 32
 SEED_MODULUS = 2**31 - 1
 # ReLU-type activations output exactly 0 for negative inputs. With Keras' zero biases, an LSTM of a

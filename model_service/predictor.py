@@ -1,18 +1,18 @@
 """The compiled forward pass: warmed tf.functions with a batch-agnostic input signature.
 
-Never ``model.predict`` (it builds a dataset and an iterator per call: ~100 ms for one row here).
-Two tiers, like a JIT:
+Never ``model.predict``: it builds a dataset and an iterator on every call, far more work than the
+forward pass of one window (docs/performance.md has the figures). Two tiers, like a JIT:
 
 - the graph function (``[None, timesteps, features]``), traced by ``warm()``, serves any batch size
-  at once. For the seed's stack one call costs 0.3-0.4 ms in a hot loop, and more CPU than wall
-  (TF's executor runs the LSTM's while-loop op by op on a spinning thread pool);
-- an XLA-compiled function of the same signature, 2-3x cheaper per call (0.1-0.2 ms, CPU = wall), but
-  XLA compiles once per distinct batch size (~0.8 s each). Batches are padded to a power of two (at most
-  ``max_bucket`` rows per call) to keep compilations few. A bucket is compiled in the background once
-  it has been used ``hot_after`` times; until then the graph function serves it, so no request ever
-  waits for a compiler and models that are rarely called never pay for one.
+  at once. It takes more CPU than wall: TF's executor runs the LSTM's while-loop op by op on a
+  spinning thread pool;
+- an XLA-compiled function of the same signature, cheaper per call (CPU = wall), but XLA compiles once
+  per distinct batch size. Batches are padded to a power of two (at most ``max_bucket`` rows per call)
+  to keep compilations few. A bucket is compiled in the background once it has been used
+  ``hot_after`` times; until then the graph function serves it, so no request ever waits for a
+  compiler and models that are rarely called never pay for one.
 
-Both tiers compute the same function (they agree to float32 rounding, ~1e-7 relative).
+Both tiers compute the same function (they agree to float32 rounding).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model_service.settings import DEFAULT_MAX_BATCH_SIZE
 from service_common.memory import release_unused_soon
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,20 @@ def _next_power_of_two(n: int) -> int:
 Call = Callable[[tf.Tensor], tf.Tensor]
 
 
-def _flat_call(concrete: tf.types.experimental.ConcreteFunction) -> Call:
-    """``concrete(x)`` re-binds and re-checks its arguments on every call: ~0.15 ms of Python, as much as
-    an XLA forward pass. Our callers always pass one float32 tensor of the traced shape, so call the
-    flat form; fall back to the public call on a TensorFlow without it."""
+def _flat_call(concrete: tf.types.experimental.ConcreteFunction, flat: bool = True) -> Call:
+    """The call of a traced function: the public ``concrete(x)``, or with ``flat`` the private flat form.
+
+    The public call re-binds and re-checks its arguments every time, a cost of the order of an XLA
+    forward pass (bench/bench_model.py prints both). Our callers always pass one float32 tensor of the
+    traced shape, so the check buys nothing. ``_call_flat`` is private: tests/model_service/
+    test_predictor.py fails when TensorFlow changes it, and a TensorFlow without it gets the public
+    call (with a warning) rather than a broken server.
+    """
+    if not flat:
+        return concrete
     call_flat = getattr(concrete, "_call_flat", None)
     if call_flat is None:
+        log.warning("this TensorFlow has no ConcreteFunction._call_flat; using the public call")
         return concrete
     captured = concrete.captured_inputs
     return lambda x: call_flat([x], captured)
@@ -116,8 +125,9 @@ class CompiledPredictor:
         timesteps: int,
         features: int,
         jit_compile: bool = True,
-        max_bucket: int = 256,
+        max_bucket: int = DEFAULT_MAX_BATCH_SIZE,
         hot_after: int = DEFAULT_HOT_AFTER,
+        flat_call: bool = True,
     ) -> None:
         self.model = model
         self.timesteps = timesteps
@@ -126,7 +136,8 @@ class CompiledPredictor:
         self.hot_after = max(1, hot_after)
         signature = [tf.TensorSpec([None, timesteps, features], tf.float32, name="x")]
         self._call = _forward_function(model, signature, jit_compile=False).get_concrete_function()
-        self._graph_call = _flat_call(self._call)
+        self._flat = flat_call
+        self._graph_call = _flat_call(self._call, flat_call)
         self._xla = _forward_function(model, signature, jit_compile=True) if jit_compile else None
         self._xla_call: Call | None = None
         # bucket -> uses so far; compiled buckets sit in _compiled. Plain dict/set updates under the GIL.
@@ -158,7 +169,7 @@ class CompiledPredictor:
         assert self._xla is not None
         zeros = tf.zeros((bucket, self.timesteps, self.features), tf.float32)
         if self._xla_call is None:
-            self._xla_call = _flat_call(self._xla.get_concrete_function())
+            self._xla_call = _flat_call(self._xla.get_concrete_function(), self._flat)
         self._xla_call(zeros).numpy()
         self._compiled.add(bucket)
 

@@ -19,7 +19,7 @@ from model_service.batching import AdaptiveBatcher
 from model_service.cost import Admission, ModelCost
 from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
-from model_service.settings import ModelSettings
+from model_service.settings import DEFAULT_MAX_BATCH_SIZE, ModelSettings
 from model_service.spec import Task
 
 # Probabilities are clipped this far from 0 and 1 for the log loss (float32 softmax can hit 0 exactly).
@@ -28,9 +28,10 @@ LOG_LOSS_EPSILON = 1e-7
 
 @dataclass(frozen=True)
 class ServingOptions:
-    max_batch_size: int = 32
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_batch_wait_seconds: float = 0.0
     jit_compile: bool = True
+    flat_call: bool = True
     observe_batch: Callable[[int], None] | None = None
     # Memory budget and reply limit (cost.py); None admits everything and computes in one pass.
     admission: Admission | None = None
@@ -44,6 +45,7 @@ def serving_options(
         max_batch_size=settings.max_batch_size,
         max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
         jit_compile=settings.jit_compile,
+        flat_call=settings.flat_call,
         observe_batch=observe_batch,
         admission=Admission.from_settings(settings.memory_budget_mb, settings.max_message_bytes),
     )
@@ -234,10 +236,20 @@ def score(task: Task, y: np.ndarray, prediction: Prediction) -> dict[str, float]
     return {"accuracy": accuracy, "log_loss": float(log_loss)}
 
 
+def predictor_for(record: ModelRecord, model: Any, options: ServingOptions) -> CompiledPredictor:
+    """The compiled forward pass for a version. Its largest bucket is at least the default batch
+    ceiling even when batching is off, so a client's own batch of rows still runs in a few XLA calls."""
+    spec = record.spec
+    return CompiledPredictor(
+        model,
+        spec.timesteps,
+        spec.features,
+        options.jit_compile,
+        max_bucket=max(DEFAULT_MAX_BATCH_SIZE, options.max_batch_size),
+        flat_call=options.flat_call,
+    )
+
+
 def make_served(record: ModelRecord, model: Any, options: ServingOptions) -> ServedModel:
     """Wrap a Keras model (trained here, or loaded from a verified artifact) for serving."""
-    spec = record.spec
-    predictor = CompiledPredictor(
-        model, spec.timesteps, spec.features, options.jit_compile, max_bucket=max(64, options.max_batch_size)
-    )
-    return ServedModel(record, predictor, options)
+    return ServedModel(record, predictor_for(record, model, options), options)

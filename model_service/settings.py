@@ -1,60 +1,73 @@
 """Model service settings: the shared server settings plus training, batching and the scaler channel.
 
-Every field is a flag (``--max-training-jobs``) and an LSTM_MODEL_ environment variable.
+Every field is a flag (``--max-training-jobs``) and an LSTM_MODEL_ environment variable; why the
+defaults are what they are (measured) is in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from service_common.settings import ServerSettings
+from service_common.settings import ServerSettings, setting
+
+# One default for the serving batch ceiling: the setting, ServingOptions and the predictor's buckets.
+DEFAULT_MAX_BATCH_SIZE = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings(ServerSettings):
     ENV_PREFIX = "LSTM_MODEL_"
 
-    # host:port of the scaler service (it fits every scaler on the training split).
-    scaler_address: str = ""
-    scaler_timeout_seconds: float = 30.0
-    # Bearer token(s) / TLS for the model -> scaler channel (see the README's SECURITY section).
-    scaler_token: str = ""
-    scaler_token_file: str = ""
-    scaler_tls_ca: str = ""
-    scaler_tls_cert: str = ""
-    scaler_tls_key: str = ""
-    scaler_tls_server_name: str = ""
-    # Training jobs running at once; the next Train gets RESOURCE_EXHAUSTED.
-    max_training_jobs: int = 2
-    # Ceiling on one job's work, epochs x training rows.
-    max_training_work: int = 200_000_000
-    # Memory (MiB) that Predict, Evaluate, ModelInfer and Train calls running at once may take on top of
-    # the loaded models: each call's estimate (model_service/cost.py: activations, its inputs and outputs,
-    # for Train also weights and optimizer state) is held against it while the call runs, and a call
-    # that would go past it gets RESOURCE_EXHAUSTED naming both. Big inference calls run in chunks of
-    # at most a quarter of it.
-    memory_budget_mb: int = 2048
-    # Adaptive batching (chosen by bench/bench_model.py): an idle request runs at once; under load the
-    # worker drains whatever is queued, up to this many rows, waiting up to max_batch_wait_ms for more.
-    # With 32 clients, batching gave 1.21-1.33x the unbatched rate (XLA tier); a 1 ms wait was within
-    # run-to-run noise of no wait (3 runs, -11 % to +11 %), so none. max_batch_size 1 turns batching off.
-    max_batch_size: int = 64
-    max_batch_wait_ms: float = 0.0
-    # Serve each hot batch-size bucket with XLA (compiled in the background after 16 uses, ~0.8 s each;
-    # the graph function serves it until then): 2-3x cheaper forward passes. false = graph only.
-    jit_compile: bool = True
-    # Trace every stored model in the background after start, so first requests are fast.
-    warm_on_start: bool = True
-    # The trainer process serving processes forward Train to ("unix:/path"). The supervisor sets it for
-    # its workers; empty = this process starts (on the first Train) and owns a trainer of its own.
-    trainer_address: str = ""
-    # The trainer exits after this many jobs, once idle, and a fresh one takes over (its memory goes
-    # back to the system); 0 = never.
-    trainer_recycle_jobs: int = 20
-    # CPU priority the trainer lowers itself by (nice), so serving keeps the cores it needs.
-    trainer_nice: int = 10
-    # How long a Train call waits for a trainer process to come up before UNAVAILABLE.
-    trainer_start_timeout_seconds: float = 120.0
+    scaler_address: str = setting(
+        "", "host:port of the scaler service (it fits every scaler on the training split)"
+    )
+    scaler_timeout_seconds: float = setting(30.0, "deadline of each call to the scaler service")
+    scaler_token: str = setting("", "bearer token for the model -> scaler channel")
+    scaler_token_file: str = setting("", "file whose first token is sent to the scaler service")
+    scaler_tls_ca: str = setting("", "PEM root certificate to trust for the scaler service; implies TLS")
+    scaler_tls_cert: str = setting("", "PEM client certificate presented to the scaler service (mutual TLS)")
+    scaler_tls_key: str = setting("", "PEM key of that client certificate")
+    scaler_tls_server_name: str = setting("", "name the scaler service's certificate must carry")
+    max_training_jobs: int = setting(
+        2, "training jobs running at once; the next Train gets RESOURCE_EXHAUSTED"
+    )
+    max_training_work: int = setting(200_000_000, "ceiling on one job's work, epochs x training rows")
+    memory_budget_mb: int = setting(
+        2048,
+        "memory (MiB) that Predict, Evaluate, ModelInfer and Train calls running at once may take on top "
+        "of the loaded models (each call's estimate from model_service/cost.py is held while it runs; one "
+        "that would go past it gets RESOURCE_EXHAUSTED; big inference calls run in chunks of a quarter)",
+    )
+    max_batch_size: int = setting(
+        DEFAULT_MAX_BATCH_SIZE,
+        "adaptive batching: under load a forward pass takes whatever is queued, up to this many rows "
+        "(an idle request runs at once); 1 turns batching off",
+    )
+    max_batch_wait_ms: float = setting(0.0, "adaptive batching: how long a pass waits for more rows")
+    jit_compile: bool = setting(
+        True,
+        "serve each hot batch-size bucket with XLA, compiled in the background after a few uses (the "
+        "graph function serves it until then); false = graph only",
+    )
+    flat_call: bool = setting(
+        True,
+        "call compiled functions through TensorFlow's private ConcreteFunction._call_flat, which skips "
+        "re-binding the arguments on every call (a test fails loudly if TensorFlow changes it); "
+        "false = the public call",
+    )
+    warm_on_start: bool = setting(True, "trace every stored model in the background after start")
+    trainer_address: str = setting(
+        "",
+        "the trainer process serving processes forward Train to ('unix:/path'); the supervisor sets it "
+        "for its workers; empty = this process starts a trainer of its own on the first Train",
+    )
+    trainer_recycle_jobs: int = setting(
+        20, "the trainer exits after this many jobs, once idle, and a fresh one takes over; 0 = never"
+    )
+    trainer_nice: int = setting(10, "CPU priority the trainer lowers itself by, so serving keeps its cores")
+    trainer_start_timeout_seconds: float = setting(
+        120.0, "how long a Train call waits for a trainer process to come up before UNAVAILABLE"
+    )
 
 
 # The trainer process: what serving processes start (single process) or the supervisor runs, and the

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 S = TypeVar("S", bound="ServerSettings")
+T = TypeVar("T")
+
+
+def setting(default: T, meaning: str) -> T:
+    """A settings field: its default and what it means (the flag's --help text)."""
+    return dataclasses.field(default=default, metadata={"help": meaning})  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,42 +28,52 @@ class ServerSettings:
 
     ENV_PREFIX = "LSTM_"
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    store: Path = Path("./store")
-    max_message_mb: int = 64
-    # Calls in flight at once per worker process (idle streams included; on grpc.aio an idle stream
-    # costs no thread); past it, new calls get RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = 4096
-    # Server processes sharing the port (SO_REUSEPORT); 0 = the usable cores (CPU affinity mask and
-    # cgroup quota). 1 = one process, no supervisor.
-    workers: int = 0
-    # Threads per process for blocking work handed off the event loop (sklearn, disk, Keras).
-    executor_threads: int = 16
-    # Share the port with other processes (SO_REUSEPORT); the supervisor sets it for its workers.
-    reuse_port: bool = False
-    grace_seconds: float = 10.0
-    # On SIGTERM: seconds of NOT_SERVING health while still answering, before new calls are refused.
-    drain_seconds: float = 0.0
-    log_level: str = "INFO"
-    # HMAC key for artifacts; when empty, <store>/.signing-key is used (created on first start).
-    signing_key: str = ""
-    signing_key_file: str = ""
-    # Bearer tokens callers must send (health is exempt); none set = no auth. The setting may list
-    # several comma-separated tokens (rotation); the file holds one per line.
-    auth_token: str = ""
-    auth_token_file: str = ""
-    # TLS: certificate chain + key turn it on; a client CA also requires client certificates (mutual TLS).
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    # Prometheus endpoint http://metrics_host:metrics_port/metrics; 0 = a free port, -1 = off.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = -1
-    # Seconds between looks at the store for versions other processes committed, deleted or unloaded
-    # (as TF Serving's --file_system_poll_wait_seconds); 0 = look only on a cache miss. A call naming an
-    # id or version this process has not seen yet always looks at once.
-    store_poll_seconds: float = 1.0
+    host: str = setting("127.0.0.1", "address to bind; 'unix:/path' binds a unix socket instead of a port")
+    port: int = setting(0, "port to bind (0 = a free port, printed on start)")
+    store: Path = setting(Path("./store"), "the store directory every process and instance shares")
+    max_message_mb: int = setting(64, "largest request or reply message, MiB")
+    max_concurrent_rpcs: int = setting(
+        4096,
+        "calls in flight at once per worker process, idle streams included (on grpc.aio an idle stream "
+        "costs no thread); past it new calls get RESOURCE_EXHAUSTED",
+    )
+    workers: int = setting(
+        0,
+        "server processes sharing the port (SO_REUSEPORT); 0 = the usable cores (CPU affinity mask and "
+        "cgroup quota); 1 = one process, no supervisor",
+    )
+    executor_threads: int = setting(
+        16, "threads per process for blocking work handed off the event loop (sklearn, disk, Keras)"
+    )
+    reuse_port: bool = setting(
+        False, "share the port with other processes (SO_REUSEPORT); the supervisor sets it for its workers"
+    )
+    grace_seconds: float = setting(10.0, "on SIGTERM: seconds calls in flight get to finish")
+    drain_seconds: float = setting(
+        0.0, "on SIGTERM: seconds of NOT_SERVING health while still answering, before new calls are refused"
+    )
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    signing_key: str = setting("", "HMAC key for artifacts; empty = the key file, else <store>/.signing-key")
+    signing_key_file: str = setting("", "file holding the HMAC key for artifacts")
+    auth_token: str = setting(
+        "",
+        "bearer tokens callers must send, comma-separated for rotation (health is exempt); "
+        "none set = no auth",
+    )
+    auth_token_file: str = setting("", "file of accepted bearer tokens, one per line")
+    tls_cert: str = setting("", "PEM certificate chain; with --tls-key turns TLS on")
+    tls_key: str = setting("", "PEM key of the TLS certificate")
+    tls_client_ca: str = setting("", "PEM CA that client certificates must be signed by (mutual TLS)")
+    metrics_host: str = setting("127.0.0.1", "address of the Prometheus endpoint")
+    metrics_port: int = setting(
+        -1,
+        "port of the Prometheus endpoint http://metrics_host:metrics_port/metrics; 0 = a free port, -1 = off",
+    )
+    store_poll_seconds: float = setting(
+        1.0,
+        "seconds between looks at the store for versions other processes committed, deleted or "
+        "unloaded (as TF Serving's --file_system_poll_wait_seconds); 0 = only on a cache miss",
+    )
 
     @property
     def max_message_bytes(self) -> int:
@@ -104,7 +120,7 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, description: 
             dest=field.name,
             type=convert,
             default=default,
-            help=f"(env {env_name}, default {field.default!s})",
+            help=f"{field.metadata.get('help', '')} (env {env_name}, default {field.default!s})",
         )
     namespace = parser.parse_args(argv)
     for field in dataclasses.fields(cls):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
-from model_service.serving import ServedModel, ServingOptions
+from model_service.serving import ServedModel, ServingOptions, predictor_for
 
 
 def score_holdout(
@@ -16,10 +15,7 @@ def score_holdout(
     """Metrics of ``model`` on the raw-unit holdout (x, y); empty when there is no holdout."""
     if not x.shape[0]:
         return {}
-    spec = record.spec
-    predictor = CompiledPredictor(
-        model, spec.timesteps, spec.features, serving.jit_compile, max(64, serving.max_batch_size)
-    )
+    predictor = predictor_for(record, model, serving)
     # Raw units in, original units out, unbatched; chunked as served, but not counted against the
     # budget again: the job's reservation covers the scoring.
     scorer = ServedModel(
@@ -28,6 +24,7 @@ def score_holdout(
         ServingOptions(
             max_batch_size=1,
             jit_compile=serving.jit_compile,
+            flat_call=serving.flat_call,
             admission=serving.admission.untracked() if serving.admission else None,
         ),
     )

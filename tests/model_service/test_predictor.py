@@ -113,12 +113,32 @@ def test_a_failed_compilation_leaves_the_graph_serving(
 
 
 def test_the_flat_call_computes_what_the_public_call_does(model: keras.Model) -> None:
+    # The private API the serving hot path uses (--flat-call, on by default): this fails loudly when a
+    # TensorFlow upgrade renames it or changes its arguments (call_flat(args list, captured inputs)).
     signature = [tf.TensorSpec([None, TIMESTEPS, FEATURES], tf.float32)]
     concrete = predictor_module._forward_function(model, signature, jit_compile=False).get_concrete_function()
+    assert callable(getattr(concrete, "_call_flat", None)), (
+        "TensorFlow no longer has ConcreteFunction._call_flat"
+    )
     fast = predictor_module._flat_call(concrete)
-    assert fast is not concrete  # this TensorFlow has the flat form; otherwise the public call is used
+    assert fast is not concrete
+    assert predictor_module._flat_call(concrete, flat=False) is concrete
     x = tf.constant(rows(7, seed=5))
     np.testing.assert_array_equal(fast(x).numpy(), concrete(x).numpy())
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_the_public_call_path_serves_what_the_flat_one_does(model: keras.Model, jit_compile: bool) -> None:
+    x = rows(5, seed=9)
+    flat = CompiledPredictor(model, TIMESTEPS, FEATURES, jit_compile=jit_compile, hot_after=1)
+    public = CompiledPredictor(
+        model, TIMESTEPS, FEATURES, jit_compile=jit_compile, hot_after=1, flat_call=False
+    )
+    if jit_compile:
+        flat.compile_now(8)
+        public.compile_now(8)
+    np.testing.assert_allclose(public(x), flat(x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(public(x), expected(model, x), rtol=1e-5, atol=1e-6)
 
 
 EXIT_WHILE_COMPILING = """

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
 
+from model_service.settings import ModelSettings
 from scaler_service.settings import ScalerSettings
 from service_common.settings import ServerSettings, load_settings
 
@@ -60,3 +62,33 @@ def test_scaler_settings_use_their_own_prefix(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("LSTM_DEMO_PORT", "9")
     settings = load_settings(ScalerSettings, ["--store", "/data/scalers"])
     assert (settings.port, settings.store) == (5123, Path("/data/scalers"))
+
+
+@pytest.mark.parametrize("settings_class", [ScalerSettings, ModelSettings])
+def test_every_setting_says_what_it_means_in_help(
+    settings_class: type[ServerSettings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for field in dataclasses.fields(settings_class):
+        assert len(field.metadata.get("help", "")) > 10, f"{field.name} has no meaning for --help"
+    with pytest.raises(SystemExit):
+        load_settings(settings_class, ["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "calls in flight at once per worker process" in shown
+    assert f"(env {settings_class.ENV_PREFIX}WORKERS, default 0)" in shown
+
+
+def test_the_batch_ceiling_has_one_default() -> None:
+    from model_service.predictor import CompiledPredictor
+    from model_service.serving import ServingOptions
+
+    predictor_default = inspect.signature(CompiledPredictor).parameters["max_bucket"].default
+    assert ModelSettings().max_batch_size == ServingOptions().max_batch_size == predictor_default
+
+
+def test_the_client_leaves_the_epoch_default_to_the_service() -> None:
+    from lstm_stack_client import ModelClient
+
+    from model_service.training.request import TrainOptions
+
+    assert inspect.signature(ModelClient.train).parameters["epochs"].default == 0
+    assert TrainOptions(epochs=0).resolved().epochs == 10

@@ -684,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target-feature", type=int, default=0, help="with --series: the column y comes from")
     training = train.add_argument_group("training")
     training.add_argument("--id", help="make a new version of this id (default: a new id)")
-    training.add_argument("--epochs", type=int, default=100)
+    training.add_argument("--epochs", type=int, default=0, help="default: the service's (10)")
     training.add_argument("--batch-size", type=int, default=0, help="default 32")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--shuffle", action="store_true", help="shuffle within the training split")

@@ -485,7 +485,7 @@ class ModelClient(_Client):
         window: int = 0,
         target_feature: int = 0,
         model_id: str = "",
-        epochs: int = 100,
+        epochs: int = 0,
         batch_size: int = 0,
         seed: int = 0,
         shuffle: bool = False,

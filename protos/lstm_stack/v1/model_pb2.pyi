@@ -506,6 +506,7 @@ class TrainRequest(_message.Message):
     validation_fraction: _builtins.float
     """The last fraction of samples (time order, never shuffled into training) is the holdout."""
     epochs: _builtins.int
+    """10 when unset"""
     batch_size: _builtins.int
     """32 when unset"""
     seed: _builtins.int
