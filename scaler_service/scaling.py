@@ -74,9 +74,6 @@ ESTIMATOR_BY_KIND = {
     Kind.ROBUST: RobustScaler,
     Kind.MAXABS: MaxAbsScaler,
 }
-# Every kind fits on a single sample, as scikit-learn does (a constant column gets scale 1). Zero
-# samples is always refused; the table keeps the rule per kind explicit and in one place.
-MIN_SAMPLES: dict[Kind, int] = {Kind.MINMAX: 1, Kind.STANDARD: 1, Kind.ROBUST: 1, Kind.MAXABS: 1}
 # Kinds whose statistics can be accumulated chunk by chunk with partial_fit.
 STREAMABLE = frozenset({Kind.MINMAX, Kind.STANDARD, Kind.MAXABS})
 FINGERPRINT_DTYPE = "<f8"
@@ -336,12 +333,9 @@ class FittedScaler:
 
 
 def _check_enough_samples(kind: Kind, n_samples: int, name: str) -> None:
-    needed = MIN_SAMPLES[kind]
-    if n_samples < needed:
-        raise InvalidArgument(
-            f"{name}: {kind.value} needs at least {needed} sample{'s' if needed > 1 else ''} to fit, "
-            f"got {n_samples}"
-        )
+    # Every kind fits on a single sample, as scikit-learn does (a constant column gets scale 1).
+    if n_samples < 1:
+        raise InvalidArgument(f"{name}: {kind.value} needs at least 1 sample to fit, got {n_samples}")
 
 
 def fit(spec: ScalerSpec, data: np.ndarray, name: str = "data") -> FittedScaler:
@@ -389,7 +383,7 @@ class StreamingFit:
     def finish(self) -> FittedScaler:
         if self._sample_shape is None:
             raise InvalidArgument(
-                f"stream: {self.spec.kind.value} needs at least {MIN_SAMPLES[self.spec.kind]} sample(s) "
+                f"stream: {self.spec.kind.value} needs at least 1 sample "
                 "to fit, but no chunk carried data"
             )
         _check_enough_samples(self.spec.kind, self._n_samples, "stream")
