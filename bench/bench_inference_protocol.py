@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import numpy as np
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from demo.seed_examples import example1_windows
+from demo.services import free_port
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
 from service_common import codec
 
@@ -44,19 +45,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_P50_MS = 1.8
 REFERENCE_RPS = (700.0, 780.0)
 MODEL_ID = "bench-seed-example-1"
-
-
-def seed_example_1() -> tuple[np.ndarray, np.ndarray]:
-    """The seed notes' windows [[1,2,3], ..., [10,11,12], [20,30,40], [30,40,50], [40,50,60]] -> next value."""
-    x = np.array([[i, i + 1, i + 2] for i in range(1, 11)] + [[20, 30, 40], [30, 40, 50], [40, 50, 60]])
-    y = np.array([*range(4, 14), 50, 60, 70])
-    return x.reshape(13, 3, 1).astype(np.float64), y.astype(np.float64)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
@@ -102,7 +90,7 @@ def service(module: str, *args: str, env: dict[str, str], log: Path) -> Iterator
 
 
 def train(model_address: str) -> int:
-    x, y = seed_example_1()
+    x, y = example1_windows()
     lstm = model_pb2.LstmLayer
     spec = model_pb2.ModelSpec(
         input=model_pb2.InputShape(timesteps=3, features=1),

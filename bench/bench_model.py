@@ -35,7 +35,6 @@ import math
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from demo.seed_examples import example1_windows
+from demo.services import free_port
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
 from service_common import codec
 
@@ -78,11 +79,6 @@ def seed_spec() -> model_pb2.ModelSpec:
     )
 
 
-def seed_data() -> tuple[np.ndarray, np.ndarray]:
-    x = np.array([[i, i + 1, i + 2] for i in range(1, 11)] + [[20, 30, 40], [30, 40, 50], [40, 50, 60]])
-    return x.reshape(13, 3, 1).astype(np.float64), np.array([*range(4, 14), 50, 60, 70], dtype=np.float64)
-
-
 def long_series() -> tuple[np.ndarray, np.ndarray]:
     """TRAIN_ROWS windows of a noisy sine: (rows, 3, 1) -> next value."""
     rng = np.random.default_rng(0)
@@ -101,12 +97,6 @@ def percentiles(seconds: list[float] | np.ndarray) -> tuple[float, float]:
 
 
 # ---- services ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -158,7 +148,7 @@ def service_process(module: str, args: list[str], log: Path) -> Iterator[tuple[s
 
 
 def train_seed_model(address: str) -> None:
-    x, y = seed_data()
+    x, y = example1_windows()
     request = model_pb2.TrainRequest(
         model_id=MODEL_ID,
         spec=seed_spec(),
@@ -379,7 +369,7 @@ def in_process(requests: int, epochs: int) -> dict[str, Any]:
     spec = resolve(convert.spec_from_proto(seed_spec()))
     with builder.seeded(3):
         model = builder.build(spec, 3)
-    x, y = seed_data()
+    x, y = example1_windows()
     model.fit(x, y, epochs=2, batch_size=4, verbose=0)
     query = QUERY.astype(np.float32)
     results: dict[str, Any] = {}

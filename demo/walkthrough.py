@@ -18,31 +18,24 @@ from typing import Any, TextIO
 import numpy as np
 from lstm_stack_client import LstmStackClient, display, model_spec, plots, scaler_spec
 
+from demo.seed_examples import (
+    EXAMPLE1_EXPECTED,
+    EXAMPLE1_QUERY,
+    EXAMPLE1_X,
+    EXAMPLE1_Y,
+    EXAMPLE2_X,
+    EXAMPLE2_Y,
+)
 from protos.lstm_stack.v1 import model_pb2
 
 # ---- seed data
 
-EXAMPLE1_X = np.array(
-    [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8], [7, 8, 9], [8, 9, 10],
-     [9, 10, 11], [10, 11, 12], [20, 30, 40], [30, 40, 50], [40, 50, 60]],
-    dtype=np.float64,
-)  # fmt: skip
-EXAMPLE1_Y = np.array([4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 50, 60, 70], dtype=np.float64)
-EXAMPLE1_QUERY = np.array([50, 60, 70], dtype=np.float64)
-EXAMPLE1_EXPECTED = 80.0
 # The seed's model: LSTM(10, relu, rs) -> LSTM(2, relu, rs) -> LSTM(10, relu) -> Dense(5) -> Dense(1).
 # return_sequences is derived by the service (on when an LSTM follows).
 EXAMPLE1_LAYERS = "lstm:10:relu,lstm:2:relu,lstm:10:relu,dense:5"
 # The seed's alternative: no return_sequences; Reshape((10, 1)) turns LSTM(10)'s (None, 10) into a sequence.
 EXAMPLE1_RESHAPE_LAYERS = "lstm:10:relu,reshape:10x1,lstm:2:relu,lstm:10:relu,dense:5"
 
-EXAMPLE2_X = np.array(
-    [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8], [7, 8, 9], [8, 9, 10],
-     [9, 10, 11], [10, 11, 12], [20000, 30000, 40000], [30000, 40000, 50000],
-     [40000, 50000, 60000], [100, 200, 300]],
-    dtype=np.float64,
-)  # fmt: skip
-EXAMPLE2_Y = np.array([4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 50000, 60000, 70000, 400], dtype=np.float64)
 # A fixed split with ordinary rows and outliers on both sides.
 EXAMPLE2_TEST_ROWS = [2, 7, 11, 13]
 EXAMPLE2_LAYERS = "lstm:16:relu,dense:8:relu"

@@ -14,8 +14,9 @@ import pytest
 from google.protobuf import json_format
 from lstm_stack_client import display, model_spec
 
+from demo.seed_examples import EXAMPLE1_X, EXAMPLE1_Y
 from demo.services import REPO_ROOT
-from demo.walkthrough import EXAMPLE1_LAYERS, EXAMPLE1_X, EXAMPLE1_Y
+from demo.walkthrough import EXAMPLE1_LAYERS
 from tests.clients.conftest import Stack
 from tests.clients.pngs import assert_png
 from tests.clients.test_cli_input import run_cli

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from lstm_stack_client import LstmStackClient, LstmStackError, TrainingCancelled, model_spec, scaler_spec
 
-from demo.walkthrough import EXAMPLE1_LAYERS, EXAMPLE1_X, EXAMPLE1_Y
+from demo.seed_examples import EXAMPLE1_X, EXAMPLE1_Y
+from demo.walkthrough import EXAMPLE1_LAYERS
 from protos.lstm_stack.v1 import model_pb2
 
 X = EXAMPLE1_X.reshape(13, 3, 1)

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from demo.services import free_port
 from protos.lstm_stack.v1 import tensor_pb2
 from service_common import codec
 
@@ -59,12 +59,6 @@ def node() -> str:
     return node_path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class RunningService:
     name: str
@@ -87,7 +81,7 @@ class RunningService:
 
 
 def _start(name: str, module: str, args: list[str], log_path: Path) -> RunningService:
-    port = _free_port()
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],

@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from model_service.app import create_server
 from model_service.settings import ModelSettings
 from protos.lstm_stack.v1 import model_pb2_grpc
-from service_common.channels import message_size_options
-from service_common.server import ManagedServer
+from tests.harness import ServiceHandle, running_service
 from tests.scaler_service.harness import ScalerServerHandle, running_scaler_server
 
-CHANNEL_OPTIONS = [
-    *message_size_options(256 * 1024 * 1024),
-]
-
-
-@dataclasses.dataclass
-class ModelServerHandle:
-    address: str
-    stub: model_pb2_grpc.ModelServiceStub
-    channel: grpc.Channel
-    server: ManagedServer
-    settings: ModelSettings
-
-    @property
-    def store(self) -> Path:
-        return self.settings.store
+ModelServerHandle = ServiceHandle[ModelSettings]
 
 
 @contextmanager
@@ -50,15 +32,8 @@ def running_model_server(store: Path, scaler_address: str, **overrides: Any) -> 
             **overrides,
         }
     )
-    server, port = create_server(settings)
-    server.start()
-    address = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    try:
-        yield ModelServerHandle(address, model_pb2_grpc.ModelServiceStub(channel), channel, server, settings)
-    finally:
-        channel.close()
-        server.stop(0)
+    with running_service(create_server, settings, model_pb2_grpc.ModelServiceStub) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
+from demo.seed_examples import example1_windows, example2_windows
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
 from service_common import codec
 
@@ -12,20 +13,13 @@ SEED_QUERY = np.array([[50.0, 60.0, 70.0]]).reshape(1, 3, 1)
 
 
 def seed_example() -> tuple[np.ndarray, np.ndarray]:
-    """The seed's example 1: windows [[1,2,3], ..., [40,50,60]] (13, 3, 1) -> y [4..13, 50, 60, 70]."""
-    x = np.array([[i, i + 1, i + 2] for i in range(1, 11)] + [[20, 30, 40], [30, 40, 50], [40, 50, 60]])
-    y = np.array([*range(4, 14), 50, 60, 70])
-    return x.reshape(13, 3, 1).astype(np.float64), y.astype(np.float64)
+    """The seed's example 1: windows (13, 3, 1) -> y [4..13, 50, 60, 70]."""
+    return example1_windows()
 
 
 def outlier_example() -> tuple[np.ndarray, np.ndarray]:
-    """The seed's example 2: (14, 3) with outliers in the tens of thousands -> y."""
-    x = np.array(
-        [[i, i + 1, i + 2] for i in range(1, 11)]
-        + [[20000, 30000, 40000], [30000, 40000, 50000], [40000, 50000, 60000], [100, 200, 300]]
-    )
-    y = np.array([*range(4, 14), 50000, 60000, 70000, 400])
-    return x.reshape(14, 3, 1).astype(np.float64), y.astype(np.float64)
+    """The seed's example 2: (14, 3, 1) with outliers in the tens of thousands -> y."""
+    return example2_windows()
 
 
 def lstm(units: int, activation: str = "", return_sequences: bool | None = None) -> model_pb2.Layer:

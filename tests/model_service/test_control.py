@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from demo.services import free_port
 from protos.lstm_stack.v1 import model_pb2, scaler_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle, running_model_server
@@ -127,12 +127,6 @@ def test_job_limit_and_serving_while_training(one_job_server: ModelServerHandle)
     wait_until(lambda: listed(one_job_server) == [("served", 1, model_pb2.READY)])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_scaler_service_down_is_unavailable_and_the_model_service_stays_up(tmp_path: Path) -> None:
     x, y = seed_example()
     with (
@@ -152,7 +146,7 @@ def test_scaler_service_down_is_unavailable_and_the_model_service_stays_up(tmp_p
         assert len(listed(model)) == 2
     # Nothing listening at all.
     with running_model_server(
-        tmp_path / "alone", f"127.0.0.1:{_free_port()}", scaler_timeout_seconds=5
+        tmp_path / "alone", f"127.0.0.1:{free_port()}", scaler_timeout_seconds=5
     ) as model:
         code, _ = status_of(
             model.stub.Train, train_request(tiny_spec(), x, y, x_scaling=scaler()), timeout=30

@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from protos.lstm_stack.v1 import scaler_pb2_grpc
 from scaler_service.app import create_server
 from scaler_service.settings import ScalerSettings
-from service_common.channels import message_size_options
-from service_common.server import ManagedServer
+from tests.harness import ServiceHandle, running_service
 from tests.service_common.certs import TlsFiles
 
-# The client accepts anything; the server's own limit is what tests exercise.
-CHANNEL_OPTIONS = [
-    *message_size_options(512 * 1024 * 1024),
-]
-
-
-@dataclasses.dataclass
-class ScalerServerHandle:
-    address: str
-    stub: scaler_pb2_grpc.ScalerServiceStub
-    channel: grpc.Channel
-    server: ManagedServer
-    settings: ScalerSettings
-
-    @property
-    def store(self) -> Path:
-        return self.settings.store
-
-    def health(self, service: str = "") -> str:
-        reply = health_pb2_grpc.HealthStub(self.channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5
-        )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+ScalerServerHandle = ServiceHandle[ScalerSettings]
 
 
 def secure_overrides(tls: TlsFiles, token: str) -> dict[str, Any]:
@@ -65,14 +38,5 @@ def running_scaler_server(store: Path, **overrides: Any) -> Iterator[ScalerServe
             **overrides,
         }
     )
-    server, port = create_server(settings)
-    server.start()
-    address = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    try:
-        yield ScalerServerHandle(
-            address, scaler_pb2_grpc.ScalerServiceStub(channel), channel, server, settings
-        )
-    finally:
-        channel.close()
-        server.stop(0)
+    with running_service(create_server, settings, scaler_pb2_grpc.ScalerServiceStub) as handle:
+        yield handle

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
 
+from demo.seed_examples import EXAMPLE2_X, EXAMPLE2_Y
 from protos.lstm_stack.v1 import scaler_pb2
 from service_common import codec
 
@@ -25,12 +26,7 @@ PARAMS_MESSAGE = {
 }
 
 # The seed's outlier example (learning-keras.md, "scikit-learn으로 Data Scaling").
-SEED_X = np.array(
-    [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8], [7, 8, 9], [8, 9, 10], [9, 10, 11],
-     [10, 11, 12], [20000, 30000, 40000], [30000, 40000, 50000], [40000, 50000, 60000], [100, 200, 300]],
-    dtype=np.float64,
-)  # fmt: skip
-SEED_Y = np.array([4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 50000, 60000, 70000, 400], dtype=np.float64)
+SEED_X, SEED_Y = EXAMPLE2_X, EXAMPLE2_Y
 
 
 def spec(kind: str, layout: str = "", **params: Any) -> scaler_pb2.ScalerSpec:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,25 +18,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from demo.services import free_port
 from service_common.channels import message_size_options, open_channel
+from tests.harness import TEST_MAX_MESSAGE_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 # The model service imports TensorFlow on start; on 2 busy cores that can take a while.
 START_TIMEOUT = 120.0
 CHANNEL_OPTIONS = [
-    *message_size_options(256 * 1024 * 1024),
+    *message_size_options(TEST_MAX_MESSAGE_BYTES),
     # Services here restart within seconds: reconnect fast instead of backing off for up to 2 minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bound on loopback, then released for the service)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child_env(**extra: str) -> dict[str, str]:

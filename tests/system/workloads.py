@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from demo.seed_examples import example1_windows
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
 from service_common import codec
 
@@ -18,12 +19,7 @@ BASE_MODEL = "base"
 
 def seed_windows() -> tuple[np.ndarray, np.ndarray]:
     """The seed's example 1: x (13, 3, 1) windows, y (13,)."""
-    x = np.array(
-        [[i, i + 1, i + 2] for i in range(1, 11)] + [[20, 30, 40], [30, 40, 50], [40, 50, 60]],
-        dtype=np.float64,
-    )
-    y = np.array([*range(4, 14), 50, 60, 70], dtype=np.float64)
-    return x.reshape(13, 3, 1), y
+    return example1_windows()
 
 
 def tiny_spec(units: int = 4) -> model_pb2.ModelSpec:
