@@ -22,6 +22,7 @@ protos: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 ## Node client packages (clients/node) for tests/clients/test_node_client.py; Node.js from Debian if missing.
 NODE_STAMP := clients/node/node_modules/.installed-stamp
@@ -32,8 +33,7 @@ $(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-test: $(STAMP) node-deps
-	$(VENV)/bin/ruff check .
+test: $(STAMP) node-deps lint
 	$(PY) -m pytest
 
 run: $(STAMP)

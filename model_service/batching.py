@@ -82,7 +82,11 @@ class AdaptiveBatcher:
         """Like ``submit``, from a coroutine: the pass runs on the worker thread, never on the loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        pending = _Pending(x, lambda: loop.call_soon_threadsafe(_settle, future, pending))
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(_settle, future, pending)
+
+        pending = _Pending(x, notify)
         self._enqueue(pending)
         return await future
 

@@ -11,6 +11,7 @@ what went; ``sync(id)`` does it for one id at once (on a cache miss, and after a
 
 from __future__ import annotations
 
+import builtins
 import enum
 import logging
 import threading
@@ -306,7 +307,7 @@ class ModelRegistry:
         )
         return page, next_token
 
-    def delete(self, model_id: str, version: int = 0) -> list[int]:
+    def delete(self, model_id: str, version: int = 0) -> builtins.list[int]:
         """Delete one version, or every version when ``version`` is 0, for the whole store; returns
         what was deleted."""
         self.sync(check_model_id(model_id))
@@ -370,7 +371,7 @@ class ModelRegistry:
                 )
             return entry.served
 
-    def index(self) -> list[ModelEntry]:
+    def index(self) -> builtins.list[ModelEntry]:
         reasons = {VersionState.TRAINING: "training", VersionState.UNAVAILABLE: "unloaded"}
         with self._lock:
             return [

@@ -14,7 +14,7 @@ from scaler_service.scaling import Kind, Layout, ScalerSpec, make_spec
 from service_common import codec
 from service_common.errors import InvalidArgument, ResourceExhausted
 
-KIND_FROM_PROTO: dict[int, Kind] = {
+KIND_FROM_PROTO: dict[scaler_pb2.ScalerKind.ValueType, Kind] = {
     scaler_pb2.MINMAX: Kind.MINMAX,
     scaler_pb2.STANDARD: Kind.STANDARD,
     scaler_pb2.ROBUST: Kind.ROBUST,
@@ -68,9 +68,9 @@ def spec_from_proto(spec: scaler_pb2.ScalerSpec) -> ScalerSpec:
 
 def spec_to_proto(spec: ScalerSpec) -> scaler_pb2.ScalerSpec:
     params: Message = PARAMS_MESSAGE[spec.kind](**dataclasses.asdict(spec.params))
-    return scaler_pb2.ScalerSpec(
-        kind=KIND_TO_PROTO[spec.kind], layout=LAYOUT_TO_PROTO[spec.layout], **{spec.kind.value: params}
-    )
+    message = scaler_pb2.ScalerSpec(kind=KIND_TO_PROTO[spec.kind], layout=LAYOUT_TO_PROTO[spec.layout])
+    getattr(message, spec.kind.value).CopyFrom(params)
+    return message
 
 
 def info_to_proto(record: ScalerVersion) -> scaler_pb2.ScalerInfo:

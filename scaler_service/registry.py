@@ -7,6 +7,7 @@ cached (id, version) must never be handed different parameters under the same na
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import logging
@@ -201,7 +202,7 @@ class ScalerRegistry:
         validate_id(scaler_id, "scaler")  # no id that could not exist is looked up (or repeated whole)
         with self._lock:
             versions = self._versions.get(scaler_id)
-            cached = bool(versions) and (version == 0 or version in versions)
+            cached = bool(versions) and (version == 0 or version in (versions or {}))
         if not cached:
             # Another process may have just added it: look at the store before answering NOT_FOUND.
             self._sync_on_miss(scaler_id)
@@ -235,7 +236,7 @@ class ScalerRegistry:
         next_token = encode_page_token(page[-1].scaler_id, page[-1].version) if len(keys) > size else ""
         return page, next_token
 
-    def delete(self, scaler_id: str, version: int = 0) -> list[int]:
+    def delete(self, scaler_id: str, version: int = 0) -> builtins.list[int]:
         """Delete one version, or every version when ``version`` is 0, for the whole store; returns
         what was deleted."""
         if not scaler_id:

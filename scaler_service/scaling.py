@@ -97,7 +97,7 @@ def _choice(enum: type[StrEnum], value: str, what: str) -> Any:
     try:
         return enum(value)
     except ValueError:
-        expected = ", ".join(member.value for member in enum)  # type: ignore[attr-defined]
+        expected = ", ".join(member.value for member in enum)
         raise InvalidArgument(f"{what} {echo(value)} is not known; expected one of {expected}") from None
 
 
@@ -383,8 +383,7 @@ class StreamingFit:
     def finish(self) -> FittedScaler:
         if self._sample_shape is None:
             raise InvalidArgument(
-                f"stream: {self.spec.kind.value} needs at least 1 sample "
-                "to fit, but no chunk carried data"
+                f"stream: {self.spec.kind.value} needs at least 1 sample to fit, but no chunk carried data"
             )
         _check_enough_samples(self.spec.kind, self._n_samples, "stream")
         return FittedScaler(

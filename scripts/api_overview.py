@@ -166,7 +166,9 @@ def _walk_enums(file: descriptor_pb2.FileDescriptorProto, comments: Comments) ->
     for index, enum in enumerate(file.enum_type):
         yield EnumEntry(f"{file.package}.{enum.name}", enum, (_FILE_ENUM, index), comments)
 
-    def nested(messages: list[descriptor_pb2.DescriptorProto], prefix: str, path: tuple[int, ...]):
+    def nested(
+        messages: list[descriptor_pb2.DescriptorProto], prefix: str, path: tuple[int, ...]
+    ) -> Iterator[EnumEntry]:
         for index, message in enumerate(messages):
             here = (*path, index)
             full_name = f"{prefix}.{message.name}"
@@ -252,8 +254,8 @@ class Renderer:
             out.extend(self.render_service(file, index, service, comments))
         for entry in _walk_messages(list(file.message_type), file.package, (_FILE_MESSAGE,), comments):
             out.extend(self.render_message(entry))
-        for entry in _walk_enums(file, comments):
-            out.extend(self.render_enum(entry))
+        for enum_entry in _walk_enums(file, comments):
+            out.extend(self.render_enum(enum_entry))
         return out
 
     def render_service(

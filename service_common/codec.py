@@ -10,13 +10,15 @@ import numpy as np
 from protos.lstm_stack.v1 import tensor_pb2
 from service_common.errors import InvalidArgument, echo
 
-_PROTO_TO_NUMPY: dict[int, np.dtype] = {
+_PROTO_TO_NUMPY: dict[tensor_pb2.DType.ValueType, np.dtype] = {
     tensor_pb2.FLOAT32: np.dtype("<f4"),
     tensor_pb2.FLOAT64: np.dtype("<f8"),
     tensor_pb2.INT32: np.dtype("<i4"),
     tensor_pb2.INT64: np.dtype("<i8"),
 }
-_NUMPY_TO_PROTO: dict[str, int] = {dt.str: code for code, dt in _PROTO_TO_NUMPY.items()}
+_NUMPY_TO_PROTO: dict[str, tensor_pb2.DType.ValueType] = {
+    dt.str: code for code, dt in _PROTO_TO_NUMPY.items()
+}
 SUPPORTED = ", ".join(tensor_pb2.DType.Name(c) for c in _PROTO_TO_NUMPY)
 
 

@@ -62,7 +62,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not self._observers:
             return handler
-        return wrap_behaviour(handler, _Observe(handler_call_details.method, self.observe))  # type: ignore[attr-defined]
+        return wrap_behaviour(handler, _Observe(handler_call_details.method, self.observe))
 
 
 def log_rpc(method: str, code: str, seconds: float) -> None:

@@ -129,7 +129,7 @@ class ShutdownGate(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         self._last_arrival = time.monotonic()
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):  # type: ignore[attr-defined]
+        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
             return handler
         if self._closed:
             return refusing_handler(

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 def setting(default: T, meaning: str) -> T:
     """A settings field: its default and what it means (the flag's --help text)."""
-    return dataclasses.field(default=default, metadata={"help": meaning})  # type: ignore[no-any-return]
+    return dataclasses.field(default=default, metadata={"help": meaning})
 
 
 @dataclasses.dataclass(frozen=True)

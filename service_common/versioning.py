@@ -156,7 +156,7 @@ class StoreWatcher:
             events = notify.read(
                 timeout=int(1000 * min(remaining, _STOP_CHECK_SECONDS)) + 1, read_delay=_COALESCE_MS
             )
-            changed = set()
+            changed: set[str] = set()
             for event in events:
                 directory = self._watches.get(event.wd)
                 if event.mask & inotify_simple.flags.IGNORED:

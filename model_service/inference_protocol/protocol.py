@@ -221,7 +221,7 @@ async def infer(runtime: Any, request: Any, statistics: InferenceStatistics) -> 
     return response
 
 
-def _config_datatype(datatype: str) -> int:
+def _config_datatype(datatype: str) -> pb.DataType.ValueType:
     return pb.DataType.Value(codec.CONFIG_DATATYPES[datatype])
 
 

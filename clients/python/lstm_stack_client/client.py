@@ -7,6 +7,7 @@ Fit, Train and Delete are never retried: a retry could create a second version o
 
 from __future__ import annotations
 
+import builtins
 import os
 import random
 import time
@@ -362,7 +363,7 @@ class ScalerClient(_Client):
             if not token:
                 return found
 
-    def delete(self, scaler_id: str, *, version: int = 0, timeout: float | None = None) -> list[int]:
+    def delete(self, scaler_id: str, *, version: int = 0, timeout: float | None = None) -> builtins.list[int]:
         """Delete one version, or every version when ``version`` is 0; returns the deleted versions."""
         request = scaler_pb2.DeleteScalerRequest(scaler_id=scaler_id, version=version)
         response = self._rpc.call(
@@ -593,7 +594,7 @@ class ModelClient(_Client):
             if not token:
                 return found
 
-    def delete(self, model_id: str, *, version: int = 0, timeout: float | None = None) -> list[int]:
+    def delete(self, model_id: str, *, version: int = 0, timeout: float | None = None) -> builtins.list[int]:
         request = model_pb2.DeleteModelRequest(model_id=model_id, version=version)
         response = self._rpc.call(
             "ModelService/DeleteModel", self._stub.DeleteModel, request, idempotent=False, timeout=timeout

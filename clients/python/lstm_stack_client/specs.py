@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from google.protobuf import json_format
 
 from protos.lstm_stack.v1 import model_pb2, scaler_pb2
+
+E = TypeVar("E")
 
 SCALER_KINDS = {
     "minmax": scaler_pb2.MINMAX,
@@ -37,7 +40,7 @@ class SpecError(ValueError):
     """A spec given by the caller cannot be understood; the message says what was expected."""
 
 
-def _choice(table: dict[str, int], name: str, what: str) -> int:
+def _choice(table: Mapping[str, E], name: str, what: str) -> E:
     key = name.strip().lower()
     if key not in table:
         options = ", ".join(sorted({k.replace("_", "-") for k in table}))
@@ -59,10 +62,18 @@ def scaler_spec(
     unit_variance: bool = False,
 ) -> scaler_pb2.ScalerSpec:
     """A ScalerSpec; ``kind`` is minmax/standard/robust/maxabs (or the enum), parameters as in scikit-learn."""
-    kind_code = _choice(SCALER_KINDS, kind, "scaler kind") if isinstance(kind, str) else int(kind)
+    kind_code = (
+        _choice(SCALER_KINDS, kind, "scaler kind")
+        if isinstance(kind, str)
+        else scaler_pb2.ScalerKind.ValueType(kind)
+    )
     spec = scaler_pb2.ScalerSpec(kind=kind_code)
     if layout is not None:
-        spec.layout = _choice(LAYOUTS, layout, "layout") if isinstance(layout, str) else int(layout)
+        spec.layout = (
+            _choice(LAYOUTS, layout, "layout")
+            if isinstance(layout, str)
+            else scaler_pb2.Layout.ValueType(layout)
+        )
     if kind_code == scaler_pb2.MINMAX:
         spec.minmax.clip = clip
         if feature_range is not None:
@@ -161,7 +172,7 @@ def model_spec(
 ) -> model_pb2.ModelSpec:
     """A ModelSpec from the compact layer form (or Layer messages) plus input shape and head."""
     layer_list = parse_layers(layers) if isinstance(layers, str) else list(layers)
-    task_code = _choice(TASKS, task, "task") if isinstance(task, str) else int(task)
+    task_code = _choice(TASKS, task, "task") if isinstance(task, str) else model_pb2.Task.ValueType(task)
     return model_pb2.ModelSpec(
         input=model_pb2.InputShape(timesteps=timesteps, features=features),
         layers=layer_list,
