@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from service_common.stores import S3Location, parse_store
+
 S = TypeVar("S", bound="ServerSettings")
 
 
@@ -24,7 +26,9 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 0
-    store: Path = Path("./store")
+    # A directory, or s3://bucket/prefix (an S3-API bucket: endpoint and credentials from the AWS_*
+    # environment variables, see service_common/stores.py; needs signing_key or signing_key_file).
+    store: Path | S3Location = Path("./store")
     max_message_mb: int = 64
     # Calls in flight at once per worker process (idle streams included; on grpc.aio an idle stream
     # costs no thread); past it, new calls get RESOURCE_EXHAUSTED.
@@ -40,7 +44,8 @@ class ServerSettings:
     # On SIGTERM: seconds of NOT_SERVING health while still answering, before new calls are refused.
     drain_seconds: float = 0.0
     log_level: str = "INFO"
-    # HMAC key for artifacts; when empty, <store>/.signing-key is used (created on first start).
+    # HMAC key for artifacts; when empty, <store>/.signing-key is used (created on first start; a
+    # directory store only).
     signing_key: str = ""
     signing_key_file: str = ""
     # Bearer tokens callers must send (health is exempt); none set = no auth. The setting may list
@@ -58,6 +63,9 @@ class ServerSettings:
     # (as TF Serving's --file_system_poll_wait_seconds); 0 = look only on a cache miss. A call naming an
     # id or version this process has not seen yet always looks at once.
     store_poll_seconds: float = 1.0
+    # S3 store: a version being produced (training) is a lease its owner renews every third of this;
+    # one not renewed for this long is dead (its process died) for every replica.
+    store_lease_seconds: float = 30.0
 
     @property
     def max_message_bytes(self) -> int:
@@ -83,6 +91,8 @@ def _converter(kind: Any) -> Any:
         return _parse_bool
     if kind is Path:
         return Path
+    if kind == Path | S3Location:
+        return parse_store
     return kind
 
 
