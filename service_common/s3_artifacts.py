@@ -60,7 +60,7 @@ from service_common.artifacts import (
     is_valid_id,
     sign_digests,
 )
-from service_common.errors import IntegrityError
+from service_common.errors import IntegrityError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,11 @@ class S3Reservation:
             if self._stop.is_set():
                 return
             self._stop.set()
-        self._store._delete_keys([self._store._key(LEASES, self.artifact_id, str(self.version))])
+        try:
+            self._store._delete_keys([self._store._key(LEASES, self.artifact_id, str(self.version))])
+        except Unavailable as exc:
+            # Not renewed any more, it is dead for everyone within lease_seconds anyway.
+            log.warning("could not remove the lease on %s v%d: %s", self.artifact_id, self.version, exc)
 
     def __repr__(self) -> str:
         state = "released" if self.released else "live"
@@ -165,6 +169,19 @@ class S3ArtifactStore:
     def _key(self, kind: str, *parts: str) -> str:
         return self.prefix + kind + "/".join(parts)
 
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        """One S3 request. Missing keys and failed conditions come back as ClientError for the caller
+        to read; anything else (endpoint down, throttled past boto3's retries, access denied) is
+        Unavailable, naming the store: a store outage is not an error of the request."""
+        try:
+            return getattr(self._s3, operation)(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _MISSING | _PRECONDITION:
+                raise
+            raise Unavailable(f"S3 store {self.url}: {operation} failed: {_code(exc)} {exc}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise Unavailable(f"S3 store {self.url}: {operation} failed: {exc}") from exc
+
     def _check_bucket(self) -> None:
         try:
             self._s3.head_bucket(Bucket=self.bucket)
@@ -189,7 +206,7 @@ class S3ArtifactStore:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": start}
             if token:
                 kwargs["ContinuationToken"] = token
-            reply = self._s3.list_objects_v2(**kwargs)
+            reply = self._call("list_objects_v2", **kwargs)
             if server_now is None:
                 date = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
                 server_now = parsedate_to_datetime(date) if date else None
@@ -211,16 +228,18 @@ class S3ArtifactStore:
 
     def _get(self, key: str) -> bytes | None:
         try:
-            return bytes(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            return bytes(self._call("get_object", Bucket=self.bucket, Key=key)["Body"].read())
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
             raise
+        except botocore.exceptions.BotoCoreError as exc:  # the body cut off while being read
+            raise Unavailable(f"S3 store {self.url}: reading {key} failed: {exc}") from exc
 
     def _put_new(self, key: str, body: bytes) -> bool:
         """Create ``key`` only if it does not exist (If-None-Match: *); False when it already did."""
         try:
-            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+            self._call("put_object", Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _PRECONDITION:
                 return False
@@ -231,11 +250,17 @@ class S3ArtifactStore:
         for start in range(0, len(keys), 1000):
             chunk = [{"Key": key} for key in keys[start : start + 1000]]
             if chunk:
-                self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+                reply = self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+                if reply.get("Errors"):
+                    first = reply["Errors"][0]
+                    raise Unavailable(
+                        f"S3 store {self.url}: {len(reply['Errors'])} object(s) not deleted, e.g. "
+                        f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                    )
 
     def _exists(self, key: str) -> bool:
         try:
-            self._s3.head_object(Bucket=self.bucket, Key=key)
+            self._call("head_object", Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _MISSING:
                 return False
@@ -269,7 +294,7 @@ class S3ArtifactStore:
                 return candidate
 
     def _put_lease(self, artifact_id: str, version: int, body: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(LEASES, artifact_id, str(version)), Body=body)
+        self._call("put_object", Bucket=self.bucket, Key=self._key(LEASES, artifact_id, str(version)), Body=body)
 
     def live_reservations(self, artifact_id: str | None = None) -> list[tuple[str, int]]:
         """Every (id, version) whose lease is fresh by the server's clock; dead leases found are removed."""
@@ -312,7 +337,7 @@ class S3ArtifactStore:
             digests = {}
             for name, data in files.items():
                 part_key = self._key(PARTS, artifact_id, str(version), upload, name)
-                self._s3.put_object(Bucket=self.bucket, Key=part_key, Body=data)
+                self._call("put_object", Bucket=self.bucket, Key=part_key, Body=data)
                 part_keys.append(part_key)
                 digests[name] = _sha256(data)
             manifest = {"upload": upload, "files": digests, "hmac": sign_digests(self._hmac_key, digests)}
@@ -366,16 +391,22 @@ class S3ArtifactStore:
 
     def delete(self, artifact_id: str, version: int) -> bool:
         """Remove one version; False when it was not there. The manifest goes first (gone for every
-        replica at once), then its parts; its claim stays, so the number is never handed out again."""
+        replica at once), then its parts; its claim stays, so the number is never handed out again.
+        Unlike the directory store, two replicas deleting the same version at once may both get True
+        (S3 deletes are idempotent and unconditional)."""
         manifest_key = self._key(MANIFESTS, artifact_id, str(version))
         if not self._exists(manifest_key):
             return False
         self._delete_keys([manifest_key])
-        parts = self._list(PARTS, f"{artifact_id}/{version}/")[0]
-        self._delete_keys([item["Key"] for item in parts])
-        if not self._split(self._list(MANIFESTS, artifact_id + "/")[0]):
-            # The id is gone: so is what its unload mark said about it.
-            self._delete_keys([item["Key"] for item in self._list(UNLOADED, artifact_id + "/")[0]])
+        try:
+            parts = self._list(PARTS, f"{artifact_id}/{version}/")[0]
+            self._delete_keys([item["Key"] for item in parts])
+            if not self._split(self._list(MANIFESTS, artifact_id + "/")[0]):
+                # The id is gone: so is what its unload mark said about it.
+                self._delete_keys([item["Key"] for item in self._list(UNLOADED, artifact_id + "/")[0]])
+        except Unavailable as exc:
+            # The version is gone already (no manifest); the sweep removes parts left behind.
+            log.warning("deleted %s, but not all of its objects: %s", self.location(artifact_id, version), exc)
         return True
 
     def scan(self, artifact_id: str | None = None) -> Iterator[ArtifactRef]:
@@ -427,7 +458,7 @@ class S3ArtifactStore:
                 (v for _, v, _ in self._split(self._list(MANIFESTS, artifact_id + "/")[0])), default=0
             )
             mark = self._key(UNLOADED, artifact_id, str(highest))
-            self._s3.put_object(Bucket=self.bucket, Key=mark, Body=b"")
+            self._call("put_object", Bucket=self.bucket, Key=mark, Body=b"")
             old = [key for key in old if key != mark]
         self._delete_keys(old)
 
