@@ -32,7 +32,9 @@ from the signing-key setting or key file, and service_common.stores refuses to o
 one. The bucket is not created either: a missing bucket is a clear error at start.
 
 Changes are seen by polling the listings (no inotify). One ``generation()`` is one LIST of manifests
-plus one of unload marks (per 1000 keys each); ``live_reservations`` one LIST of leases.
+plus one of unload marks (per 1000 keys each); ``live_reservations`` one LIST of leases. An S3 failure
+(endpoint down, throttling past boto3's retries, access denied) raises errors.Unavailable naming the
+store, so a call that needed the store answers UNAVAILABLE and the watcher tries again at its next poll.
 
 Persistence only: no grpc, no knowledge of what the payload files mean.
 """

@@ -8,6 +8,7 @@ folder otherwise, so nothing here is ever counted as a pass without running).
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -27,4 +28,4 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 @pytest.fixture
 def s3_prefix(seaweed: SeaweedS3, request: pytest.FixtureRequest) -> str:
     """A key prefix in the session's bucket no other test uses."""
-    return f"t{next(_prefixes)}-{request.node.name[:40].replace('[', '-').replace(']', '')}"
+    return f"t{next(_prefixes)}-" + re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
