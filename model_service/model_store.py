@@ -13,8 +13,9 @@ import threading
 from model_service.records import ModelRecord, now_text
 from model_service.settings import ModelSettings
 from model_service.spec import ModelSpec
-from service_common.artifacts import ArtifactStore, Reservation, load_signing_key, validate_id
+from service_common.artifacts import HeldVersion, StoredArtifacts, validate_id
 from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument
+from service_common.stores import open_artifact_store
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,20 @@ META_FILE = "meta.json"
 MAX_MODEL_ID_LENGTH = 120
 
 
-# Model versions live under <store>/models; the signing key (if generated) at <store>/.signing-key.
+# Model versions live under <store>/models (a directory or an S3 prefix); a generated signing key (a
+# directory store only) at <store>/.signing-key.
 ARTIFACT_DIR = "models"
 
 
-def open_model_store(settings: ModelSettings) -> ArtifactStore:
+def open_model_store(settings: ModelSettings) -> StoredArtifacts:
     """The signed store of model versions the settings name (serving and trainer processes alike)."""
-    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
-    return ArtifactStore(settings.store / ARTIFACT_DIR, key)
+    return open_artifact_store(
+        settings.store,
+        ARTIFACT_DIR,
+        settings.signing_key,
+        settings.signing_key_file,
+        settings.store_lease_seconds,
+    )
 
 
 def check_model_id(model_id: str) -> str:
@@ -45,7 +52,7 @@ def check_model_id(model_id: str) -> str:
     return model_id
 
 
-def read_version(store: ArtifactStore, model_id: str, version: int) -> tuple[ModelRecord, bytes]:
+def read_version(store: StoredArtifacts, model_id: str, version: int) -> tuple[ModelRecord, bytes]:
     """The record and Keras bytes of a stored version, signature verified before anything is parsed."""
     files = store.read(model_id, version)
     try:
@@ -55,7 +62,7 @@ def read_version(store: ArtifactStore, model_id: str, version: int) -> tuple[Mod
     return ModelRecord.from_json(meta, model_id, version), keras_bytes
 
 
-def reserved_record(store: ArtifactStore, model_id: str, version: int) -> ModelRecord | None:
+def reserved_record(store: StoredArtifacts, model_id: str, version: int) -> ModelRecord | None:
     """What a (possibly other) process is training as this version; None once the reservation is gone."""
     note = store.reservation_note(model_id, version)
     if note is None:
@@ -70,10 +77,10 @@ def reserved_record(store: ArtifactStore, model_id: str, version: int) -> ModelR
 class ModelWriter:
     """Reserve a version (listed as TRAINING by every process on the store), then commit it or release it."""
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: StoredArtifacts) -> None:
         self.store = store
 
-    def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> tuple[ModelRecord, Reservation]:
+    def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> tuple[ModelRecord, HeldVersion]:
         """A new version number of ``model_id`` (a new id when empty), held until commit or release."""
         if model_id:
             check_model_id(model_id)
@@ -86,13 +93,13 @@ class ModelWriter:
         reservation = self.store.allocate(model_id, note)
         return ModelRecord(model_id, reservation.version, spec, seed, created_at), reservation
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes, reservation: Reservation) -> None:
+    def commit(self, record: ModelRecord, keras_bytes: bytes, reservation: HeldVersion) -> None:
         """Persist a trained version whole and signed; its reservation goes once the artifact is in place."""
         if (record.model_id, record.version) != (reservation.artifact_id, reservation.version):
             raise ValueError(f"record {record.model_id} v{record.version} does not match {reservation!r}")
         self.store.commit(reservation, {MODEL_FILE: keras_bytes, META_FILE: record.to_json()})
 
-    def release(self, reservation: Reservation) -> None:
+    def release(self, reservation: HeldVersion) -> None:
         """Give up a reserved version that will not be committed (its number is not reused)."""
         reservation.release()
 
@@ -104,10 +111,10 @@ class ModelPublisher:
     same calls and then syncs its cache. Thread-safe.
     """
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: StoredArtifacts) -> None:
         self._writer = ModelWriter(store)
         self._lock = threading.Lock()
-        self._held: dict[tuple[str, int], Reservation] = {}
+        self._held: dict[tuple[str, int], HeldVersion] = {}
 
     def reserve(self, model_id: str, spec: ModelSpec, seed: int) -> ModelRecord:
         """A new version number for ``model_id`` (a new id when empty), listed as TRAINING store-wide."""

@@ -22,7 +22,7 @@ from model_service.model_store import ModelPublisher, check_model_id, read_versi
 from model_service.records import ModelRecord
 from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
-from service_common.artifacts import ArtifactStore
+from service_common.artifacts import StoredArtifacts
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from service_common.memory import release_unused_soon
 from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
@@ -73,7 +73,7 @@ class _Load:
 
 
 class ModelRegistry:
-    def __init__(self, store: ArtifactStore, options: ServingOptions) -> None:
+    def __init__(self, store: StoredArtifacts, options: ServingOptions) -> None:
         self._store = store
         self.publisher = ModelPublisher(store)
         self._options = options
@@ -90,7 +90,7 @@ class ModelRegistry:
     def load_all(self) -> None:
         """Verify and load every stored version; a bad artifact is logged and skipped, never trusted."""
         loaded, skipped = self._refresh(None, warm=False)
-        log.info("loaded %d model versions from %s (%d skipped)", loaded, self._store.root, skipped)
+        log.info("loaded %d model versions from %s (%d skipped)", loaded, self._store.url, skipped)
 
     def start_watching(self, poll_seconds: float) -> None:
         """Follow the store from a daemon thread every ``poll_seconds`` (0 = only on misses and commits)."""
@@ -228,7 +228,7 @@ class ModelRegistry:
         except FileNotFoundError:
             return None  # deleted while we looked; the next refresh no longer lists it
         except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
-            log.error("skipping model artifact %s: %s", self._store.root / model_id / str(version), exc)
+            log.error("skipping model artifact %s: %s", self._store.location(model_id, version), exc)
             return None
         return _Entry(record, VersionState.READY, served)
 

@@ -10,19 +10,26 @@ from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
 from scaler_service.registry import ScalerRegistry
 from scaler_service.servicer import ScalerServicer
 from scaler_service.settings import ScalerSettings
-from service_common.artifacts import ArtifactStore, load_signing_key
 from service_common.interceptors import RpcObserver
 from service_common.metrics import ServiceMetrics
 from service_common.server import ManagedServer, build_server
+from service_common.stores import open_artifact_store
 
 SERVICE_NAME = scaler_pb2.DESCRIPTOR.services_by_name["ScalerService"].full_name
-# Scaler versions live under <store>/scalers; the signing key (if generated) at <store>/.signing-key.
+# Scaler versions live under <store>/scalers (a directory or an S3 prefix); a generated signing key (a
+# directory store only) at <store>/.signing-key.
 ARTIFACT_DIR = "scalers"
 
 
 def create_registry(settings: ScalerSettings) -> ScalerRegistry:
-    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
-    return ScalerRegistry(ArtifactStore(settings.store / ARTIFACT_DIR, key))
+    store = open_artifact_store(
+        settings.store,
+        ARTIFACT_DIR,
+        settings.signing_key,
+        settings.signing_key_file,
+        settings.store_lease_seconds,
+    )
+    return ScalerRegistry(store)
 
 
 def create_server(

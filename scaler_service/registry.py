@@ -19,7 +19,7 @@ import joblib
 import sklearn
 
 from scaler_service.scaling import ESTIMATOR_BY_KIND, FittedScaler, make_spec
-from service_common.artifacts import ArtifactStore, validate_id
+from service_common.artifacts import StoredArtifacts, validate_id
 from service_common.errors import IntegrityError, InvalidArgument, NotFound
 from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
 
@@ -98,7 +98,7 @@ class ScalerRegistry:
     ``store_poll_seconds``) and, for one id, at once on a cache miss (``sync``).
     """
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: StoredArtifacts) -> None:
         self._store = store
         self._lock = threading.RLock()  # guards _versions; never held while reading artifacts
         self._sync_lock = threading.Lock()  # one refresh at a time, so nothing is deserialized twice
@@ -107,7 +107,7 @@ class ScalerRegistry:
         self._generation: object = None
         self._watcher: StoreWatcher | None = None
         loaded, skipped = self._refresh(None)
-        log.info("loaded %d scaler versions from %s (%d skipped)", loaded, self._store.root, skipped)
+        log.info("loaded %d scaler versions from %s (%d skipped)", loaded, self._store.url, skipped)
 
     # ---- following the store -------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class ScalerRegistry:
                     loaded.append(_deserialize(ref.artifact_id, ref.version, files))
                 except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
                     self._refused.add(key)
-                    log.error("skipping scaler artifact %s: %s", ref.path, exc)
+                    log.error("skipping scaler artifact %s: %s", ref.location, exc)
             with self._lock:
                 for scaler_id, version in cached - stored:
                     versions = self._versions.get(scaler_id, {})

@@ -1,4 +1,9 @@
-"""The store: signed, atomically written artifacts on disk, and the only source of truth about them.
+"""The store: signed, atomically written artifacts, and the only source of truth about them.
+
+``StoredArtifacts`` is what callers (registries, the model store, the watcher) use; two backends hold
+it: ``ArtifactStore`` here, a directory (the embedded default), and ``S3ArtifactStore``
+(service_common/s3_artifacts.py), a bucket prefix behind the S3 API. ``service_common.stores`` opens the
+one the ``--store`` setting names. What follows describes the directory backend.
 
 An artifact is a directory ``<root>/<id>/<version>/`` holding payload files plus ``SIGNATURE``, an
 HMAC-SHA256 over every file's name and sha256. It is built in a temp directory, every file fsynced,
@@ -39,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from service_common.errors import IntegrityError, InvalidArgument, echo
 
@@ -89,6 +95,17 @@ def load_signing_key(key: str, key_file: str, store: Path) -> bytes:
     if len(text) < 16:
         raise ValueError(f"signing key in {path} is shorter than 16 characters")
     return text.encode()
+
+
+def sign_digests(key: bytes, digests: dict[str, str]) -> str:
+    """The HMAC-SHA256 over every payload name and its sha256, as both backends sign an artifact."""
+    body = json.dumps(digests, sort_keys=True).encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def is_payload_name(name: str) -> bool:
+    """A name an artifact's payload may have: one path segment, not hidden (the signature's own place)."""
+    return bool(name) and "/" not in name and not name.startswith(".") and name != SIGNATURE_FILE
 
 
 LOCK_FILE = ".lock"
@@ -144,9 +161,66 @@ def _version_numbers(directory: Path) -> list[int]:
 
 @dataclass(frozen=True)
 class ArtifactRef:
+    """A complete version as listed (its signature not checked yet); ``location`` names it in logs."""
+
     artifact_id: str
     version: int
+    location: str
+
+
+@dataclass(frozen=True)
+class FileArtifactRef(ArtifactRef):
     path: Path
+
+
+class HeldVersion(Protocol):
+    """A version number reserved by this process (listed by ``live_reservations`` everywhere) until
+    committed or released; the number is never handed out again either way."""
+
+    artifact_id: str
+    version: int
+
+    @property
+    def released(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class StoredArtifacts(Protocol):
+    """The store contract both backends keep (see the module docstring and s3_artifacts)."""
+
+    @property
+    def url(self) -> str:
+        """Where the store is, for logs: a directory or ``s3://bucket/prefix``."""
+        ...
+
+    def location(self, artifact_id: str, version: int) -> str:
+        """Where one version is, for logs and error messages."""
+        ...
+
+    def allocate(self, artifact_id: str, note: Callable[[int], bytes] | None = None) -> HeldVersion: ...
+
+    def new_id(self, prefix: str) -> str: ...
+
+    def live_reservations(self, artifact_id: str | None = None) -> list[tuple[str, int]]: ...
+
+    def reservation_note(self, artifact_id: str, version: int) -> bytes | None: ...
+
+    def write(self, artifact_id: str, version: int, files: dict[str, bytes]) -> object: ...
+
+    def commit(self, reservation: HeldVersion, files: dict[str, bytes]) -> object: ...
+
+    def read(self, artifact_id: str, version: int) -> dict[str, bytes]: ...
+
+    def delete(self, artifact_id: str, version: int) -> bool: ...
+
+    def scan(self, artifact_id: str | None = None) -> Iterator[ArtifactRef]: ...
+
+    def set_unloaded(self, artifact_id: str, flag: bool) -> None: ...
+
+    def unloaded_ids(self) -> dict[str, int]: ...
+
+    def generation(self) -> object: ...
 
 
 class Reservation:
@@ -194,6 +268,13 @@ class ArtifactStore:
         self._unloaded = root / UNLOADED_DIR
         self._high_water = root / HIGH_WATER_FILE
         self._sweep_temp()
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def location(self, artifact_id: str, version: int) -> str:
+        return str(self.root / artifact_id / str(version))
 
     # ---- the inter-process lock ----------------------------------------------------------------
 
@@ -337,8 +418,7 @@ class ArtifactStore:
     # ---- artifacts -----------------------------------------------------------------------------
 
     def _signature(self, digests: dict[str, str]) -> str:
-        body = json.dumps(digests, sort_keys=True).encode()
-        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
+        return sign_digests(self._key, digests)
 
     def _temp_dir(self) -> tuple[Path, int]:
         # Made and locked under the store lock, so a sweep (under it too) never takes it for a leftover.
@@ -386,7 +466,7 @@ class ArtifactStore:
             os.close(fd)
         return final
 
-    def commit(self, reservation: Reservation, files: dict[str, bytes]) -> Path:
+    def commit(self, reservation: HeldVersion, files: dict[str, bytes]) -> Path:
         """Write the reserved version, then release the reservation (the artifact is in place first)."""
         if reservation.released:
             raise ValueError(f"{reservation!r} was released; its number cannot be committed")
@@ -440,7 +520,7 @@ class ArtifactStore:
         shutil.rmtree(doomed, ignore_errors=True)
         return True
 
-    def scan(self, artifact_id: str | None = None) -> Iterator[ArtifactRef]:
+    def scan(self, artifact_id: str | None = None) -> Iterator[FileArtifactRef]:
         """Every complete artifact directory (signature not yet checked), in (id, version) order; one
         id's only when ``artifact_id`` is given."""
         if not self.root.exists():
@@ -455,7 +535,7 @@ class ArtifactStore:
             for version in sorted(_version_numbers(id_dir)):
                 version_dir = id_dir / str(version)
                 if version_dir.is_dir():
-                    yield ArtifactRef(id_dir.name, version, version_dir)
+                    yield FileArtifactRef(id_dir.name, version, str(version_dir), version_dir)
 
     # ---- instance-wide unload ------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from service_common.stores import S3Location, parse_store
+
 S = TypeVar("S", bound="ServerSettings")
 T = TypeVar("T")
 
@@ -30,7 +32,11 @@ class ServerSettings:
 
     host: str = setting("127.0.0.1", "address to bind; 'unix:/path' binds a unix socket instead of a port")
     port: int = setting(0, "port to bind (0 = a free port, printed on start)")
-    store: Path = setting(Path("./store"), "the store directory every process and instance shares")
+    store: Path | S3Location = setting(
+        Path("./store"),
+        "the store every process and instance shares: a directory, or s3://bucket/prefix (an S3-API "
+        "bucket; endpoint and credentials from the AWS_* environment variables; needs a signing key)",
+    )
     max_message_mb: int = setting(64, "largest request or reply message, MiB")
     max_concurrent_rpcs: int = setting(
         4096,
@@ -53,7 +59,9 @@ class ServerSettings:
         0.0, "on SIGTERM: seconds of NOT_SERVING health while still answering, before new calls are refused"
     )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
-    signing_key: str = setting("", "HMAC key for artifacts; empty = the key file, else <store>/.signing-key")
+    signing_key: str = setting(
+        "", "HMAC key for artifacts; empty = the key file, else <store>/.signing-key (directory stores only)"
+    )
     signing_key_file: str = setting("", "file holding the HMAC key for artifacts")
     auth_token: str = setting(
         "",
@@ -73,6 +81,11 @@ class ServerSettings:
         1.0,
         "seconds between looks at the store for versions other processes committed, deleted or "
         "unloaded (as TF Serving's --file_system_poll_wait_seconds); 0 = only on a cache miss",
+    )
+    store_lease_seconds: float = setting(
+        30.0,
+        "S3 store: a version being produced (training) is a lease its owner renews every third of this; "
+        "one not renewed for this long is dead (its process died) for every replica",
     )
 
     @property
@@ -99,6 +112,8 @@ def _converter(kind: Any) -> Any:
         return _parse_bool
     if kind is Path:
         return Path
+    if kind == Path | S3Location:
+        return parse_store
     return kind
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service_common.artifacts import ArtifactStore
+from service_common.artifacts import ArtifactStore, StoredArtifacts
 from service_common.errors import InvalidArgument, echo
 
 try:
@@ -53,7 +53,8 @@ class StoreWatcher:
     Serving follows its model base path (--file_system_poll_wait_seconds). Where inotify exists (Linux,
     inotify_simple installed) it also watches the store's directories and calls ``sync(id)`` for each id
     that changed as soon as it changes, so the work done per change does not grow with the store.
-    Polling alone is enough: inotify only makes changes show sooner, and anything it misses (a watch
+    A store that is not a directory (S3) has no file events to watch: polling it is all there is, so
+    what another replica changed is seen within ``poll_seconds``. Polling alone is enough: inotify only makes changes show sooner, and anything it misses (a watch
     that could not be added, an event before a new directory was watched) the next poll finds. A call
     that fails is logged and tried again next time.
     """
@@ -61,7 +62,7 @@ class StoreWatcher:
     def __init__(
         self,
         name: str,
-        store: ArtifactStore,
+        store: StoredArtifacts,
         refresh: Callable[[], None],
         sync: Callable[[str], None],
         poll_seconds: float,
@@ -70,10 +71,12 @@ class StoreWatcher:
         if poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be > 0, got {poll_seconds}")
         self._store = store
+        # inotify is a directory store's accelerator, not part of the store contract.
+        self._files: ArtifactStore | None = store if isinstance(store, ArtifactStore) else None
         self._refresh = refresh
         self._sync = sync
         self._poll_seconds = poll_seconds
-        self.uses_inotify = use_inotify and inotify_simple is not None
+        self.uses_inotify = use_inotify and inotify_simple is not None and self._files is not None
         self._watches: dict[int, Path] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -125,9 +128,10 @@ class StoreWatcher:
     def _adopt(self, notify: Any, path: Path, changed: set[str]) -> None:
         """Watch a directory that just appeared, and what appeared in it before the watch did; their
         ids are synced once the watches are in place, so nothing that happened meanwhile is missed."""
-        if not self._store.is_watched_directory(path) or not self._add_watch(notify, path):
+        assert self._files is not None  # only called when watching a directory store
+        if not self._files.is_watched_directory(path) or not self._add_watch(notify, path):
             return
-        artifact_id = self._store.changed_id(path.parent, path.name)
+        artifact_id = self._files.changed_id(path.parent, path.name)
         if artifact_id is not None:
             changed.add(artifact_id)
         try:
@@ -139,8 +143,9 @@ class StoreWatcher:
 
     def _watch_all(self, notify: Any) -> None:
         """Watch every store directory not watched yet (at start and at each poll)."""
+        assert self._files is not None
         watched = set(self._watches.values())
-        for directory in self._store.watched_directories():
+        for directory in self._files.watched_directories():
             if directory not in watched:
                 self._add_watch(notify, directory)
 
@@ -165,7 +170,7 @@ class StoreWatcher:
                     continue
                 if event.mask & _APPEARED:
                     self._adopt(notify, directory / event.name, changed)
-                artifact_id = self._store.changed_id(directory, event.name)
+                artifact_id = self._files.changed_id(directory, event.name) if self._files else None
                 if artifact_id is not None:
                     changed.add(artifact_id)
             if changed:

@@ -59,7 +59,7 @@ class ServiceProcess:
     def __init__(
         self,
         module: str,
-        store: Path,
+        store: Path | str,  # a directory, or an s3://bucket/prefix URL (tests/cluster)
         log_dir: Path,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
@@ -224,12 +224,12 @@ def running(*services: ServiceProcess) -> Iterator[tuple[ServiceProcess, ...]]:
             service.stop()
 
 
-def scaler_process(store: Path, log_dir: Path, *extra: str, **kwargs: Any) -> ServiceProcess:
+def scaler_process(store: Path | str, log_dir: Path, *extra: str, **kwargs: Any) -> ServiceProcess:
     return ServiceProcess("scaler_service", store, log_dir, list(extra), **kwargs)
 
 
 def model_process(
-    store: Path, log_dir: Path, scaler: ServiceProcess, *extra: str, **kwargs: Any
+    store: Path | str, log_dir: Path, scaler: ServiceProcess, *extra: str, **kwargs: Any
 ) -> ServiceProcess:
     return ServiceProcess(
         "model_service", store, log_dir, ["--scaler-address", scaler.address, *extra], **kwargs
