@@ -129,7 +129,8 @@ def epoch_to_proto(epoch: EpochProgress) -> model_pb2.EpochEvent:
     return event
 
 
-def record_to_info(view: VersionView) -> model_pb2.ModelInfo:
+def record_to_info(view: VersionView, tensorboard_logdir: str = "") -> model_pb2.ModelInfo:
+    """``tensorboard_logdir``: the version's directory when it holds event files (model_store.logdir)."""
     record: ModelRecord = view.record
     plan = record.plan
     return model_pb2.ModelInfo(
@@ -149,6 +150,8 @@ def record_to_info(view: VersionView) -> model_pb2.ModelInfo:
         seed=record.seed,
         created_at=record.created_at,
         train_seconds=record.train_seconds,
+        tensorboard_logdir=tensorboard_logdir,
+        origin=record.origin,
     )
 
 

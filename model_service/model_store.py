@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from model_service.records import ModelRecord, now_text
 from model_service.settings import ModelSettings
@@ -55,6 +56,16 @@ def read_version(store: ArtifactStore, model_id: str, version: int) -> tuple[Mod
     return ModelRecord.from_json(meta, model_id, version), keras_bytes
 
 
+def version_dir(store: ArtifactStore, model_id: str, version: int) -> Path:
+    """Where a stored version's files are (its TensorBoard run directory)."""
+    return store.root / model_id / str(version)
+
+
+def logdir(store: ArtifactStore, record: ModelRecord) -> str:
+    """The absolute TensorBoard run directory of a stored version; '' when it holds no event files."""
+    return str(version_dir(store, record.model_id, record.version).absolute()) if record.tensorboard else ""
+
+
 def reserved_record(store: ArtifactStore, model_id: str, version: int) -> ModelRecord | None:
     """What a (possibly other) process is training as this version; None once the reservation is gone."""
     note = store.reservation_note(model_id, version)
@@ -86,11 +97,22 @@ class ModelWriter:
         reservation = self.store.allocate(model_id, note)
         return ModelRecord(model_id, reservation.version, spec, seed, created_at), reservation
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes, reservation: Reservation) -> None:
-        """Persist a trained version whole and signed; its reservation goes once the artifact is in place."""
+    def commit(
+        self,
+        record: ModelRecord,
+        keras_bytes: bytes,
+        reservation: Reservation,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> None:
+        """Persist a version whole and signed, with ``extra_files`` (e.g. TensorBoard event files) in the
+        same artifact; its reservation goes once the artifact is in place."""
         if (record.model_id, record.version) != (reservation.artifact_id, reservation.version):
             raise ValueError(f"record {record.model_id} v{record.version} does not match {reservation!r}")
-        self.store.commit(reservation, {MODEL_FILE: keras_bytes, META_FILE: record.to_json()})
+        extras = dict(extra_files or {})
+        clash = sorted(set(extras) & {MODEL_FILE, META_FILE})
+        if clash:
+            raise ValueError(f"extra files may not replace {', '.join(clash)}")
+        self.store.commit(reservation, {**extras, MODEL_FILE: keras_bytes, META_FILE: record.to_json()})
 
     def release(self, reservation: Reservation) -> None:
         """Give up a reserved version that will not be committed (its number is not reused)."""
@@ -123,8 +145,10 @@ class ModelPublisher:
         if reservation is not None:
             self._writer.release(reservation)
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None:
-        """Persist a version this process reserved, whole and signed."""
+    def commit(
+        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+    ) -> None:
+        """Persist a version this process reserved, whole and signed (``extra_files`` beside it)."""
         key = (record.model_id, record.version)
         with self._lock:
             reservation = self._held.get(key)
@@ -132,7 +156,7 @@ class ModelPublisher:
             raise FailedPrecondition(
                 f"model {record.model_id!r} version {record.version} is not reserved by this process"
             )
-        self._writer.commit(record, keras_bytes, reservation)
+        self._writer.commit(record, keras_bytes, reservation, extra_files)
         with self._lock:
             self._held.pop(key, None)
 

@@ -17,7 +17,13 @@ import threading
 from dataclasses import dataclass
 
 from model_service import builder
-from model_service.model_store import ModelPublisher, check_model_id, read_version, reserved_record
+from model_service.model_store import (
+    ModelPublisher,
+    check_model_id,
+    logdir,
+    read_version,
+    reserved_record,
+)
 from model_service.records import ModelRecord
 from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
@@ -244,9 +250,11 @@ class ModelRegistry:
         self.publisher.release(model_id, version)
         self.sync(model_id)
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None:
+    def commit(
+        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+    ) -> None:
         """Persist a version this process reserved (atomic, signed), then serve it before returning."""
-        self.publisher.commit(record, keras_bytes)
+        self.publisher.commit(record, keras_bytes, extra_files)
         self.sync(record.model_id)
 
     # ---- queries -------------------------------------------------------------------------------
@@ -327,6 +335,14 @@ class ModelRegistry:
             raise NotFound(f"model {model_id!r} version {', '.join(map(str, chosen))} not found")
         release_unused_soon()  # the models' memory goes back to the system, not only to malloc
         return removed
+
+    def logdir(self, record: ModelRecord) -> str:
+        """The version's TensorBoard run directory ('' when it has no event files)."""
+        return logdir(self._store, record)
+
+    def read(self, model_id: str, version: int) -> tuple[ModelRecord, bytes]:
+        """A stored version's record and Keras bytes, read again from the store (signature verified)."""
+        return read_version(self._store, check_model_id(model_id), version)
 
     def count(self) -> int:
         """Stored versions (served or unloaded) this process knows of."""

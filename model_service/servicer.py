@@ -79,7 +79,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def GetModel(
         self, request: model_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.ModelInfo:
-        return convert.record_to_info(self._registry.get(request.model_id, request.version))
+        view = self._registry.get(request.model_id, request.version)
+        return convert.record_to_info(view, self._registry.logdir(view.record))
 
     @map_errors
     async def ListModels(
@@ -87,7 +88,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> model_pb2.ListModelsResponse:
         page, next_token = self._registry.list(request.model_id, request.page_size, request.page_token)
         return model_pb2.ListModelsResponse(
-            models=[convert.record_to_info(view) for view in page], next_page_token=next_token
+            models=[convert.record_to_info(view, self._registry.logdir(view.record)) for view in page],
+            next_page_token=next_token,
         )
 
     @map_errors
