@@ -340,9 +340,26 @@ class ModelRegistry:
         """The version's TensorBoard run directory ('' when it has no event files)."""
         return logdir(self._store, record)
 
-    def read(self, model_id: str, version: int) -> tuple[ModelRecord, bytes]:
-        """A stored version's record and Keras bytes, read again from the store (signature verified)."""
-        return read_version(self._store, check_model_id(model_id), version)
+    def read_stored(self, model_id: str, version: int = 0) -> tuple[ModelRecord, bytes]:
+        """A stored version's record and Keras bytes (0 = the latest stored, served or unloaded), read
+        again from the store, signature verified. FailedPrecondition while it is still training."""
+        self._cached(model_id, version)
+        with self._lock:
+            versions = self._versions(model_id)
+            if version == 0:
+                stored = [v for v, e in versions.items() if e.state is not VersionState.TRAINING]
+                if not stored:
+                    raise FailedPrecondition(
+                        f"model {model_id!r} has no stored version yet: version "
+                        f"{', '.join(str(v) for v in sorted(versions))} is still training"
+                    )
+                version = max(stored)
+            if self._entry(model_id, version).state is VersionState.TRAINING:
+                raise FailedPrecondition(
+                    f"model {model_id!r} version {version} is still training; export it once its Train "
+                    "call has finished"
+                )
+        return read_version(self._store, model_id, version)
 
     def count(self) -> int:
         """Stored versions (served or unloaded) this process knows of."""

@@ -79,7 +79,9 @@ def event_files(
         tf.TensorSpec([None, spec.timesteps, spec.features], tf.float32, name="x")
     )
     with tempfile.TemporaryDirectory(prefix="lstm-tensorboard-") as folder:
-        writer = tf.summary.create_file_writer(folder, filename_suffix=f".{record.model_id}-v{record.version}")
+        writer = tf.summary.create_file_writer(
+            folder, filename_suffix=f".{record.model_id}-v{record.version}"
+        )
         try:
             with writer.as_default():
                 tf.summary.graph(forward.graph)
