@@ -140,7 +140,8 @@ def _objects(node: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
         if "class_name" in node:
             yield where, node
         for key, value in node.items():
-            yield from _objects(value, f"{where}.{key}")
+            if key != "inbound_nodes":  # a Functional model's wiring: references to tensors, no classes
+                yield from _objects(value, f"{where}.{key}")
     elif isinstance(node, list):
         for index, value in enumerate(node):
             yield from _objects(value, f"{where}[{index}]")
@@ -320,8 +321,8 @@ def _rebuilt(spec: ModelSpec, model: keras.Model) -> keras.Model:
     probe = (
         np.random.default_rng(0).normal(size=(PROBE_ROWS, spec.timesteps, spec.features)).astype(np.float32)
     )
-    want = np.asarray(model(probe, training=False))
-    got = np.asarray(ours(probe, training=False))
+    want = keras.ops.convert_to_numpy(model(probe, training=False))
+    got = keras.ops.convert_to_numpy(ours(probe, training=False))
     if not np.allclose(got, want, rtol=PROBE_RTOL, atol=PROBE_ATOL):
         raise InvalidArgument(
             "the model does not compute what the chain of its layers computes (largest difference "
@@ -366,6 +367,10 @@ class ModelImporter:
         """Check and convert the archive, then commit it as a new version (signed, atomic) and serve it."""
         if request.model_id:
             check_model_id(request.model_id)
+        if y_ref is not None and request.head.task is not Task.REGRESSION:
+            raise InvalidArgument(
+                f"y_scaler is for REGRESSION only; a {request.head.task} model predicts class labels"
+            )
         held = (
             self._admission.reserve(estimate(self._admission, len(request.data)), "import a smaller model")
             if self._admission is not None
