@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from model_service import spec as specs
@@ -252,9 +254,10 @@ EXPORT_FORMAT_TO_PROTO = {fmt: code for code, fmt in EXPORT_FORMAT_FROM_PROTO.it
 
 
 def export_format(code: int) -> ExportFormat:
-    if code not in EXPORT_FORMAT_FROM_PROTO:
+    fmt = EXPORT_FORMAT_FROM_PROTO.get(model_pb2.ExportFormat.ValueType(code))
+    if fmt is None:
         raise InvalidArgument(f"format must be EXPORT_ONNX or EXPORT_SAVED_MODEL, got {code}")
-    return EXPORT_FORMAT_FROM_PROTO[code]
+    return fmt
 
 
 def export_info(model_id: str, version: int, exported: Exported, fmt: ExportFormat) -> model_pb2.ExportInfo:
@@ -271,7 +274,9 @@ def export_info(model_id: str, version: int, exported: Exported, fmt: ExportForm
     )
 
 
-def _scaler_ref(message: model_pb2.ImportHeader, field: str) -> ScalerRef | None:
+def _scaler_ref(
+    message: model_pb2.ImportHeader, field: Literal["x_scaler", "y_scaler"]
+) -> ScalerRef | None:
     if not message.HasField(field):
         return None
     ref = getattr(message, field)
