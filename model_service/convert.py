@@ -274,9 +274,7 @@ def export_info(model_id: str, version: int, exported: Exported, fmt: ExportForm
     )
 
 
-def _scaler_ref(
-    message: model_pb2.ImportHeader, field: Literal["x_scaler", "y_scaler"]
-) -> ScalerRef | None:
+def _scaler_ref(message: model_pb2.ImportHeader, field: Literal["x_scaler", "y_scaler"]) -> ScalerRef | None:
     if not message.HasField(field):
         return None
     ref = getattr(message, field)
