@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from model_service.cost import MIB
+from protos.inference import grpc_service_pb2 as oip
+from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from protos.lstm_stack.v1 import model_pb2, scaler_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle, running_model_server
@@ -77,6 +79,27 @@ def test_an_imported_stack_is_served_and_predicts_what_keras_computes(
     x, _ = seed_example()
     want = run(model, x)
     np.testing.assert_allclose(values(predict(model_server.stub, "imported", x)), want, rtol=1e-5, atol=1e-5)
+    # The Open Inference Protocol serves it too.
+    inferred = oip_grpc.GRPCInferenceServiceStub(model_server.channel).ModelInfer(
+        oip.ModelInferRequest(
+            model_name="imported",
+            inputs=[
+                oip.ModelInferRequest.InferInputTensor(
+                    name="x",
+                    datatype="FP64",
+                    shape=list(x.shape),
+                    contents=oip.InferTensorContents(fp64_contents=x.ravel().tolist()),
+                )
+            ],
+        ),
+        timeout=30,
+    )
+    (output,) = inferred.outputs
+    dtype = {"FP64": np.float64, "FP32": np.float32}[output.datatype]
+    got = np.frombuffer(inferred.raw_output_contents[0], dtype=f"<{np.dtype(dtype).char}").reshape(
+        output.shape
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     again = model_server.stub.ImportModel(chunks(keras_bytes(model), model_id="imported"), timeout=60)
     assert again.version == info.version + 1  # a new version of the id, like a Train
 
