@@ -91,7 +91,7 @@ class Imported:
     keras_bytes: bytes  # the service-built model with the imported weights
 
 
-def estimate(admission: Admission, nbytes: int) -> Estimate:
+def estimate(nbytes: int) -> Estimate:
     """The memory an import of ``nbytes`` takes while it is checked and converted."""
 
     def explain() -> str:
@@ -103,7 +103,7 @@ def estimate(admission: Admission, nbytes: int) -> Estimate:
 def check_size(admission: Admission | None, nbytes: int) -> None:
     """ResourceExhausted as soon as the bytes received so far could not be imported within the budget."""
     if admission is not None:
-        admission.untracked().reserve(estimate(admission, nbytes), "import a smaller model")
+        admission.untracked().reserve(estimate(nbytes), "import a smaller model")
 
 
 # ---- 1, 2: the archive and its config, before anything is deserialized --------------------------
@@ -372,7 +372,7 @@ class ModelImporter:
                 f"y_scaler is for REGRESSION only; a {request.head.task} model predicts class labels"
             )
         held = (
-            self._admission.reserve(estimate(self._admission, len(request.data)), "import a smaller model")
+            self._admission.reserve(estimate(len(request.data)), "import a smaller model")
             if self._admission is not None
             else contextlib.nullcontext()
         )
