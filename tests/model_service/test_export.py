@@ -15,7 +15,12 @@ import onnxruntime
 import pytest
 import tensorflow as tf
 
-from model_service.export import METADATA_FILE, METADATA_KEY
+from model_service import builder
+from model_service.export import METADATA_FILE, METADATA_KEY, ExportFormat
+from model_service.export import export as export_version
+from model_service.records import ModelRecord
+from model_service.scaling import PER_COLUMN, AffineScaler, ScalerRef
+from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle
@@ -174,3 +179,22 @@ def test_bad_export_requests_get_precise_statuses_and_the_server_stays_healthy(
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     x, _ = seed_example()
     assert values(predict(stub, regression.id, x)).shape == (13, 1)
+
+
+def test_per_column_and_clipped_scalers_are_folded_in_as_the_serving_path_applies_them() -> None:
+    spec = resolve(ModelSpec(3, 2, (Lstm(3),), Head(Task.REGRESSION, outputs=2)))
+    rng = np.random.default_rng(4)
+    # Per column: one scale per (timestep, feature), on samples flattened to 6 columns; clipped.
+    x_scaler = AffineScaler(
+        ScalerRef("x", 1), PER_COLUMN, (3, 2), rng.uniform(0.01, 0.1, 6), rng.normal(size=6), (-1.0, 1.0)
+    )
+    y_scaler = AffineScaler(ScalerRef("y", 1), PER_COLUMN, (2,), np.array([0.5, 0.02]), np.array([1.0, -3.0]))
+    record = ModelRecord("cols", 1, spec, 0, "now", x_scaler, y_scaler)
+    model = builder.build(spec, 1, compile_model=False)
+    x = rng.normal(scale=30, size=(8, 3, 2))
+    scaled = x_scaler.transform(x)
+    assert np.any(scaled == 1.0) and np.any(scaled == -1.0)  # the clip matters for this input
+    forward = model(scaled.astype(np.float32), training=False)
+    want = y_scaler.inverse_transform(tf.cast(forward, tf.float64).numpy())
+    got = onnx_outputs(export_version(record, model, ExportFormat.ONNX).data, x)["values"]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)

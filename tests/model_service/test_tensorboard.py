@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.graph import keras_util
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
+from model_service.records import EpochProgress
+from model_service.training.tensorboard import epoch_scalars
 from protos.lstm_stack.v1 import model_pb2
 from tests.model_service.conftest import ModelServerHandle
 from tests.model_service.helpers import scaler, seed_example, tiny_spec, train, train_request
@@ -71,8 +74,6 @@ def test_the_event_file_holds_the_keras_graph_and_the_hyperparameters(
     assert [list(node.input) for node in nodes][1:] == [[nodes[0].name], [nodes[1].name]]
     content = reader.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in content
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
     start = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/session_start_info"]
     ).session_start_info
@@ -100,9 +101,6 @@ def test_the_event_file_is_signed_with_the_version_and_goes_when_it_is_deleted(
 
 
 def test_epochs_without_a_holdout_get_no_val_loss_tag() -> None:
-    from model_service.records import EpochProgress
-    from model_service.training.tensorboard import epoch_scalars
-
     history = [EpochProgress(n, 2, 1.0 / n, None, {"mae": 0.5 / n}, 0.1 * n, 100.0) for n in (1, 2)]
     assert epoch_scalars(history) == {
         "epoch_loss": [(1, 1.0), (2, 0.5)],
