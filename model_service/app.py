@@ -9,6 +9,8 @@ from collections.abc import Iterable
 
 import grpc
 
+from model_service.export import ModelExporter
+from model_service.importing import ModelImporter
 from model_service.inference_protocol import add_inference_protocol
 from model_service.model_store import open_model_store
 from model_service.registry import ModelRegistry
@@ -67,7 +69,13 @@ def create_server(
     registry.start_watching(settings.store_poll_seconds)
     runtime = ModelRuntime(registry)
     trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
-    servicer = ModelServicer(runtime, trainer, metrics.training_job)
+    servicer = ModelServicer(
+        runtime,
+        trainer,
+        metrics.training_job,
+        exporter=ModelExporter(registry),
+        importer=ModelImporter(registry, gateway, serving.admission),
+    )
 
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

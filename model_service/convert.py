@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from model_service import spec as specs
+from model_service.export import Exported, ExportFormat
+from model_service.importing import ImportRequest
 from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
 from model_service.scaling import ScalerRef
@@ -129,7 +133,8 @@ def epoch_to_proto(epoch: EpochProgress) -> model_pb2.EpochEvent:
     return event
 
 
-def record_to_info(view: VersionView) -> model_pb2.ModelInfo:
+def record_to_info(view: VersionView, tensorboard_logdir: str = "") -> model_pb2.ModelInfo:
+    """``tensorboard_logdir``: the version's directory when it holds event files (model_store.logdir)."""
     record: ModelRecord = view.record
     plan = record.plan
     return model_pb2.ModelInfo(
@@ -149,6 +154,8 @@ def record_to_info(view: VersionView) -> model_pb2.ModelInfo:
         seed=record.seed,
         created_at=record.created_at,
         train_seconds=record.train_seconds,
+        tensorboard_logdir=tensorboard_logdir,
+        origin=record.origin,
     )
 
 
@@ -235,3 +242,62 @@ def predict_response(
     if prediction.labels is not None:
         response.labels.CopyFrom(_labels_tensor(prediction.labels, as_values))
     return response
+
+
+# ---- export and import ---------------------------------------------------------------------------
+
+EXPORT_FORMAT_FROM_PROTO = {
+    model_pb2.EXPORT_ONNX: ExportFormat.ONNX,
+    model_pb2.EXPORT_SAVED_MODEL: ExportFormat.SAVED_MODEL,
+}
+EXPORT_FORMAT_TO_PROTO = {fmt: code for code, fmt in EXPORT_FORMAT_FROM_PROTO.items()}
+
+
+def export_format(code: int) -> ExportFormat:
+    fmt = EXPORT_FORMAT_FROM_PROTO.get(model_pb2.ExportFormat.ValueType(code))
+    if fmt is None:
+        raise InvalidArgument(f"format must be EXPORT_ONNX or EXPORT_SAVED_MODEL, got {code}")
+    return fmt
+
+
+def export_info(model_id: str, version: int, exported: Exported, fmt: ExportFormat) -> model_pb2.ExportInfo:
+    return model_pb2.ExportInfo(
+        model_id=model_id,
+        version=version,
+        format=EXPORT_FORMAT_TO_PROTO[fmt],
+        file_name=exported.file_name,
+        size_bytes=len(exported.data),
+        sha256=exported.sha256,
+        input_name=exported.input_name,
+        output_names=list(exported.output_names),
+        metadata_json=exported.metadata_json,
+    )
+
+
+def _scaler_ref(message: model_pb2.ImportHeader, field: Literal["x_scaler", "y_scaler"]) -> ScalerRef | None:
+    if not message.HasField(field):
+        return None
+    ref = getattr(message, field)
+    if not ref.scaler_id:
+        raise InvalidArgument(f"header.{field}.scaler_id is required when header.{field} is set")
+    return ScalerRef(ref.scaler_id, ref.version)
+
+
+def import_request(
+    header: model_pb2.ImportHeader, data: bytes
+) -> tuple[ImportRequest, ScalerRef | None, ScalerRef | None]:
+    """The import in domain terms, and the scaler versions it names (looked up by the importer)."""
+    task = header.head.task
+    if task not in TASK_FROM_PROTO:
+        raise InvalidArgument(
+            f"header.head.task is required: REGRESSION, BINARY or MULTICLASS (the head the model ends in), got {task}"
+        )
+    request = ImportRequest(
+        model_id=header.model_id,
+        head=specs.Head(TASK_FROM_PROTO[task], header.head.outputs, header.head.n_classes),
+        data=data,
+        timesteps=header.input.timesteps,
+        features=header.input.features,
+        optimizer=specs.Optimizer(header.optimizer.name, header.optimizer.learning_rate),
+    )
+    return request, _scaler_ref(header, "x_scaler"), _scaler_ref(header, "y_scaler")

@@ -13,7 +13,7 @@ import threading
 from model_service.records import ModelRecord, now_text
 from model_service.settings import ModelSettings
 from model_service.spec import ModelSpec
-from service_common.artifacts import HeldVersion, StoredArtifacts, validate_id
+from service_common.artifacts import ArtifactStore, HeldVersion, StoredArtifacts, validate_id
 from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument
 from service_common.stores import open_artifact_store
 
@@ -62,6 +62,16 @@ def read_version(store: StoredArtifacts, model_id: str, version: int) -> tuple[M
     return ModelRecord.from_json(meta, model_id, version), keras_bytes
 
 
+def logdir(store: StoredArtifacts, record: ModelRecord) -> str:
+    """The TensorBoard run directory of a stored version ('' when it holds no event files): an absolute
+    path on a directory store; on an S3 store only its location (the events are signed parts there)."""
+    if not record.tensorboard:
+        return ""
+    if isinstance(store, ArtifactStore):
+        return str((store.root / record.model_id / str(record.version)).absolute())
+    return store.location(record.model_id, record.version)
+
+
 def reserved_record(store: StoredArtifacts, model_id: str, version: int) -> ModelRecord | None:
     """What a (possibly other) process is training as this version; None once the reservation is gone."""
     note = store.reservation_note(model_id, version)
@@ -93,11 +103,22 @@ class ModelWriter:
         reservation = self.store.allocate(model_id, note)
         return ModelRecord(model_id, reservation.version, spec, seed, created_at), reservation
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes, reservation: HeldVersion) -> None:
-        """Persist a trained version whole and signed; its reservation goes once the artifact is in place."""
+    def commit(
+        self,
+        record: ModelRecord,
+        keras_bytes: bytes,
+        reservation: HeldVersion,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> None:
+        """Persist a version whole and signed, with ``extra_files`` (e.g. TensorBoard event files) in the
+        same artifact; its reservation goes once the artifact is in place."""
         if (record.model_id, record.version) != (reservation.artifact_id, reservation.version):
             raise ValueError(f"record {record.model_id} v{record.version} does not match {reservation!r}")
-        self.store.commit(reservation, {MODEL_FILE: keras_bytes, META_FILE: record.to_json()})
+        extras = dict(extra_files or {})
+        clash = sorted(set(extras) & {MODEL_FILE, META_FILE})
+        if clash:
+            raise ValueError(f"extra files may not replace {', '.join(clash)}")
+        self.store.commit(reservation, {**extras, MODEL_FILE: keras_bytes, META_FILE: record.to_json()})
 
     def release(self, reservation: HeldVersion) -> None:
         """Give up a reserved version that will not be committed (its number is not reused)."""
@@ -130,8 +151,10 @@ class ModelPublisher:
         if reservation is not None:
             self._writer.release(reservation)
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None:
-        """Persist a version this process reserved, whole and signed."""
+    def commit(
+        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+    ) -> None:
+        """Persist a version this process reserved, whole and signed (``extra_files`` beside it)."""
         key = (record.model_id, record.version)
         with self._lock:
             reservation = self._held.get(key)
@@ -139,7 +162,7 @@ class ModelPublisher:
             raise FailedPrecondition(
                 f"model {record.model_id!r} version {record.version} is not reserved by this process"
             )
-        self._writer.commit(record, keras_bytes, reservation)
+        self._writer.commit(record, keras_bytes, reservation, extra_files)
         with self._lock:
             self._held.pop(key, None)
 

@@ -13,6 +13,8 @@ from model_service.spec import ModelSpec, SpecPlan, plan
 from service_common.errors import IntegrityError
 
 FORMAT = 1
+ORIGIN_TRAIN = "train"
+ORIGIN_IMPORT = "import"
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -77,6 +79,9 @@ class ModelRecord:
     n_validation: int = 0
     epochs_run: int = 0
     train_seconds: float = 0.0
+    origin: str = ORIGIN_TRAIN  # ORIGIN_TRAIN | ORIGIN_IMPORT
+    # Whether the artifact holds TensorBoard event files (trained versions do; imported ones do not).
+    tensorboard: bool = False
 
     @property
     def plan(self) -> SpecPlan:
@@ -98,6 +103,8 @@ class ModelRecord:
             "n_validation": self.n_validation,
             "epochs_run": self.epochs_run,
             "train_seconds": self.train_seconds,
+            "origin": self.origin,
+            "tensorboard": self.tensorboard,
         }
         return json.dumps(body, indent=1, allow_nan=False).encode()
 
@@ -124,6 +131,9 @@ class ModelRecord:
                 n_validation=int(body["n_validation"]),
                 epochs_run=int(body["epochs_run"]),
                 train_seconds=float(body["train_seconds"]),
+                # Absent from versions stored before imports and TensorBoard existed.
+                origin=str(body.get("origin", ORIGIN_TRAIN)),
+                tensorboard=bool(body.get("tensorboard", False)),
             )
         except IntegrityError:
             raise

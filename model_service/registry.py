@@ -18,7 +18,13 @@ import threading
 from dataclasses import dataclass
 
 from model_service import builder
-from model_service.model_store import ModelPublisher, check_model_id, read_version, reserved_record
+from model_service.model_store import (
+    ModelPublisher,
+    check_model_id,
+    logdir,
+    read_version,
+    reserved_record,
+)
 from model_service.records import ModelRecord
 from model_service.serving import ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
@@ -245,9 +251,11 @@ class ModelRegistry:
         self.publisher.release(model_id, version)
         self.sync(model_id)
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None:
+    def commit(
+        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+    ) -> None:
         """Persist a version this process reserved (atomic, signed), then serve it before returning."""
-        self.publisher.commit(record, keras_bytes)
+        self.publisher.commit(record, keras_bytes, extra_files)
         self.sync(record.model_id)
 
     # ---- queries -------------------------------------------------------------------------------
@@ -328,6 +336,31 @@ class ModelRegistry:
             raise NotFound(f"model {model_id!r} version {', '.join(map(str, chosen))} not found")
         release_unused_soon()  # the models' memory goes back to the system, not only to malloc
         return removed
+
+    def logdir(self, record: ModelRecord) -> str:
+        """The version's TensorBoard run directory ('' when it has no event files)."""
+        return logdir(self._store, record)
+
+    def read_stored(self, model_id: str, version: int = 0) -> tuple[ModelRecord, bytes]:
+        """A stored version's record and Keras bytes (0 = the latest stored, served or unloaded), read
+        again from the store, signature verified. FailedPrecondition while it is still training."""
+        self._cached(model_id, version)
+        with self._lock:
+            versions = self._versions(model_id)
+            if version == 0:
+                stored = [v for v, e in versions.items() if e.state is not VersionState.TRAINING]
+                if not stored:
+                    raise FailedPrecondition(
+                        f"model {model_id!r} has no stored version yet: version "
+                        f"{', '.join(str(v) for v in sorted(versions))} is still training"
+                    )
+                version = max(stored)
+            if self._entry(model_id, version).state is VersionState.TRAINING:
+                raise FailedPrecondition(
+                    f"model {model_id!r} version {version} is still training; export it once its Train "
+                    "call has finished"
+                )
+        return read_version(self._store, model_id, version)
 
     def count(self) -> int:
         """Stored versions (served or unloaded) this process knows of."""

@@ -138,6 +138,15 @@ class ScalerGateway:
             {name: data.reshape(others[name].shape) for name, data in transformed.items()},
         )
 
+    def get(self, ref: ScalerRef) -> AffineScaler:
+        """A fitted scaler version (0 = the latest) in affine form."""
+        request = scaler_pb2.GetScalerRequest(scaler_id=ref.scaler_id, version=ref.version)
+        try:
+            info = self._stub.GetScaler(request, timeout=self.timeout_seconds)
+        except grpc.RpcError as exc:
+            raise self._error(exc, f"scaler {ref.scaler_id!r} v{ref.version}") from None
+        return to_affine(info)
+
     def delete(self, ref: ScalerRef) -> None:
         request = scaler_pb2.DeleteScalerRequest(scaler_id=ref.scaler_id, version=ref.version)
         try:

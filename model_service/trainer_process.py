@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from model_service import convert
-from model_service.model_store import ModelPublisher, open_model_store
+from model_service.model_store import ModelPublisher, logdir, open_model_store
 from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
 from model_service.scaler_gateway import ScalerGateway
@@ -27,6 +27,7 @@ from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.training import TrainingManager, TrainStarted
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
+from service_common.artifacts import StoredArtifacts
 from service_common.grpc_errors import map_errors
 from service_common.server import ManagedServer, build_server
 
@@ -38,8 +39,9 @@ SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
     """Train only; every other ModelService method is UNIMPLEMENTED here (serving processes answer them)."""
 
-    def __init__(self, trainer: TrainingManager, recycle_after: int) -> None:
+    def __init__(self, trainer: TrainingManager, recycle_after: int, store: StoredArtifacts) -> None:
         self._trainer = trainer
+        self._store = store
         self._recycle_after = recycle_after
         self._jobs_done = 0
 
@@ -60,7 +62,9 @@ class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
                     yield model_pb2.TrainEvent(epoch=convert.epoch_to_proto(event))
                 elif isinstance(event, ModelRecord):
                     yield model_pb2.TrainEvent(
-                        done=convert.record_to_info(VersionView(event, VersionState.READY))
+                        done=convert.record_to_info(
+                            VersionView(event, VersionState.READY), logdir(self._store, event)
+                        )
                     )
         finally:
             job.cancel()
@@ -92,7 +96,7 @@ def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:
         max_jobs=settings.max_training_jobs,
         max_work=settings.max_training_work,
     )
-    servicer = TrainerServicer(trainer, settings.trainer_recycle_jobs)
+    servicer = TrainerServicer(trainer, settings.trainer_recycle_jobs, store)
 
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

@@ -5,8 +5,10 @@
 // client always speaks the current contract. Tensors cross the wire as dtype + shape + little-endian raw
 // bytes, exactly like the Python codec (service_common/codec.py).
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
+const { once } = require('node:events');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
@@ -389,6 +391,74 @@ class LstmStackClient {
 
   deleteModel(modelId, { version = 0, deadlineMs } = {}) {
     return this.call('model', 'DeleteModel', { model_id: modelId, version }, { deadlineMs });
+  }
+
+  /**
+   * Stream a version to `filePath` as 'ONNX' or 'SAVED_MODEL' (a tar), chunk by chunk. The file is
+   * written aside and renamed into place once its size and sha256 match the ExportInfo of the first
+   * chunk, so it appears whole or not at all. Resolves with that ExportInfo.
+   */
+  async exportModel(modelId, filePath, { format = 'ONNX', version = 0, deadlineMs = this.deadlineMs } = {}) {
+    const client = this._client('model');
+    const formats = { ONNX: 'EXPORT_ONNX', SAVED_MODEL: 'EXPORT_SAVED_MODEL' };
+    if (!formats[format]) throw new Error(`format must be ONNX or SAVED_MODEL, got ${format}`);
+    const stream = client.ExportModel(
+      { model_id: modelId, version, format: formats[format] },
+      this._metadata(),
+      { deadline: new Date(Date.now() + deadlineMs) },
+    );
+    const part = path.join(path.dirname(filePath), `.${path.basename(filePath)}.part`);
+    const out = fs.createWriteStream(part);
+    const hash = crypto.createHash('sha256');
+    let info = null;
+    let size = 0;
+    try {
+      for await (const chunk of stream) {
+        if (chunk.info) info = chunk.info;
+        hash.update(chunk.data);
+        size += chunk.data.length;
+        if (!out.write(chunk.data)) await once(out, 'drain');
+      }
+      out.end();
+      await once(out, 'finish');
+      if (!info || size !== info.size_bytes || hash.digest('hex') !== info.sha256) {
+        throw new Error(`the export of ${modelId} arrived incomplete (${size} bytes)`);
+      }
+      fs.renameSync(part, filePath);
+      return info;
+    } finally {
+      out.destroy();
+      fs.rmSync(part, { force: true });
+    }
+  }
+
+  /**
+   * Import a Keras archive (.keras) as a new version, streamed from `filePath` in chunks. `head` is the
+   * head the model ends in, e.g. { task: 'REGRESSION' }; `header` may add model_id, input, x_scaler,
+   * y_scaler. Resolves with the new version's ModelInfo.
+   */
+  importModel(filePath, { head, deadlineMs = this.deadlineMs, chunkBytes = 1024 * 1024, ...header } = {}) {
+    const client = this._client('model');
+    return new Promise((resolve, reject) => {
+      const call = client.ImportModel(
+        this._metadata(),
+        { deadline: new Date(Date.now() + deadlineMs) },
+        (error, response) => (error ? reject(error) : resolve(response)),
+      );
+      call.write({ header: { ...header, head } });
+      const file = fs.createReadStream(filePath, { highWaterMark: chunkBytes });
+      file.on('data', (data) => {
+        if (!call.write({ data })) {
+          file.pause();
+          call.once('drain', () => file.resume());
+        }
+      });
+      file.on('end', () => call.end());
+      file.on('error', (error) => {
+        call.cancel();
+        reject(error);
+      });
+    });
   }
 
   close() {

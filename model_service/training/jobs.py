@@ -22,7 +22,7 @@ from model_service.records import ModelRecord
 from model_service.scaling import ScalerFitter, ScalerRef
 from model_service.serving import ServingOptions
 from model_service.spec import Task
-from model_service.training import fitting
+from model_service.training import fitting, tensorboard
 from model_service.training.fitting import Progress, fit_model
 from model_service.training.holdout import score_holdout
 from model_service.training.publish import publish
@@ -175,6 +175,7 @@ class TrainingJob:
         self._check_cancelled()
         record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler)
         holdout = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
+        events = tensorboard.event_files(record, model, progress.history, options)
         return publish(
             self._registry,
             record,
@@ -185,6 +186,7 @@ class TrainingJob:
             p.n_validation,
             time.perf_counter() - started,
             self._check_cancelled,
+            events,
         )
 
 

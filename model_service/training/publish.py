@@ -22,8 +22,10 @@ def publish(
     n_validation: int,
     train_seconds: float,
     check_cancelled: Callable[[], None],
+    extra_files: dict[str, bytes] | None = None,
 ) -> ModelRecord:
-    """The final record, committed with the model (nothing is written once the job is cancelled)."""
+    """The final record, committed with the model and ``extra_files`` (its TensorBoard event files) in
+    one signed artifact (nothing is written once the job is cancelled)."""
     keras_bytes = builder.to_keras_bytes(model)
     record = replace(
         record,
@@ -33,7 +35,8 @@ def publish(
         n_validation=n_validation,
         epochs_run=len(history),
         train_seconds=train_seconds,
+        tensorboard=bool(extra_files),
     )
     check_cancelled()
-    publisher.commit(record, keras_bytes)
+    publisher.commit(record, keras_bytes, extra_files or {})
     return record

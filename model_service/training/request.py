@@ -33,7 +33,9 @@ class Publisher(Protocol):
 
     def release(self, model_id: str, version: int) -> None: ...
 
-    def commit(self, record: ModelRecord, keras_bytes: bytes) -> None: ...
+    def commit(
+        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)

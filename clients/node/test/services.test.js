@@ -2,6 +2,10 @@
 // Against live services: LSTM_STACK_SCALER_ADDRESS and LSTM_STACK_MODEL_ADDRESS must be set
 // (tests/clients/test_node_client.py starts both services and runs this). Missing addresses fail.
 
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { LstmStackClient, encodeTensor, toNested, status } = require('../index.js');
@@ -115,6 +119,44 @@ test('live services', async (t) => {
     const values = toNested(raw.values);
     assert.ok(values.flat().every(Number.isFinite));
     close(values[0][0], one.values[0][0], 1e-4, 'same window, same prediction');
+  });
+
+  await t.test('ExportModel streams an ONNX file whose size and sha256 match its info', async () => {
+    assert.ok(modelId, 'needs the model trained above');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lstm-node-export-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'model.onnx');
+    const info = await client.exportModel(modelId, file, { deadlineMs: 120_000 });
+    assert.equal(info.model_id, modelId);
+    assert.equal(info.format, 'EXPORT_ONNX');
+    assert.deepEqual(info.output_names, ['values']);
+    const bytes = fs.readFileSync(file);
+    assert.equal(bytes.length, info.size_bytes);
+    assert.equal(crypto.createHash('sha256').update(bytes).digest('hex'), info.sha256);
+    assert.deepEqual(fs.readdirSync(dir), ['model.onnx'], 'no partial file is left behind');
+    assert.equal(JSON.parse(info.metadata_json).model_id, modelId);
+
+    await assert.rejects(client.exportModel('no-such-model-from-node', path.join(dir, 'x.onnx')), (error) => {
+      assert.equal(error.code, status.NOT_FOUND);
+      return true;
+    });
+    assert.deepEqual(fs.readdirSync(dir), ['model.onnx']);
+  });
+
+  await t.test('ImportModel streams a file and a non-Keras one is INVALID_ARGUMENT (3)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lstm-node-import-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'not.keras');
+    fs.writeFileSync(file, Buffer.alloc(3 * 1024 * 1024, 7));
+    await assert.rejects(
+      client.importModel(file, { head: { task: 'REGRESSION' }, chunkBytes: 256 * 1024 }),
+      (error) => {
+        assert.equal(error.code, status.INVALID_ARGUMENT);
+        assert.match(error.details, /not a Keras archive/);
+        assert.match(error.details, /3145728 bytes/, 'every chunk arrived');
+        return true;
+      },
+    );
   });
 
   await t.test('an unknown model is NOT_FOUND (5)', async () => {

@@ -193,6 +193,7 @@ class Context:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+            self._client = None
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -550,6 +551,82 @@ def cmd_model_delete(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_model_export(ctx: Context) -> int:
+    args = ctx.args
+    info = ctx.client.model.export(args.id, args.output, format=args.format, version=args.version)
+    if args.json:
+        ctx.json(info)
+        return EXIT_OK
+    ctx.print(
+        f"exported model {info.model_id} v{info.version} as {args.format} to {args.output} "
+        f"({info.size_bytes} bytes, sha256 {info.sha256[:12]}...)"
+    )
+    ctx.print(f"  input {info.input_name}: float64 (batch, timesteps, features) in raw units")
+    ctx.print(f"  outputs: {', '.join(info.output_names)} (scalers folded into the graph)")
+    return EXIT_OK
+
+
+def _scaler_ref(text: str | None, flag: str) -> tuple[str, int] | None:
+    if not text:
+        return None
+    scaler_id, _, version = text.partition(":")
+    if not scaler_id or (version and not version.isdigit()):
+        raise UsageError(f"{flag} takes SCALER_ID or SCALER_ID:VERSION, got {text!r}")
+    return scaler_id, int(version or 0)
+
+
+def cmd_model_import(ctx: Context) -> int:
+    args = ctx.args
+    if not Path(args.file).is_file():
+        raise UsageError(f"{args.file}: no such file")
+    info = ctx.client.model.import_model(
+        args.file,
+        task=args.task,
+        outputs=args.outputs or 0,
+        n_classes=args.classes or 0,
+        model_id=args.id or "",
+        timesteps=args.timesteps or 0,
+        features=args.features or 0,
+        x_scaler=_scaler_ref(args.x_scaler_ref, "--x-scaler"),
+        y_scaler=_scaler_ref(args.y_scaler_ref, "--y-scaler"),
+    )
+    if args.json:
+        ctx.json(info)
+    else:
+        ctx.print(f"imported {args.file} as model {info.id} v{info.version}")
+        ctx.print(display.model_description(info))
+    return EXIT_OK
+
+
+def cmd_model_tensorboard(ctx: Context) -> int:
+    args = ctx.args
+    if args.version:
+        logdir = ctx.client.model.get(args.id, version=args.version).tensorboard_logdir
+        if not logdir:
+            raise UsageError(
+                f"model {args.id} v{args.version} has no TensorBoard events (it was not trained here)"
+            )
+    else:
+        # The id's directory: every trained version is a run in it, named by its version number.
+        runs = [info.tensorboard_logdir for info in ctx.client.model.list(args.id) if info.tensorboard_logdir]
+        if not runs:
+            raise UsageError(f"model {args.id} has no version with TensorBoard events")
+        logdir = str(Path(runs[0]).parent)
+    command = ["tensorboard", "--logdir", logdir, "--host", args.host, "--port", str(args.port)]
+    if args.json:
+        ctx.json({"logdir": logdir, "command": command})
+    else:
+        ctx.print(" ".join(command))
+        if not Path(logdir).is_dir():
+            ctx.print(
+                f"# {logdir} is on the model service's host: run the command there (or mount its store)"
+            )
+    if args.launch:
+        ctx.close()
+        os.execvp(command[0], command)  # replaces this process; OSError (not installed) exits 2
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -719,6 +796,43 @@ def build_parser() -> argparse.ArgumentParser:
     _id_options(
         command(model, "delete", cmd_model_delete, "delete one version (or all with --version 0)"), "model"
     )
+
+    export = command(model, "export", cmd_model_export, "write a version as ONNX or a SavedModel tar")
+    _id_options(export, "model")
+    export.add_argument("--format", choices=["onnx", "savedmodel"], default="onnx")
+    export.add_argument("-o", "--output", required=True, help="file to write (appears only when whole)")
+
+    imp = command(model, "import", cmd_model_import, "bring a Keras model (.keras) in as a new version")
+    imp.add_argument("file", help="the .keras archive (streamed in chunks)")
+    imp.add_argument(
+        "--task",
+        required=True,
+        choices=["regression", "binary", "multiclass"],
+        help="the head the model ends in",
+    )
+    imp.add_argument("--outputs", type=int, help="regression targets per sample (default 1)")
+    imp.add_argument("--classes", type=int, help="classes for --task multiclass")
+    imp.add_argument("--id", help="make a new version of this id (default: a new id)")
+    imp.add_argument("--timesteps", type=int, help="check the model's input has these timesteps")
+    imp.add_argument("--features", type=int, help="check the model's input has these features")
+    imp.add_argument(
+        "--x-scaler",
+        dest="x_scaler_ref",
+        metavar="ID[:VERSION]",
+        help="the scaler service's x scaler the model was trained with",
+    )
+    imp.add_argument(
+        "--y-scaler",
+        dest="y_scaler_ref",
+        metavar="ID[:VERSION]",
+        help="the y scaler (regression) to invert its outputs with",
+    )
+
+    board = command(model, "tensorboard", cmd_model_tensorboard, "print (or run) the tensorboard command")
+    _id_options(board, "model")
+    board.add_argument("--launch", action="store_true", help="run tensorboard (it must be installed here)")
+    board.add_argument("--host", default="127.0.0.1", help="tensorboard --host (default 127.0.0.1)")
+    board.add_argument("--port", type=int, default=6006, help="tensorboard --port (default 6006)")
     return parser
 
 

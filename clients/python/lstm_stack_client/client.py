@@ -8,6 +8,7 @@ Fit, Train and Delete are never retried: a retry could create a second version o
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import random
 import time
@@ -35,6 +36,8 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_TRAIN_TIMEOUT = 3600.0
 # Matches the services' default --max-message-mb.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Imports stream the archive in pieces of this size.
+IMPORT_CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "lstm-stack-python-client/0.1"
 
 Response = TypeVar("Response")
@@ -600,6 +603,98 @@ class ModelClient(_Client):
             "ModelService/DeleteModel", self._stub.DeleteModel, request, idempotent=False, timeout=timeout
         )
         return list(response.deleted_versions)
+
+    def export(
+        self,
+        model_id: str,
+        path: str | Path,
+        *,
+        format: str = "onnx",
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> model_pb2.ExportInfo:
+        """Stream a version to ``path`` as ONNX ("onnx") or a SavedModel tar ("savedmodel"), chunk by
+        chunk; the file appears whole (written aside, size and sha256 checked, then renamed) or not at all."""
+        formats = {"onnx": model_pb2.EXPORT_ONNX, "savedmodel": model_pb2.EXPORT_SAVED_MODEL}
+        if format not in formats:
+            raise ValueError(f"format must be one of {', '.join(formats)}, got {format!r}")
+        request = model_pb2.ExportModelRequest(model_id=model_id, version=version, format=formats[format])
+        method = "ModelService/ExportModel"
+        target = Path(path)
+        temp = target.with_name(f".{target.name}.part")
+        digest = hashlib.sha256()
+        size = 0
+        info: model_pb2.ExportInfo | None = None
+        try:
+            stream = self._rpc.call(
+                method, self._stub.ExportModel, request, idempotent=False, timeout=timeout
+            )
+            with open(temp, "wb") as out:
+                for chunk in stream:
+                    if chunk.HasField("info"):
+                        info = chunk.info
+                    out.write(chunk.data)
+                    digest.update(chunk.data)
+                    size += len(chunk.data)
+            if info is None or size != info.size_bytes or digest.hexdigest() != info.sha256:
+                raise LstmStackError(
+                    method, grpc.StatusCode.DATA_LOSS, f"the export arrived incomplete ({size} bytes)"
+                )
+            os.replace(temp, target)
+        except grpc.RpcError as exc:
+            raise LstmStackError(method, exc.code(), exc.details() or str(exc)) from None
+        finally:
+            temp.unlink(missing_ok=True)
+        return info
+
+    def import_model(
+        self,
+        source: str | Path | bytes,
+        *,
+        task: str,
+        outputs: int = 0,
+        n_classes: int = 0,
+        model_id: str = "",
+        timesteps: int = 0,
+        features: int = 0,
+        x_scaler: tuple[str, int] | None = None,
+        y_scaler: tuple[str, int] | None = None,
+        chunk_bytes: int = IMPORT_CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> model_pb2.ModelInfo:
+        """Import a .keras archive (a path, streamed in chunks, or its bytes) as a new version.
+
+        ``task``: the head the model ends in (regression, binary, multiclass); ``x_scaler`` /
+        ``y_scaler``: (scaler id, version) of the scaler service's versions it was trained with."""
+        tasks = {
+            "regression": model_pb2.REGRESSION,
+            "binary": model_pb2.BINARY,
+            "multiclass": model_pb2.MULTICLASS,
+        }
+        if task not in tasks:
+            raise ValueError(f"task must be one of {', '.join(tasks)}, got {task!r}")
+        header = model_pb2.ImportHeader(
+            model_id=model_id,
+            head=model_pb2.Head(task=tasks[task], outputs=outputs, n_classes=n_classes),
+            input=model_pb2.InputShape(timesteps=timesteps, features=features),
+        )
+        for name, ref in (("x_scaler", x_scaler), ("y_scaler", y_scaler)):
+            if ref is not None:
+                getattr(header, name).CopyFrom(model_pb2.ScalerRef(scaler_id=ref[0], version=ref[1]))
+
+        def requests() -> Iterator[model_pb2.ImportModelChunk]:
+            yield model_pb2.ImportModelChunk(header=header)
+            if isinstance(source, bytes):
+                for start in range(0, len(source), chunk_bytes):
+                    yield model_pb2.ImportModelChunk(data=source[start : start + chunk_bytes])
+                return
+            with open(source, "rb") as fh:
+                while data := fh.read(chunk_bytes):
+                    yield model_pb2.ImportModelChunk(data=data)
+
+        return self._rpc.call(
+            "ModelService/ImportModel", self._stub.ImportModel, requests(), idempotent=False, timeout=timeout
+        )
 
 
 # ---------------------------------------------------------------- both

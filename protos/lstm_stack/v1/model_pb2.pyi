@@ -63,6 +63,28 @@ TRAINING: ModelState.ValueType  # 1
 READY: ModelState.ValueType  # 2
 Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
 
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    EXPORT_ONNX: _ExportFormat.ValueType  # 1
+    """one .onnx file (opset 17), converted by tf2onnx"""
+    EXPORT_SAVED_MODEL: _ExportFormat.ValueType  # 2
+    """a tar of a TensorFlow SavedModel directory, signature "serving_default" """
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """---- Export and import ----"""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+EXPORT_ONNX: ExportFormat.ValueType  # 1
+"""one .onnx file (opset 17), converted by tf2onnx"""
+EXPORT_SAVED_MODEL: ExportFormat.ValueType  # 2
+"""a tar of a TensorFlow SavedModel directory, signature "serving_default" """
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
 @_typing.final
 class InputShape(_message.Message):
     """---- Spec ----"""
@@ -745,6 +767,8 @@ class ModelInfo(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
+    TENSORBOARD_LOGDIR_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.int
     state: Global___ModelState.ValueType
@@ -756,6 +780,12 @@ class ModelInfo(_message.Message):
     created_at: _builtins.str
     """RFC 3339, UTC"""
     train_seconds: _builtins.float
+    tensorboard_logdir: _builtins.str
+    """The version's directory on the server's host, holding its TensorBoard event files (empty when it
+    has none, e.g. an imported version). Its parent holds every version of the id, one run each.
+    """
+    origin: _builtins.str
+    """Where the version came from: "train" or "import"."""
     @_builtins.property
     def spec(self) -> Global___ModelSpec:
         """resolved"""
@@ -791,10 +821,12 @@ class ModelInfo(_message.Message):
         seed: _builtins.int = ...,
         created_at: _builtins.str = ...,
         train_seconds: _builtins.float = ...,
+        tensorboard_logdir: _builtins.str = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epochs_run", b"epochs_run", "history", b"history", "holdout_metrics", b"holdout_metrics", "id", b"id", "layers", b"layers", "n_train", b"n_train", "n_validation", b"n_validation", "seed", b"seed", "spec", b"spec", "state", b"state", "total_params", b"total_params", "train_seconds", b"train_seconds", "version", b"version", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epochs_run", b"epochs_run", "history", b"history", "holdout_metrics", b"holdout_metrics", "id", b"id", "layers", b"layers", "n_train", b"n_train", "n_validation", b"n_validation", "origin", b"origin", "seed", b"seed", "spec", b"spec", "state", b"state", "tensorboard_logdir", b"tensorboard_logdir", "total_params", b"total_params", "train_seconds", b"train_seconds", "version", b"version", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1065,3 +1097,191 @@ class DeleteModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015
+
+@_typing.final
+class ExportModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    version: _builtins.int
+    """0 = latest ready version"""
+    format: Global___ExportFormat.ValueType
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        format: Global___ExportFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "model_id", b"model_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportModelRequest: _TypeAlias = ExportModelRequest  # noqa: Y015
+
+@_typing.final
+class ExportInfo(_message.Message):
+    """What an export holds. The graph takes x as Predict does, raw units, FLOAT64 (batch, timesteps,
+    features), applies the x scaler, runs the model in float32 and answers in original units (FLOAT64):
+    "values" (REGRESSION, y scaler inverted), or "probabilities" and "labels" (INT64) for classification.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    INPUT_NAME_FIELD_NUMBER: _builtins.int
+    OUTPUT_NAMES_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    version: _builtins.int
+    format: Global___ExportFormat.ValueType
+    file_name: _builtins.str
+    """e.g. "m-v1.onnx", "m-v1.savedmodel.tar" """
+    size_bytes: _builtins.int
+    """of the whole file, over every chunk"""
+    sha256: _builtins.str
+    """hex, of the whole file"""
+    input_name: _builtins.str
+    """"x" """
+    metadata_json: _builtins.str
+    """The version's metadata as JSON: spec, scalers (affine form: scale, offset, clip), history. Also
+    stored in the file (ONNX metadata_props "lstm_stack", or lstm_stack.json in the SavedModel tar).
+    """
+    @_builtins.property
+    def output_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        file_name: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        input_name: _builtins.str = ...,
+        output_names: _abc.Iterable[_builtins.str] | None = ...,
+        metadata_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_name", b"file_name", "format", b"format", "input_name", b"input_name", "metadata_json", b"metadata_json", "model_id", b"model_id", "output_names", b"output_names", "sha256", b"sha256", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportInfo: _TypeAlias = ExportInfo  # noqa: Y015
+
+@_typing.final
+class ExportModelChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """the file's next bytes (at most 1 MiB a chunk)"""
+    @_builtins.property
+    def info(self) -> Global___ExportInfo:
+        """first chunk only"""
+
+    def __init__(
+        self,
+        *,
+        info: Global___ExportInfo | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportModelChunk: _TypeAlias = ExportModelChunk  # noqa: Y015
+
+@_typing.final
+class ImportHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    X_SCALER_FIELD_NUMBER: _builtins.int
+    Y_SCALER_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """Empty: a new id. Existing: a new version of it."""
+    @_builtins.property
+    def head(self) -> Global___Head:
+        """The output head the model must end with: REGRESSION (linear Dense(outputs)), BINARY
+        (Dense(1, sigmoid)), MULTICLASS (Dense(n_classes, softmax)).
+        """
+
+    @_builtins.property
+    def input(self) -> Global___InputShape:
+        """Optional: when set, the model's input must be (None, timesteps, features) exactly."""
+
+    @_builtins.property
+    def x_scaler(self) -> Global___ScalerRef:
+        """Optional scaler versions (of the scaler service) the model was trained with: x is scaled by
+        x_scaler before the model, its outputs inverted by y_scaler (REGRESSION only), as for Train.
+        """
+
+    @_builtins.property
+    def y_scaler(self) -> Global___ScalerRef: ...
+    @_builtins.property
+    def optimizer(self) -> Global___Optimizer:
+        """recorded in the spec only (an imported version is not trained here)"""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        head: Global___Head | None = ...,
+        input: Global___InputShape | None = ...,
+        x_scaler: Global___ScalerRef | None = ...,
+        y_scaler: Global___ScalerRef | None = ...,
+        optimizer: Global___Optimizer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "input", b"input", "optimizer", b"optimizer", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "input", b"input", "model_id", b"model_id", "optimizer", b"optimizer", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportHeader: _TypeAlias = ImportHeader  # noqa: Y015
+
+@_typing.final
+class ImportModelChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """the .keras archive's next bytes"""
+    @_builtins.property
+    def header(self) -> Global___ImportHeader:
+        """first message"""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ImportHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ImportModelChunk: _TypeAlias = ImportModelChunk  # noqa: Y015

@@ -69,6 +69,16 @@ class ModelServiceStub(object):
                 request_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.ExportModel = channel.unary_stream(
+                '/lstm_stack.v1.ModelService/ExportModel',
+                request_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ExportModelChunk.FromString,
+                _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/lstm_stack.v1.ModelService/ImportModel',
+                request_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ImportModelChunk.SerializeToString,
+                response_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer(object):
@@ -118,6 +128,22 @@ class ModelServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportModel(self, request, context):
+        """Streams a stored version out as ONNX or a SavedModel archive (tar), its scalers folded into the
+        graph: raw units in, what Predict answers out. The first chunk carries ExportInfo.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportModel(self, request_iterator, context):
+        """Brings a Keras model (.keras) trained elsewhere in as a new version: the first message is the
+        header, the others the archive's bytes in order. Refused unless it fits the service's contract.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +181,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.DeleteModelRequest.FromString,
                     response_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ExportModelRequest.FromString,
+                    response_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ExportModelChunk.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ImportModelChunk.FromString,
+                    response_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +382,60 @@ class ModelService(object):
             '/lstm_stack.v1.ModelService/DeleteModel',
             protos_dot_lstm__stack_dot_v1_dot_model__pb2.DeleteModelRequest.SerializeToString,
             protos_dot_lstm__stack_dot_v1_dot_model__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lstm_stack.v1.ModelService/ExportModel',
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.ExportModelRequest.SerializeToString,
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.ExportModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/lstm_stack.v1.ModelService/ImportModel',
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.ImportModelChunk.SerializeToString,
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

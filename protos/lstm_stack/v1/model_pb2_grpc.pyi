@@ -40,6 +40,14 @@ class ModelServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetModelRequest, _model_pb2.ModelInfo]
     ListModels: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.DeleteModelRequest, _model_pb2.DeleteModelResponse]
+    ExportModel: _grpc.UnaryStreamMultiCallable[_model_pb2.ExportModelRequest, _model_pb2.ExportModelChunk]
+    """Streams a stored version out as ONNX or a SavedModel archive (tar), its scalers folded into the
+    graph: raw units in, what Predict answers out. The first chunk carries ExportInfo.
+    """
+    ImportModel: _grpc.StreamUnaryMultiCallable[_model_pb2.ImportModelChunk, _model_pb2.ModelInfo]
+    """Brings a Keras model (.keras) trained elsewhere in as a new version: the first message is the
+    header, the others the archive's bytes in order. Refused unless it fits the service's contract.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -53,6 +61,14 @@ class ModelServiceAsyncStub(ModelServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_model_pb2.GetModelRequest, _model_pb2.ModelInfo]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_model_pb2.DeleteModelRequest, _model_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    ExportModel: _aio.UnaryStreamMultiCallable[_model_pb2.ExportModelRequest, _model_pb2.ExportModelChunk]  # type: ignore[assignment]
+    """Streams a stored version out as ONNX or a SavedModel archive (tar), its scalers folded into the
+    graph: raw units in, what Predict answers out. The first chunk carries ExportInfo.
+    """
+    ImportModel: _aio.StreamUnaryMultiCallable[_model_pb2.ImportModelChunk, _model_pb2.ModelInfo]  # type: ignore[assignment]
+    """Brings a Keras model (.keras) trained elsewhere in as a new version: the first message is the
+    header, the others the archive's bytes in order. Refused unless it fits the service's contract.
+    """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +121,25 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.DeleteModelResponse, _abc.Awaitable[_model_pb2.DeleteModelResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportModel(
+        self,
+        request: _model_pb2.ExportModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_pb2.ExportModelChunk], _abc.AsyncIterator[_model_pb2.ExportModelChunk]]:
+        """Streams a stored version out as ONNX or a SavedModel archive (tar), its scalers folded into the
+        graph: raw units in, what Predict answers out. The first chunk carries ExportInfo.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportModel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_model_pb2.ImportModelChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.ModelInfo, _abc.Awaitable[_model_pb2.ModelInfo]]:
+        """Brings a Keras model (.keras) trained elsewhere in as a new version: the first message is the
+        header, the others the archive's bytes in order. Refused unless it fits the service's contract.
+        """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
