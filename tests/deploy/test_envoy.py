@@ -164,6 +164,8 @@ def test_streams_stay_on_their_replica_with_a_long_idle_timeout_and_no_retry(pat
     assert route["match"] == {"path": path, "grpc": {}}
     action = route["route"]
     assert "retry_policy" not in action
+    # Nor hedged: a hedge would open the same stream on a second replica.
+    assert "hedge_policy" not in action and "hedge_policy" not in _virtual_host(_config())
     assert _seconds(action["idle_timeout"]) >= 3600
     assert action["timeout"] == "0s"
 
