@@ -112,7 +112,9 @@ def replica_figures(store: Path, key: str, scaler: str, count: int, logs: Path, 
     args = ["--store", str(store), "--scaler-address", scaler, "--signing-key", key, "--workers", "1"]
     args += ["--store-poll-seconds", "1"]
     began = time.monotonic()
-    with service_process("model_service", args, logs / f"replica-{count}.log") as (process, address):
+    # It opens its port once every stored version is loaded: minutes for a thousand on 2 cores.
+    log = logs / f"replica-{count}.log"
+    with service_process("model_service", args, log, start_timeout=3600) as (process, address):
         ready = time.monotonic() - began
         rss = rss_mib(process.pid)
         with grpc.insecure_channel(address) as channel:

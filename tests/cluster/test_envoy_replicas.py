@@ -9,6 +9,7 @@ retry policy and health checks make of a lost replica.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ import numpy as np
 import pytest
 
 from model_service.model_store import ARTIFACT_DIR
+from protos.inference import grpc_service_pb2 as oip
+from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
 from service_common.artifacts import RESERVATIONS_DIR, ArtifactStore, load_signing_key
@@ -32,6 +35,9 @@ CALLERS = 32
 SERVED = "served"  # trained once through Envoy when the cluster starts
 # Predict calls each model replica must have answered before one is killed.
 SERVED_BEFORE_KILL = 50
+# A stream left quiet this long through Envoy must survive: longer than four 10 s HTTP/2 keepalive
+# pings, which a grpc server answers with GOAWAY "too_many_pings" (it allows one per 5 minutes).
+QUIET_SECONDS = 65.0
 
 
 @dataclass
@@ -253,3 +259,28 @@ def test_a_replica_started_later_serves_every_existing_model(cluster: Cluster) -
         assert listed == existing
         for model_id, version in sorted(existing):
             assert workloads.predict_seed(channel, model_id, version).shape == (1, 1)
+
+
+def test_a_stream_quiet_for_a_minute_through_envoy_still_answers(cluster: Cluster) -> None:
+    # A Train waiting for its trainer, or an epoch on a busy replica, sends nothing for a while; the
+    # connection Envoy holds to the replica must not be closed under it.
+    requests: queue.Queue[oip.ModelInferRequest | None] = queue.Queue()
+    x = np.ones((1, 3, 1), dtype="<f4")
+    request = oip.ModelInferRequest(
+        model_name=SERVED,
+        inputs=[oip.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 3, 1])],
+        raw_input_contents=[x.tobytes()],
+    )
+    with open_channel(cluster.envoy.address, options=CHANNEL_OPTIONS) as channel:
+        replies = oip_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            iter(requests.get, None), timeout=QUIET_SECONDS + 60
+        )
+        requests.put(request)
+        first = next(replies)
+        assert first.error_message == "" and first.infer_response.model_name == SERVED
+        time.sleep(QUIET_SECONDS)  # the point of the test: nothing on the stream for this long
+        requests.put(request)
+        second = next(replies)
+        assert second.error_message == "" and second.infer_response.model_name == SERVED
+        requests.put(None)
+        assert list(replies) == []

@@ -192,6 +192,10 @@ def test_the_upstreams_speak_http2_with_grpc_health_checks_of_their_service() ->
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ]
         assert "http2_protocol_options" in options["explicit_http_config"]
+        # No HTTP/2 PING keepalive: grpc servers GOAWAY "too_many_pings" a connection pinged more often
+        # than every 5 minutes without data (an idle Train stream's connection); TCP keepalive instead.
+        assert "connection_keepalive" not in options["explicit_http_config"]["http2_protocol_options"]
+        assert cluster["upstream_connection_options"]["tcp_keepalive"]["keepalive_time"] <= 60
         [check] = cluster["health_checks"]
         assert check["grpc_health_check"]["service_name"] == HEALTH_NAME_OF[name]
         assert _seconds(check["interval"]) <= 2 and check["unhealthy_threshold"] <= 3
