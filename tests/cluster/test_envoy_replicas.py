@@ -250,7 +250,7 @@ def test_killing_the_replica_running_a_train_fails_no_predict_and_ends_only_that
 
 
 def test_a_replica_started_later_serves_every_existing_model(cluster: Cluster) -> None:
-    with cluster.models[0].channel() as channel:
+    with open_channel(cluster.envoy.address, options=CHANNEL_OPTIONS) as channel:
         existing = {(m.id, m.version) for m in workloads.list_models(channel) if m.state == model_pb2.READY}
     assert {SERVED, "everywhere"} <= {model_id for model_id, _ in existing}
     late = cluster.model_replica().start()
