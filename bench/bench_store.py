@@ -39,6 +39,7 @@ import numpy as np
 from bench_model import service_process
 
 from model_service.model_store import ARTIFACT_DIR, ModelWriter, read_version
+from model_service.records import ModelRecord
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
 from service_common.artifacts import ArtifactStore
@@ -73,14 +74,14 @@ def timed(call: Callable[[], object], repeat: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def fill(root: Path, key: bytes, template: tuple[object, bytes], count: int) -> tuple[float, float]:
+def fill(root: Path, key: bytes, template: tuple[ModelRecord, bytes], count: int) -> tuple[float, float]:
     """``count`` committed copies of the template under new ids; mean wall and CPU seconds per version."""
     record, keras_bytes = template
     writer = ModelWriter(ArtifactStore(root / ARTIFACT_DIR, key))
     wall, cpu = time.perf_counter(), time.process_time()
     for index in range(count):
-        reserved, reservation = writer.reserve(f"m{index:06d}", record.spec, record.seed)  # type: ignore[attr-defined]
-        copy = dataclasses.replace(record, model_id=reserved.model_id, version=reserved.version)  # type: ignore[type-var]
+        reserved, reservation = writer.reserve(f"m{index:06d}", record.spec, record.seed)
+        copy = dataclasses.replace(record, model_id=reserved.model_id, version=reserved.version)
         writer.commit(copy, keras_bytes, reservation)
     return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
@@ -192,8 +193,8 @@ def main() -> int:
             store = root / f"store-{count}"
             per_version = fill(store, key.encode(), template, count)
             artifacts = ArtifactStore(store / ARTIFACT_DIR, key.encode())
-            poll = timed(lambda a=artifacts: (a.generation(), a.live_reservations(None)), 50)
-            scan = timed(lambda a=artifacts: list(a.scan()), 10)
+            poll = timed(lambda: (artifacts.generation(), artifacts.live_reservations(None)), 50)  # noqa: B023
+            scan = timed(lambda: list(artifacts.scan()), 10)  # noqa: B023 - called at once, in this iteration
             disk = sum(f.stat().st_size for f in (store / ARTIFACT_DIR).rglob("*") if f.is_file())
             print(
                 f"{count} models: written, {disk / 2**20:.1f} MiB on disk; starting a fresh replica",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def _socket(address: tuple[str, int]) -> dict[str, Any]:
 def render(
     listen: tuple[str, int],
     admin: tuple[str, int],
-    endpoints: dict[str, Sequence[tuple[str, int]]],
+    endpoints: Mapping[str, Sequence[tuple[str, int]]],
     source: Path = SHIPPED,
 ) -> dict[str, Any]:
     """The config of ``source`` with the listener, admin and each cluster's endpoints replaced."""

@@ -115,8 +115,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for model in models:
             model.wait_serving()
         every = {"model": {m.address for m in models}, "scaler": {s.address for s in scalers}}
-        for name, hosts in every.items():
-            wait_until(lambda n=name, h=hosts: stack.envoy.healthy_hosts(n) == h, 30, f"Envoy seeing {name}s")
+        wait_until(
+            lambda: all(stack.envoy.healthy_hosts(name) == hosts for name, hosts in every.items()),
+            30,
+            "Envoy seeing every replica healthy",
+        )
         with open_channel(stack.envoy.address, options=CHANNEL_OPTIONS) as channel:
             workloads.train(channel, workloads.train_request(SERVED, epochs=1))
         yield stack
