@@ -167,13 +167,16 @@ class Callers:
             stub = model_pb2_grpc.ModelServiceStub(channel)
             while not self.stop.is_set():
                 try:
-                    reply = stub.Predict(request, timeout=30)
-                    assert codec.to_numpy(reply.values).shape == (1, 1)
-                    with self.lock:
-                        self.ok += 1
+                    shape = codec.to_numpy(stub.Predict(request, timeout=30).values).shape
                 except grpc.RpcError as error:
                     with self.lock:
                         self.failures.append(f"{error.code().name}: {error.details()}")
+                    continue
+                with self.lock:
+                    if shape == (1, 1):
+                        self.ok += 1
+                    else:  # counted, not asserted: an assertion here would only end this thread
+                        self.failures.append(f"a reply of shape {shape}")
 
     def successes(self) -> int:
         with self.lock:
@@ -201,6 +204,8 @@ def test_killing_the_replica_running_a_train_fails_no_predict_and_ends_only_that
         )
         started = next(events).started
         assert next(events).HasField("epoch")
+        # Its scalers were fitted (through Envoy, on either scaler replica) before TrainStarted.
+        assert {"doomed-x", "doomed-y"} <= {s.id for s in workloads.list_scalers(channel)}
         # The job's reservation is held by the trainer process of the replica Envoy sent the stream to.
         holder = flock_holder(store / RESERVATIONS_DIR / "doomed" / str(started.version))
         [victim] = [
@@ -234,11 +239,17 @@ def test_killing_the_replica_running_a_train_fails_no_predict_and_ends_only_that
 
         # The replica died after the stream's response had started: Envoy can only reset the stream
         # (RST_STREAM INTERNAL_ERROR in Envoy 1.40), which grpc reports as INTERNAL "Stream removed";
-        # there is nobody left to send a grpc-status. Straight to the replica it would be UNAVAILABLE.
+        # there is nobody left to send a grpc-status (a client connected straight to the replica would
+        # see its connection drop: UNAVAILABLE).
         assert ended.value.code() == grpc.StatusCode.INTERNAL, ended.value
         assert "RST_STREAM" in (ended.value.details() or ""), ended.value
-        # The scalers the job fitted (before its TrainStarted event) are gone too.
-        assert all(not s.id.startswith("doomed") for s in workloads.list_scalers(channel))
+        # The scalers the job fitted are deleted too: the job ends in its trainer process (the replica
+        # that forwarded the stream is gone), and a job that does not finish deletes what it fitted.
+        wait_until(
+            lambda: all(not s.id.startswith("doomed") for s in workloads.list_scalers(channel)),
+            10,
+            "the job's scalers deleted",
+        )
         # Nothing of the job is left: no version listed, no live reservation, nothing on disk.
         wait_until(
             lambda: all(m.id != "doomed" for m in workloads.list_models(channel)),
