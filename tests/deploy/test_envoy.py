@@ -164,6 +164,8 @@ def test_streams_stay_on_their_replica_with_a_long_idle_timeout_and_no_retry(pat
     assert route["match"] == {"path": path, "grpc": {}}
     action = route["route"]
     assert "retry_policy" not in action
+    # Nor hedged: a hedge would open the same stream on a second replica.
+    assert "hedge_policy" not in action and "hedge_policy" not in _virtual_host(_config())
     assert _seconds(action["idle_timeout"]) >= 3600
     assert action["timeout"] == "0s"
 
@@ -190,6 +192,10 @@ def test_the_upstreams_speak_http2_with_grpc_health_checks_of_their_service() ->
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ]
         assert "http2_protocol_options" in options["explicit_http_config"]
+        # No HTTP/2 PING keepalive: grpc servers GOAWAY "too_many_pings" a connection pinged more often
+        # than every 5 minutes without data (an idle Train stream's connection); TCP keepalive instead.
+        assert "connection_keepalive" not in options["explicit_http_config"]["http2_protocol_options"]
+        assert cluster["upstream_connection_options"]["tcp_keepalive"]["keepalive_time"] <= 60
         [check] = cluster["health_checks"]
         assert check["grpc_health_check"]["service_name"] == HEALTH_NAME_OF[name]
         assert _seconds(check["interval"]) <= 2 and check["unhealthy_threshold"] <= 3
