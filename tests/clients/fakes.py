@@ -25,14 +25,17 @@ class Script:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.failures: dict[str, tuple[grpc.StatusCode, int]] = {}
+        self.messages: dict[str, str] = {}
         self.deadlines: dict[str, list[float]] = {}
         self.metadata: dict[str, list[tuple[tuple[str, str], ...]]] = {}
         self.requests: dict[str, list[object]] = {}
         self.release = threading.Event()
         self.train_cancelled = threading.Event()
 
-    def fail(self, method: str, code: grpc.StatusCode, times: int = 10**6) -> None:
+    def fail(self, method: str, code: grpc.StatusCode, times: int = 10**6, message: str = "") -> None:
         self.failures[method] = (code, times)
+        if message:
+            self.messages[method] = message
 
     def enter(self, method: str, request: object, context: grpc.ServicerContext) -> None:
         self.calls[method] += 1
@@ -41,7 +44,7 @@ class Script:
         self.requests.setdefault(method, []).append(request)
         code, times = self.failures.get(method, (None, 0))
         if code is not None and self.calls[method] <= times:
-            context.abort(code, f"scripted {code.name} #{self.calls[method]}")
+            context.abort(code, self.messages.get(method) or f"scripted {code.name} #{self.calls[method]}")
 
 
 class FakeScaler(scaler_pb2_grpc.ScalerServiceServicer):

@@ -76,6 +76,27 @@ def test_train_is_never_retried(fake: str, script: Script) -> None:
     assert script.calls["Train"] == 1
 
 
+@pytest.mark.parametrize(
+    ("details", "code"),
+    [
+        # What grpc says when a proxy (Envoy) resets the stream of a Train whose replica died.
+        ("Received RST_STREAM with error code 2", grpc.StatusCode.UNAVAILABLE),
+        ("a bug on the server", grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_a_train_stream_reset_on_its_way_is_unavailable(
+    fake: str, script: Script, details: str, code: grpc.StatusCode
+) -> None:
+    script.fail("Train", grpc.StatusCode.INTERNAL, message=details)
+    with connect(fake, retry=FAST_RETRY) as client:
+        run = client.model.train(model_spec("lstm:2", timesteps=3), np.ones((4, 3)), np.ones(4), epochs=2)
+        with pytest.raises(LstmStackError) as caught:
+            run.result()
+    assert caught.value.code == code and details in caught.value.details
+    assert ("nothing was saved" in caught.value.details) == (code == grpc.StatusCode.UNAVAILABLE)
+    assert script.calls["Train"] == 1  # still never retried
+
+
 def test_other_errors_are_not_retried(fake: str, script: Script) -> None:
     script.fail("GetScaler", grpc.StatusCode.NOT_FOUND)
     with connect(fake, retry=FAST_RETRY) as client, pytest.raises(LstmStackError) as caught:

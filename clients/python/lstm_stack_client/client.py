@@ -420,7 +420,16 @@ class TrainRun:
         except grpc.RpcError as exc:
             if self.cancelled and exc.code() == grpc.StatusCode.CANCELLED:
                 return
-            raise LstmStackError(self._method, exc.code(), exc.details() or str(exc)) from None
+            code, details = exc.code(), exc.details() or str(exc)
+            if code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details:
+                # A proxy (Envoy) resets the stream when the replica running the job dies mid-stream;
+                # grpc reports a reset as INTERNAL. The service saves nothing for a job it did not
+                # finish, so it is the replica that became unavailable: a new Train may be sent.
+                code = grpc.StatusCode.UNAVAILABLE
+                details = (
+                    f"the stream was reset on its way (the replica went away; nothing was saved): {details}"
+                )
+            raise LstmStackError(self._method, code, details) from None
 
     def cancel(self) -> None:
         """Cancel the stream; the service stops after the current batch and keeps no model."""
