@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from model_service.forecasting.config import ForecastConfig
 from model_service.scaling import AffineScaler
 from model_service.spec import ModelSpec, SpecPlan, plan
 from service_common.errors import IntegrityError
@@ -77,6 +78,8 @@ class ModelRecord:
     n_validation: int = 0
     epochs_run: int = 0
     train_seconds: float = 0.0
+    forecast: ForecastConfig | None = None  # series models: what Forecast and Backtest need
+    holdout_coverage: dict[str, float] = field(default_factory=dict)  # quantile models
 
     @property
     def plan(self) -> SpecPlan:
@@ -98,6 +101,8 @@ class ModelRecord:
             "n_validation": self.n_validation,
             "epochs_run": self.epochs_run,
             "train_seconds": self.train_seconds,
+            "forecast": self.forecast.to_dict() if self.forecast else None,
+            "holdout_coverage": {k: _finite_or_none(v) for k, v in self.holdout_coverage.items()},
         }
         return json.dumps(body, indent=1, allow_nan=False).encode()
 
@@ -124,6 +129,9 @@ class ModelRecord:
                 n_validation=int(body["n_validation"]),
                 epochs_run=int(body["epochs_run"]),
                 train_seconds=float(body["train_seconds"]),
+                # Absent from versions written before forecasting existed.
+                forecast=ForecastConfig.from_dict(body["forecast"]) if body.get("forecast") else None,
+                holdout_coverage={k: _float(v) for k, v in body.get("holdout_coverage", {}).items()},
             )
         except IntegrityError:
             raise

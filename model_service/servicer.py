@@ -10,11 +10,14 @@ from typing import Any
 import grpc
 
 from model_service import builder, convert
+from model_service.forecasting import backtest
+from model_service.forecasting.forecaster import forecast_async
 from model_service.runtime import ModelRuntime
 from model_service.spec import resolve
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
+from service_common.errors import FailedPrecondition
 from service_common.grpc_errors import map_errors
 
 
@@ -74,6 +77,36 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         return model_pb2.EvaluateResponse(
             model_id=model.model_id, version=model.version, metrics=metrics, n_samples=int(x.shape[0])
         )
+
+    @map_errors
+    async def Forecast(
+        self, request: model_pb2.ForecastRequest, context: grpc.aio.ServicerContext
+    ) -> model_pb2.ForecastResponse:
+        model = self._runtime.resolve(request.model_id, request.version)
+        history = convert.required_tensor(request, "history", "history")
+        forecast = await forecast_async(model, history, request.horizon)
+        return convert.forecast_response(
+            model.model_id, model.version, forecast, codec.uses_values(request.history)
+        )
+
+    @map_errors
+    async def Backtest(
+        self, request: model_pb2.BacktestRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pb2.BacktestEvent]:
+        if request.retrain:
+            raise FailedPrecondition(
+                "Backtest with retrain is not available yet: the given version forecasts every window "
+                "(send retrain=false)"
+            )
+        model = self._runtime.resolve(request.model_id, request.version)
+        series = convert.required_tensor(request, "series", "series")
+        windows = await backtest.run(
+            model, series, request.windows, request.origin_step, request.horizon, request.season_length
+        )
+        as_values = codec.uses_values(request.series)
+        for window in windows:
+            yield convert.backtest_window_to_proto(window, as_values)
+        yield convert.backtest_summary_to_proto(len(windows), backtest.aggregate([w.metrics for w in windows]))
 
     @map_errors
     async def GetModel(

@@ -22,6 +22,7 @@ def publish(
     n_validation: int,
     train_seconds: float,
     check_cancelled: Callable[[], None],
+    coverage: dict[str, float] | None = None,
 ) -> ModelRecord:
     """The final record, committed with the model (nothing is written once the job is cancelled)."""
     keras_bytes = builder.to_keras_bytes(model)
@@ -33,6 +34,7 @@ def publish(
         n_validation=n_validation,
         epochs_run=len(history),
         train_seconds=train_seconds,
+        holdout_coverage=coverage or {},
     )
     check_cancelled()
     publisher.commit(record, keras_bytes)

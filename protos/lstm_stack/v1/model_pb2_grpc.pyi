@@ -40,6 +40,10 @@ class ModelServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetModelRequest, _model_pb2.ModelInfo]
     ListModels: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.DeleteModelRequest, _model_pb2.DeleteModelResponse]
+    Forecast: _grpc.UnaryUnaryMultiCallable[_model_pb2.ForecastRequest, _model_pb2.ForecastResponse]
+    """The next steps of one or more series after the history sent, per target column, in original units."""
+    Backtest: _grpc.UnaryStreamMultiCallable[_model_pb2.BacktestRequest, _model_pb2.BacktestEvent]
+    """Rolling-origin evaluation of a model version: one event per window, then the aggregate."""
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -53,6 +57,10 @@ class ModelServiceAsyncStub(ModelServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_model_pb2.GetModelRequest, _model_pb2.ModelInfo]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_model_pb2.DeleteModelRequest, _model_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    Forecast: _aio.UnaryUnaryMultiCallable[_model_pb2.ForecastRequest, _model_pb2.ForecastResponse]  # type: ignore[assignment]
+    """The next steps of one or more series after the history sent, per target column, in original units."""
+    Backtest: _aio.UnaryStreamMultiCallable[_model_pb2.BacktestRequest, _model_pb2.BacktestEvent]  # type: ignore[assignment]
+    """Rolling-origin evaluation of a model version: one event per window, then the aggregate."""
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +113,21 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.DeleteModelResponse, _abc.Awaitable[_model_pb2.DeleteModelResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Forecast(
+        self,
+        request: _model_pb2.ForecastRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.ForecastResponse, _abc.Awaitable[_model_pb2.ForecastResponse]]:
+        """The next steps of one or more series after the history sent, per target column, in original units."""
+
+    @_abc_1.abstractmethod
+    def Backtest(
+        self,
+        request: _model_pb2.BacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_pb2.BacktestEvent], _abc.AsyncIterator[_model_pb2.BacktestEvent]]:
+        """Rolling-origin evaluation of a model version: one event per window, then the aggregate."""
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
