@@ -21,7 +21,7 @@ def series_request(
 ) -> model_pb2.TrainRequest:
     columns = 1 if series.ndim == 1 else series.shape[1]
     request = model_pb2.TrainRequest(
-        spec=make_spec([lstm(16)], timesteps=window, features=columns, learning_rate=0.03),
+        spec=make_spec([lstm(16)], timesteps=window, features=columns, learning_rate=0.05),
         series=model_pb2.SeriesData(series=codec.from_numpy(series), window=window, **fields),
         epochs=epochs,
         batch_size=16,
@@ -36,14 +36,14 @@ def series_request(
 
 @pytest.fixture(scope="module")
 def direct(model_server: ModelServerHandle) -> model_pb2.ModelInfo:
-    request = series_request(SEASONAL, PERIOD, 60, horizon=4)
-    return train(model_server.stub, request)[1]
+    request = series_request(SEASONAL, PERIOD, 40, horizon=4)
+    return train(model_server.stub, request, timeout=300)[1]
 
 
 @pytest.fixture(scope="module")
 def recursive(model_server: ModelServerHandle) -> model_pb2.ModelInfo:
-    request = series_request(SEASONAL, PERIOD, 60, strategy=model_pb2.RECURSIVE)
-    return train(model_server.stub, request)[1]
+    request = series_request(SEASONAL, PERIOD, 40, strategy=model_pb2.RECURSIVE)
+    return train(model_server.stub, request, timeout=300)[1]
 
 
 NOISE_SD = 1.0
@@ -55,7 +55,7 @@ NOISY = 20 + 5 * np.sin(2 * np.pi * np.arange(400.0) / PERIOD) + np.random.defau
 @pytest.fixture(scope="module")
 def quantile(model_server: ModelServerHandle) -> model_pb2.ModelInfo:
     request = series_request(NOISY, PERIOD, 15, (0.1, 0.5, 0.9), horizon=2)
-    return train(model_server.stub, request)[1]
+    return train(model_server.stub, request, timeout=300)[1]
 
 
 def forecast(stub: object, model_id: str, history: np.ndarray, horizon: int = 0) -> model_pb2.ForecastResponse:
