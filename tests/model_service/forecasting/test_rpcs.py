@@ -7,6 +7,8 @@ import grpc
 import numpy as np
 import pytest
 
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from protos.lstm_stack.v1 import model_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle
@@ -225,3 +227,58 @@ def test_bad_backtests_are_refused(
     request = model_pb2.BacktestRequest(model_id=direct.id, series=codec.from_numpy(SEASONAL), **fields)
     got, details = status_of(model_server.stub.Backtest, request, timeout=30)
     assert got == code and fragment in details, details
+
+
+# ---- Open Inference Protocol -------------------------------------------------------------------
+
+
+def oip_infer(
+    model_server: ModelServerHandle, model_id: str, x: np.ndarray, outputs: list[str], **parameters: object
+) -> pb.ModelInferResponse:
+    request = pb.ModelInferRequest(model_name=model_id)
+    request.inputs.add(name="x", datatype="FP64", shape=list(x.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f8").tobytes())
+    for name in outputs:
+        request.outputs.add(name=name)
+    for key, value in parameters.items():
+        if isinstance(value, int):
+            request.parameters[key].int64_param = value
+        else:
+            request.parameters[key].string_param = str(value)
+    return oip_grpc.GRPCInferenceServiceStub(model_server.channel).ModelInfer(request, timeout=30)
+
+
+def output(response: pb.ModelInferResponse, name: str) -> np.ndarray:
+    index = [o.name for o in response.outputs].index(name)
+    shape = list(response.outputs[index].shape)
+    return np.frombuffer(response.raw_output_contents[index], dtype="<f8").reshape(shape)
+
+
+def test_the_inference_protocol_has_a_forecast_output_with_the_horizon_as_a_parameter(
+    model_server: ModelServerHandle, quantile: model_pb2.ModelInfo
+) -> None:
+    windows = np.stack([NOISY[i : i + PERIOD] for i in (10, 20)])[..., None]
+    response = oip_infer(model_server, quantile.id, windows, ["forecast", "forecast_quantiles"], horizon=1)
+    point, quantiles = output(response, "forecast"), output(response, "forecast_quantiles")
+    assert point.shape == (2, 1, 1) and quantiles.shape == (2, 1, 1, 3)
+    expected = forecast(model_server.stub, quantile.id, windows, horizon=1)
+    np.testing.assert_allclose(point, codec.to_numpy(expected.point))
+    np.testing.assert_allclose(quantiles, codec.to_numpy(expected.quantile_values))
+    metadata = oip_grpc.GRPCInferenceServiceStub(model_server.channel).ModelMetadata(
+        pb.ModelMetadataRequest(name=quantile.id), timeout=10
+    )
+    assert {o.name: list(o.shape) for o in metadata.outputs}["forecast_quantiles"] == [-1, -1, 1, 3]
+
+
+def test_a_bad_horizon_parameter_is_refused(model_server: ModelServerHandle, direct: model_pb2.ModelInfo) -> None:
+    window = SEASONAL[None, :PERIOD, None]
+    for value, fragment in ((9, "horizon must be in 1..4"), ("soon", "must be an integer")):
+        try:
+            oip_infer(model_server, direct.id, window, ["forecast"], horizon=value)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in (exc.details() or "")
+        else:
+            raise AssertionError(f"horizon={value!r} was accepted")
+    # values alone never forecast, whatever the parameter says
+    values = output(oip_infer(model_server, direct.id, window, ["values"], horizon=9), "values")
+    assert values.shape == (1, 4)
