@@ -67,7 +67,12 @@ def create_server(
     registry.start_watching(settings.store_poll_seconds)
     runtime = ModelRuntime(registry)
     trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
-    servicer = ModelServicer(runtime, trainer, metrics.training_job)
+    servicer = ModelServicer(
+        runtime,
+        trainer,
+        metrics.training_job,
+        forget_scalers=lambda started: _delete_scalers(gateway, started),
+    )
 
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

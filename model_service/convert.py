@@ -208,6 +208,7 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         restore_best_weights=request.early_stopping.restore_best_weights,
     )
     common = {
+        "recipe": train_recipe(request),
         "model_id": request.model_id,
         "spec": spec_from_proto(request.spec),
         "options": options,
@@ -232,7 +233,9 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         if series.window < 0:
             raise InvalidArgument(f"series.window must be > 0, got {series.window}")
         if series.strategy not in STRATEGY_FROM_PROTO:
-            raise InvalidArgument(f"series.strategy {series.strategy} is not known; expected DIRECT or RECURSIVE")
+            raise InvalidArgument(
+                f"series.strategy {series.strategy} is not known; expected DIRECT or RECURSIVE"
+            )
         return TrainInput(
             series=required_tensor(series, "series", "series.series"),
             series_request=SeriesRequest(
@@ -248,6 +251,26 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
             **common,
         )
     raise InvalidArgument("training data is missing: set supervised {x, y} or series {series, window}")
+
+
+def train_recipe(request: model_pb2.TrainRequest) -> bytes:
+    """The request's settings without its data or id: what Backtest retrains a version with."""
+    recipe = model_pb2.TrainRequest()
+    recipe.CopyFrom(request)
+    recipe.model_id = ""
+    if recipe.WhichOneof("data") == "series":
+        recipe.series.ClearField("series")
+    else:
+        recipe.ClearField("supervised")
+    return recipe.SerializeToString(deterministic=True)
+
+
+def retrain_request(recipe: bytes, model_id: str, series: np.ndarray) -> model_pb2.TrainRequest:
+    """A version's recipe trained on ``series`` (raw rows) under a scratch ``model_id``."""
+    request = model_pb2.TrainRequest.FromString(recipe)
+    request.model_id = model_id
+    request.series.series.CopyFrom(codec.from_numpy(series))
+    return request
 
 
 def _labels_tensor(labels: np.ndarray, as_values: bool) -> tensor_pb2.Tensor:

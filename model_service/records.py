@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from dataclasses import dataclass, field
@@ -80,6 +82,9 @@ class ModelRecord:
     train_seconds: float = 0.0
     forecast: ForecastConfig | None = None  # series models: what Forecast and Backtest need
     holdout_coverage: dict[str, float] = field(default_factory=dict)  # quantile models
+    # How to train this version again on other data (Backtest with retrain): the request's settings,
+    # serialized by the servicer layer and opaque here; empty for versions written before it was kept.
+    recipe: bytes = b""
 
     @property
     def plan(self) -> SpecPlan:
@@ -103,6 +108,7 @@ class ModelRecord:
             "train_seconds": self.train_seconds,
             "forecast": self.forecast.to_dict() if self.forecast else None,
             "holdout_coverage": {k: _finite_or_none(v) for k, v in self.holdout_coverage.items()},
+            "recipe": base64.b64encode(self.recipe).decode("ascii"),
         }
         return json.dumps(body, indent=1, allow_nan=False).encode()
 
@@ -132,8 +138,9 @@ class ModelRecord:
                 # Absent from versions written before forecasting existed.
                 forecast=ForecastConfig.from_dict(body["forecast"]) if body.get("forecast") else None,
                 holdout_coverage={k: _float(v) for k, v in body.get("holdout_coverage", {}).items()},
+                recipe=base64.b64decode(body.get("recipe", ""), validate=True),
             )
         except IntegrityError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
             raise IntegrityError(f"malformed metadata: {type(exc).__name__}: {exc}") from exc

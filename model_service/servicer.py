@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,11 +28,14 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         runtime: ModelRuntime,
         trainer: TrainerLink,
         track_training: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        forget_scalers: Callable[[model_pb2.TrainStarted], None] = lambda started: None,
     ) -> None:
         self._runtime = runtime
         self._registry = runtime.registry
         self._trainer = trainer
         self._track_training = track_training
+        # Deletes the scalers a job fitted (Backtest's scratch versions are not kept).
+        self._forget_scalers = forget_scalers
 
     @map_errors
     async def ValidateSpec(
@@ -93,20 +97,55 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Backtest(
         self, request: model_pb2.BacktestRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.BacktestEvent]:
-        if request.retrain:
-            raise FailedPrecondition(
-                "Backtest with retrain is not available yet: the given version forecasts every window "
-                "(send retrain=false)"
-            )
         model = self._runtime.resolve(request.model_id, request.version)
         series = convert.required_tensor(request, "series", "series")
-        windows = await backtest.run(
-            model, series, request.windows, request.origin_step, request.horizon, request.season_length
-        )
+        plan = await asyncio.to_thread(
+            backtest.plan, model, series, request.windows, request.origin_step, request.horizon,
+            request.season_length,
+        )  # fmt: skip
         as_values = codec.uses_values(request.series)
-        for window in windows:
-            yield convert.backtest_window_to_proto(window, as_values)
-        yield convert.backtest_summary_to_proto(len(windows), backtest.aggregate([w.metrics for w in windows]))
+        metrics = []
+        if request.retrain:
+            if not model.record.recipe:
+                raise FailedPrecondition(
+                    f"model {model.model_id!r} v{model.version} was stored without its training settings "
+                    "(trained before they were kept); retrain it, or backtest with retrain=false"
+                )
+            for index in range(len(plan.origins)):
+                window = await self._retrained_window(model.record.recipe, plan, index, context)
+                metrics.append(window.metrics)
+                yield convert.backtest_window_to_proto(window, as_values)
+        else:
+            for window in await backtest.score(model, plan, list(range(len(plan.origins)))):
+                metrics.append(window.metrics)
+                yield convert.backtest_window_to_proto(window, as_values)
+        yield convert.backtest_summary_to_proto(len(metrics), backtest.aggregate(metrics))
+
+    async def _retrained_window(
+        self, recipe: bytes, plan: backtest.BacktestPlan, index: int, context: grpc.aio.ServicerContext
+    ) -> backtest.BacktestWindow:
+        """Window ``index`` forecast by a scratch version trained (in the trainer process, like Train) on
+        the rows before its origin only; the scratch model and its scalers are deleted afterwards."""
+        origin = plan.origins[index]
+        request = convert.retrain_request(recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin])
+        started = done = None
+        try:
+            with self._track_training():
+                async for event in self._trainer.train(request, context.time_remaining()):
+                    if event.HasField("started"):
+                        started = event.started
+                    elif event.HasField("done"):
+                        done = event.done
+            if done is None:
+                raise FailedPrecondition(f"retraining for backtest window {index} ended without a model")
+            await asyncio.to_thread(self._registry.sync, done.id)
+            scratch = self._runtime.resolve(done.id, done.version)
+            return (await backtest.score(scratch, plan, [index]))[0]
+        finally:
+            if done is not None:
+                await asyncio.to_thread(self._registry.delete, done.id, 0)
+            if started is not None:
+                await asyncio.to_thread(self._forget_scalers, started)
 
     @map_errors
     async def GetModel(

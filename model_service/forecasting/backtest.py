@@ -104,6 +104,58 @@ def check_series(series: np.ndarray, config: ForecastConfig) -> np.ndarray:
     return rows
 
 
+@dataclass(frozen=True)
+class BacktestPlan:
+    rows: np.ndarray  # the whole series, (n, columns), raw units
+    origins: list[int]
+    horizon: int
+    season_length: int
+
+
+def plan(
+    model: ServedModel,
+    series: np.ndarray,
+    windows: int,
+    origin_step: int = 0,
+    horizon: int = 0,
+    season_length: int = 0,
+) -> BacktestPlan:
+    """Every check of a backtest request against ``model``, before any forecast or training."""
+    config = config_of(model)
+    rows = check_series(series, config)
+    horizon = check_horizon(horizon, config)
+    if season_length < 0:
+        raise InvalidArgument(f"season_length must be >= 0 (0 = no seasonal baseline), got {season_length}")
+    return BacktestPlan(
+        rows, origins(rows.shape[0], config, windows, origin_step, horizon), horizon, season_length
+    )
+
+
+async def score(model: ServedModel, plan: BacktestPlan, indices: list[int]) -> list[BacktestWindow]:
+    """Windows ``indices`` of ``plan`` forecast by ``model`` in one batched call: each window's history
+    is rows[origin - window : origin], and only its actual values are read past the origin."""
+    config = config_of(model)
+    starts = [plan.origins[i] for i in indices]
+    histories = np.stack([plan.rows[o - config.window : o] for o in starts])
+    result = await forecast_async(model, histories, plan.horizon)
+    targets = list(config.target_columns)
+    out = []
+    for k, (index, origin) in enumerate(zip(indices, starts, strict=True)):
+        actual = plan.rows[origin : origin + plan.horizon][:, targets]
+        lower = upper = None
+        if result.quantiles is not None:
+            lower, upper = result.quantiles[k, ..., 0], result.quantiles[k, ..., -1]
+        metrics = scores(
+            plan.rows[:origin, targets], actual, result.point[k], lower, upper, plan.season_length
+        )
+        out.append(
+            BacktestWindow(
+                index, origin, metrics, result.point[k], actual, lower, upper, model.model_id, model.version
+            )
+        )
+    return out
+
+
 async def run(
     model: ServedModel,
     series: np.ndarray,
@@ -112,27 +164,6 @@ async def run(
     horizon: int = 0,
     season_length: int = 0,
 ) -> list[BacktestWindow]:
-    """Every window of a rolling-origin backtest of ``model`` on ``series`` (raw units), forecast in one
-    batched call: each window's history is series[origin - window : origin]."""
-    config = config_of(model)
-    rows = check_series(series, config)
-    horizon = check_horizon(horizon, config)
-    if season_length < 0:
-        raise InvalidArgument(f"season_length must be >= 0 (0 = no seasonal baseline), got {season_length}")
-    starts = origins(rows.shape[0], config, windows, origin_step, horizon)
-    histories = np.stack([rows[o - config.window : o] for o in starts])
-    result = await forecast_async(model, histories, horizon)
-    targets = list(config.target_columns)
-    out = []
-    for index, origin in enumerate(starts):
-        actual = rows[origin : origin + horizon][:, targets]
-        lower = upper = None
-        if result.quantiles is not None:
-            lower, upper = result.quantiles[index, ..., 0], result.quantiles[index, ..., -1]
-        metrics = scores(rows[:origin, targets], actual, result.point[index], lower, upper, season_length)
-        out.append(
-            BacktestWindow(
-                index, origin, metrics, result.point[index], actual, lower, upper, model.model_id, model.version
-            )
-        )
-    return out
+    """Every window of a rolling-origin backtest of ``model`` on ``series`` (raw units), one model for all."""
+    chosen = plan(model, series, windows, origin_step, horizon, season_length)
+    return await score(model, chosen, list(range(len(chosen.origins))))

@@ -144,9 +144,7 @@ def _quantiles(levels: Sequence[float], strategy: Strategy) -> tuple[float, ...]
     if len(set(ordered)) != len(ordered):
         raise InvalidArgument(f"quantiles {list(levels)} repeat a level")
     if 0.5 not in ordered:
-        raise InvalidArgument(
-            f"quantiles {list(levels)} must include 0.5: the median is the point forecast"
-        )
+        raise InvalidArgument(f"quantiles {list(levels)} must include 0.5: the median is the point forecast")
     return ordered
 
 

@@ -54,10 +54,14 @@ def _next_rows(rows: np.ndarray, step: np.ndarray, config: ForecastConfig) -> np
     """The history with one more row: the predicted targets, the other columns carried forward."""
     row = rows[:, -1:, :].copy()
     row[:, 0, list(config.target_columns)] = step
-    return np.concatenate([rows[:, -(config.window - 1) :, :] if config.window > 1 else rows[:, :0, :], row], 1)
+    return np.concatenate(
+        [rows[:, -(config.window - 1) :, :] if config.window > 1 else rows[:, :0, :], row], 1
+    )
 
 
-def _result(config: ForecastConfig, horizon: int, point: np.ndarray, quantiles: np.ndarray | None) -> Forecast:
+def _result(
+    config: ForecastConfig, horizon: int, point: np.ndarray, quantiles: np.ndarray | None
+) -> Forecast:
     return Forecast(
         horizon,
         config.target_columns,

@@ -176,7 +176,13 @@ class TrainingJob:
         loss = PinballLoss(quantiles) if quantiles else None
         model = fit_model(spec, options, (x_train, y_train), (x_val, y_val), progress, fitting.dataset, loss)
         self._check_cancelled()
-        record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler, forecast=p.forecast)
+        record = replace(
+            self._record,
+            x_scaler=x_scaler,
+            y_scaler=y_scaler,
+            forecast=p.forecast,
+            recipe=self._request.recipe,
+        )
         holdout, coverage = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
         return publish(
             self._registry,

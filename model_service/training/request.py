@@ -83,6 +83,7 @@ class TrainInput:
     # Scaler specs as the request carried them, passed to the ScalerFitter untouched; None = no scaling.
     x_scaling: Any = None
     y_scaling: Any = None
+    recipe: bytes = b""  # kept with the version (ModelRecord.recipe), never read here
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,11 @@ def prepare(request: TrainInput, max_work: int, admission: Admission | None = No
         forecast, spec = resolve_series(request.series_request, series, spec, request.spec.head.outputs)
         spec = resolve(spec)
         x, y = forecast_windows(
-            series, forecast.window, forecast.horizon, forecast.stride, forecast.input_columns,
+            series,
+            forecast.window,
+            forecast.horizon,
+            forecast.stride,
+            forecast.input_columns,
             forecast.target_columns,
         )
     else:

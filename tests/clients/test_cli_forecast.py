@@ -38,10 +38,17 @@ def test_train_forecast_and_backtest_a_quantile_model_with_plots(stack: Stack, t
     assert header == ["series", "step", "target", "forecast", "q0.1", "q0.5", "q0.9"]
     assert_png(plots / "cli-fc-v1-forecast.png")
 
-    code, out, err = run_cli(*stack.cli_args(), "--json", "model", "forecast", "--id", "cli-fc", "--history", history)
+    code, out, err = run_cli(
+        *stack.cli_args(), "--json", "model", "forecast", "--id", "cli-fc", "--history", history
+    )
     assert code == 0, err
     body = json.loads(out)
-    assert np.array(body["point"]).shape == (1, 3, 1) and np.array(body["quantile_values"]).shape == (1, 3, 1, 3)
+    assert np.array(body["point"]).shape == (1, 3, 1) and np.array(body["quantile_values"]).shape == (
+        1,
+        3,
+        1,
+        3,
+    )
 
     code, out, err = run_cli(
         *stack.cli_args(), "model", "backtest", "--id", "cli-fc", "--series", str(series), "--windows", "3",

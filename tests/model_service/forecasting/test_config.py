@@ -49,7 +49,12 @@ def test_a_recursive_model_predicts_one_step_of_every_input() -> None:
         (SeriesRequest(horizon=MAX_HORIZON + 1), np.arange(10.0), spec(), "horizon must be in 1..1000"),
         (SeriesRequest(horizon=8), np.arange(10.0), spec(), "need at least 11"),
         (SeriesRequest(), np.arange(3.0), spec(), "need at least 4"),
-        (SeriesRequest(window=4), np.arange(10.0), spec(), "window is 4 but the model's input has timesteps=3"),
+        (
+            SeriesRequest(window=4),
+            np.arange(10.0),
+            spec(),
+            "window is 4 but the model's input has timesteps=3",
+        ),
         (SeriesRequest(target_feature=2), np.arange(10.0), spec(), "target_feature 2 is out of range"),
         (SeriesRequest(target_columns=(0, 3)), np.ones((10, 2)), spec(2, 2), "column 3 is out of range"),
         (SeriesRequest(target_columns=(1, 1)), np.ones((10, 2)), spec(2, 2), "names a column twice"),

@@ -9,10 +9,11 @@ import pytest
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as oip_grpc
-from protos.lstm_stack.v1 import model_pb2
+from protos.lstm_stack.v1 import model_pb2, scaler_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle
 from tests.model_service.helpers import lstm, make_spec, scaler, seed_example, status_of, train, train_request
+from tests.scaler_service.harness import ScalerServerHandle
 
 PERIOD = 8
 SEASONAL = 50 + 10 * np.sin(2 * np.pi * np.arange(96.0) / PERIOD)
@@ -49,8 +50,8 @@ def recursive(model_server: ModelServerHandle) -> model_pb2.ModelInfo:
 
 
 NOISE_SD = 1.0
-NOISY = 20 + 5 * np.sin(2 * np.pi * np.arange(400.0) / PERIOD) + np.random.default_rng(5).normal(
-    0, NOISE_SD, 400
+NOISY = (
+    20 + 5 * np.sin(2 * np.pi * np.arange(400.0) / PERIOD) + np.random.default_rng(5).normal(0, NOISE_SD, 400)
 )
 
 
@@ -60,7 +61,9 @@ def quantile(model_server: ModelServerHandle) -> model_pb2.ModelInfo:
     return train(model_server.stub, request, timeout=300)[1]
 
 
-def forecast(stub: object, model_id: str, history: np.ndarray, horizon: int = 0) -> model_pb2.ForecastResponse:
+def forecast(
+    stub: object, model_id: str, history: np.ndarray, horizon: int = 0
+) -> model_pb2.ForecastResponse:
     request = model_pb2.ForecastRequest(model_id=model_id, history=codec.from_numpy(history), horizon=horizon)
     return stub.Forecast(request, timeout=30)  # type: ignore[attr-defined, no-any-return]
 
@@ -104,7 +107,9 @@ def test_quantiles_are_ordered_and_cover_about_their_share(
     # 78 holdout windows x 2 steps of N(0, 1) noise: 80% nominal, allow for a short training
     assert 0.6 <= coverage["interval"] <= 0.95, coverage
     assert coverage["below_q0.1"] < coverage["below_q0.5"] < coverage["below_q0.9"]
-    response = forecast(model_server.stub, quantile.id, np.stack([NOISY[i : i + 50] for i in range(30)])[..., None])
+    response = forecast(
+        model_server.stub, quantile.id, np.stack([NOISY[i : i + 50] for i in range(30)])[..., None]
+    )
     values = codec.to_numpy(response.quantile_values)
     assert values.shape == (30, 2, 1, 3) and list(response.quantiles) == pytest.approx([0.1, 0.5, 0.9])
     assert (np.diff(values, axis=-1) >= 0).all()
@@ -123,16 +128,22 @@ def test_backtest_streams_every_window_then_the_aggregate(
     windows = [e.window for e in events if e.HasField("window")]
     assert [w.origin for w in windows] == [383, 388, 393, 398] and events[-1].HasField("summary")
     for window in windows:
-        assert {"mae", "rmse", "mase", "smape", "coverage", "naive_mae", "seasonal_naive_mae"} <= set(window.metrics)
+        assert {"mae", "rmse", "mase", "smape", "coverage", "naive_mae", "seasonal_naive_mae"} <= set(
+            window.metrics
+        )
         assert codec.to_numpy(window.forecast).shape == (2, 1) == codec.to_numpy(window.lower).shape
-        np.testing.assert_array_equal(codec.to_numpy(window.actual)[:, 0], NOISY[window.origin : window.origin + 2])
+        np.testing.assert_array_equal(
+            codec.to_numpy(window.actual)[:, 0], NOISY[window.origin : window.origin + 2]
+        )
         assert window.model_version == quantile.version
     summary = events[-1].summary
     assert summary.windows == 4
     assert summary.metrics["mae"] == pytest.approx(np.mean([w.metrics["mae"] for w in windows]))
 
 
-def test_the_model_info_says_how_it_forecasts(model_server: ModelServerHandle, quantile: model_pb2.ModelInfo) -> None:
+def test_the_model_info_says_how_it_forecasts(
+    model_server: ModelServerHandle, quantile: model_pb2.ModelInfo
+) -> None:
     info = model_server.stub.GetModel(model_pb2.GetModelRequest(model_id=quantile.id), timeout=10)
     assert info.forecast == quantile.forecast and info.forecast.window == PERIOD
     assert dict(info.holdout_coverage) == dict(quantile.holdout_coverage)
@@ -222,7 +233,11 @@ def test_a_supervised_model_cannot_forecast(model_server: ModelServerHandle) -> 
     ],
 )
 def test_bad_backtests_are_refused(
-    model_server: ModelServerHandle, direct: model_pb2.ModelInfo, fields: dict, code: grpc.StatusCode, fragment: str
+    model_server: ModelServerHandle,
+    direct: model_pb2.ModelInfo,
+    fields: dict,
+    code: grpc.StatusCode,
+    fragment: str,
 ) -> None:
     request = model_pb2.BacktestRequest(model_id=direct.id, series=codec.from_numpy(SEASONAL), **fields)
     got, details = status_of(model_server.stub.Backtest, request, timeout=30)
@@ -270,7 +285,9 @@ def test_the_inference_protocol_has_a_forecast_output_with_the_horizon_as_a_para
     assert {o.name: list(o.shape) for o in metadata.outputs}["forecast_quantiles"] == [-1, -1, 1, 3]
 
 
-def test_a_bad_horizon_parameter_is_refused(model_server: ModelServerHandle, direct: model_pb2.ModelInfo) -> None:
+def test_a_bad_horizon_parameter_is_refused(
+    model_server: ModelServerHandle, direct: model_pb2.ModelInfo
+) -> None:
     window = SEASONAL[None, :PERIOD, None]
     for value, fragment in ((9, "horizon must be in 1..4"), ("soon", "must be an integer")):
         try:
@@ -282,3 +299,38 @@ def test_a_bad_horizon_parameter_is_refused(model_server: ModelServerHandle, dir
     # values alone never forecast, whatever the parameter says
     values = output(oip_infer(model_server, direct.id, window, ["values"], horizon=9), "values")
     assert values.shape == (1, 4)
+
+
+# ---- Backtest with retraining ------------------------------------------------------------------
+
+
+def test_retraining_backtests_train_on_the_rows_before_each_origin_and_leave_nothing(
+    model_server: ModelServerHandle, shared_scaler: ScalerServerHandle
+) -> None:
+    info = train(model_server.stub, series_request(SEASONAL, PERIOD, 2, horizon=2), timeout=300)[1]
+
+    def run(series: np.ndarray) -> list[model_pb2.BacktestWindow]:
+        request = model_pb2.BacktestRequest(
+            model_id=info.id, series=codec.from_numpy(series), windows=2, origin_step=4, retrain=True
+        )
+        events = list(model_server.stub.Backtest(request, timeout=300))
+        assert events[-1].HasField("summary") and events[-1].summary.windows == 2
+        return [e.window for e in events if e.HasField("window")]
+
+    windows = run(SEASONAL)
+    assert [w.origin for w in windows] == [90, 94]
+    assert all(w.model_id.startswith("backtest-") and w.model_id != info.id for w in windows)
+    # The same recipe and seed on the same rows before the origin: window 0 is unchanged by anything
+    # from its origin on, so its scratch model never saw those rows.
+    changed = SEASONAL.copy()
+    changed[windows[0].origin :] += 100.0
+    again = run(changed)
+    np.testing.assert_allclose(
+        codec.to_numpy(again[0].forecast), codec.to_numpy(windows[0].forecast), rtol=1e-5
+    )
+    assert not np.allclose(codec.to_numpy(again[1].forecast), codec.to_numpy(windows[1].forecast))
+    # The scratch versions and their scalers are gone.
+    listed = model_server.stub.ListModels(model_pb2.ListModelsRequest(page_size=1000), timeout=10).models
+    assert not [m.id for m in listed if m.id.startswith("backtest-")]
+    found = shared_scaler.stub.ListScalers(scaler_pb2.ListScalersRequest(page_size=1000), timeout=10).scalers
+    assert not [s.id for s in found if s.id.startswith("backtest-")]
