@@ -290,10 +290,10 @@ def example2_model(client: LstmStackClient, settings: Settings, say: Printer, re
             restore_best_weights=True,
         )
         losses = [e.loss for e in histories[kind]]
-        best = int(np.argmin(losses))
-        results.example2_best_epochs[kind] = (best + 1, len(losses))
+        best_epoch = int(np.argmin(losses))
+        results.example2_best_epochs[kind] = (best_epoch + 1, len(losses))
         say(
-            f"kept the weights of epoch {best + 1} of {len(losses)} (lowest loss {display.number(losses[best])})"
+            f"kept the weights of epoch {best_epoch + 1} of {len(losses)} (lowest loss {display.number(losses[best_epoch])})"
         )
         prediction = client.model.predict(model_id, test_windows, version=version)
         assert prediction.values is not None

@@ -208,13 +208,15 @@ def backtest_chart(
     axes.plot(start + rows, series[first:], color="tab:blue", label="series")
     for i, (origin, forecast) in enumerate(zip(origins, forecasts, strict=True)):
         steps = start + origin + np.arange(len(forecast))
-        if i < len(lowers) and i < len(uppers) and lowers[i] is not None and uppers[i] is not None:
+        low = lowers[i] if i < len(lowers) else None
+        high = uppers[i] if i < len(uppers) else None
+        if low is not None and high is not None:
             axes.fill_between(
                 steps,
-                lowers[i],
-                uppers[i],
+                low,
+                high,
                 color="tab:orange",
-                alpha=0.2,  # type: ignore[arg-type]
+                alpha=0.2,
                 label="interval" if i == 0 else None,
             )
         axes.plot(

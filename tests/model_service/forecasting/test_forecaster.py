@@ -42,7 +42,7 @@ def test_many_series_are_forecast_in_one_pass() -> None:
     histories = np.stack([np.arange(6.0) * slope for slope in (1.0, -2.0, 0.5)])[..., None]
     result = asyncio.run(forecast_async(model, histories))
     assert result.point.shape == (3, 2, 1) and predictor.calls == 1
-    np.testing.assert_allclose(result.point[:, :, 0], [[6, 7], [-12, -14], [3, 3.5]], rtol=1e-6)
+    np.testing.assert_allclose(result.point[:, :, 0], np.array([[6, 7], [-12, -14], [3, 3.5]]), rtol=1e-6)
 
 
 def seasonal(t: np.ndarray) -> np.ndarray:

@@ -3,6 +3,8 @@ series, intervals on known noise, streamed backtests, and a precise status for e
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ SEASONAL = 50 + 10 * np.sin(2 * np.pi * np.arange(96.0) / PERIOD)
 
 
 def series_request(
-    series: np.ndarray, window: int, epochs: int, quantiles: tuple[float, ...] = (), **fields: object
+    series: np.ndarray, window: int, epochs: int, quantiles: tuple[float, ...] = (), **fields: Any
 ) -> model_pb2.TrainRequest:
     columns = 1 if series.ndim == 1 else series.shape[1]
     request = model_pb2.TrainRequest(
