@@ -27,7 +27,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--run-dir", type=Path, default=REPO_ROOT / "run", help="stores and logs of local services"
     )
-    parser.add_argument("--epochs", type=int, help="epochs for both examples (defaults: 400 and 300)")
+    parser.add_argument("--epochs", type=int, help="epochs for every example (defaults: 400, 300 and 60)")
     parser.add_argument("--seed", type=int, default=walkthrough.Settings.seed, help="training seed")
     parser.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the services to serve")
     secure = parser.add_argument_group("running services with auth / TLS (README: Security)")
@@ -64,6 +64,7 @@ def _settings(args: argparse.Namespace) -> walkthrough.Settings:
         output=args.output,
         epochs1=args.epochs or defaults.epochs1,
         epochs2=args.epochs or defaults.epochs2,
+        epochs3=args.epochs or defaults.epochs3,
         seed=args.seed,
     )
 

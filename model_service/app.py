@@ -75,6 +75,7 @@ def create_server(
         metrics.training_job,
         exporter=ModelExporter(registry),
         importer=ModelImporter(registry, gateway, serving.admission),
+        forget_scalers=lambda started: _delete_scalers(gateway, started),
     )
 
     def register(server: grpc.aio.Server) -> list[str]:

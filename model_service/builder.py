@@ -136,10 +136,16 @@ def _layers(spec: ModelSpec, seeds: Iterator[int], initialize: bool) -> list[ker
 
 
 def build(
-    spec: ModelSpec, seed: int, compile_model: bool = True, initialize: bool = True
+    spec: ModelSpec,
+    seed: int,
+    compile_model: bool = True,
+    initialize: bool = True,
+    loss: keras.losses.Loss | None = None,
 ) -> keras.Sequential:
     """A (compiled) model for a resolved spec. Call under BUILD_LOCK when determinism matters.
-    ``initialize=False`` starts every kernel at zero: a model only looked at, never trained."""
+    ``initialize=False`` starts every kernel at zero: a model only looked at, never trained. A ``loss``
+    given (the quantile head's) replaces the task's, and its outputs no longer match y one to one, so
+    the task's metrics are left out."""
     seeds = seed_stream(seed)
     try:
         model = keras.Sequential(
@@ -151,8 +157,8 @@ def build(
     if compile_model:
         model.compile(
             optimizer=_optimizer(spec),
-            loss=HEAD_LOSS[spec.task],
-            metrics=_metrics(spec.task),
+            loss=loss or HEAD_LOSS[spec.task],
+            metrics=_metrics(spec.task) if loss is None else [],
             jit_compile=False,
         )
     return model

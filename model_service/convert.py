@@ -8,6 +8,9 @@ import numpy as np
 
 from model_service import spec as specs
 from model_service.export import Exported, ExportFormat
+from model_service.forecasting.backtest import BacktestWindow
+from model_service.forecasting.config import ForecastConfig, SeriesRequest, Strategy
+from model_service.forecasting.forecaster import Forecast
 from model_service.importing import ImportRequest
 from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
@@ -24,6 +27,12 @@ TASK_FROM_PROTO = {
     model_pb2.MULTICLASS: specs.Task.MULTICLASS,
 }
 TASK_TO_PROTO = {task: code for code, task in TASK_FROM_PROTO.items()}
+STRATEGY_FROM_PROTO = {
+    model_pb2.FORECAST_STRATEGY_UNSPECIFIED: Strategy.DIRECT,
+    model_pb2.DIRECT: Strategy.DIRECT,
+    model_pb2.RECURSIVE: Strategy.RECURSIVE,
+}
+STRATEGY_TO_PROTO = {Strategy.DIRECT: model_pb2.DIRECT, Strategy.RECURSIVE: model_pb2.RECURSIVE}
 
 
 # ---- specs ---------------------------------------------------------------------------------------
@@ -156,6 +165,21 @@ def record_to_info(view: VersionView, tensorboard_logdir: str = "") -> model_pb2
         train_seconds=record.train_seconds,
         tensorboard_logdir=tensorboard_logdir,
         origin=record.origin,
+        forecast=forecast_config_to_proto(record.forecast) if record.forecast else None,
+        holdout_coverage=record.holdout_coverage,
+    )
+
+
+def forecast_config_to_proto(config: ForecastConfig) -> model_pb2.ForecastConfig:
+    return model_pb2.ForecastConfig(
+        window=config.window,
+        horizon=config.horizon,
+        strategy=STRATEGY_TO_PROTO[config.strategy],
+        input_columns=list(config.input_columns),
+        target_columns=list(config.target_columns),
+        series_columns=config.series_columns,
+        stride=config.stride,
+        quantiles=list(config.quantiles),
     )
 
 
@@ -191,6 +215,7 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         restore_best_weights=request.early_stopping.restore_best_weights,
     )
     common = {
+        "recipe": train_recipe(request),
         "model_id": request.model_id,
         "spec": spec_from_proto(request.spec),
         "options": options,
@@ -198,6 +223,11 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         "y_scaling": request.y_scaling if request.HasField("y_scaling") else None,
     }
     which = request.WhichOneof("data")
+    if which != "series" and request.quantiles:
+        raise InvalidArgument(
+            f"quantiles {list(request.quantiles)} are for series training: send series {{series, window, "
+            "horizon}} (supervised y has no steps to put intervals on)"
+        )
     if which == "supervised":
         supervised = request.supervised
         return TrainInput(
@@ -209,13 +239,45 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         series = request.series
         if series.window < 0:
             raise InvalidArgument(f"series.window must be > 0, got {series.window}")
+        if series.strategy not in STRATEGY_FROM_PROTO:
+            raise InvalidArgument(
+                f"series.strategy {series.strategy} is not known; expected DIRECT or RECURSIVE"
+            )
         return TrainInput(
             series=required_tensor(series, "series", "series.series"),
-            window=series.window,
-            target_feature=series.target_feature,
+            series_request=SeriesRequest(
+                window=series.window,
+                target_feature=series.target_feature,
+                horizon=series.horizon,
+                strategy=STRATEGY_FROM_PROTO[series.strategy],
+                target_columns=tuple(series.target_columns),
+                stride=series.stride,
+                input_columns=tuple(series.input_columns),
+                quantiles=tuple(request.quantiles),
+            ),
             **common,
         )
     raise InvalidArgument("training data is missing: set supervised {x, y} or series {series, window}")
+
+
+def train_recipe(request: model_pb2.TrainRequest) -> bytes:
+    """The request's settings without its data or id: what Backtest retrains a version with."""
+    recipe = model_pb2.TrainRequest()
+    recipe.CopyFrom(request)
+    recipe.model_id = ""
+    if recipe.WhichOneof("data") == "series":
+        recipe.series.ClearField("series")
+    else:
+        recipe.ClearField("supervised")
+    return recipe.SerializeToString(deterministic=True)
+
+
+def retrain_request(recipe: bytes, model_id: str, series: np.ndarray) -> model_pb2.TrainRequest:
+    """A version's recipe trained on ``series`` (raw rows) under a scratch ``model_id``."""
+    request = model_pb2.TrainRequest.FromString(recipe)
+    request.model_id = model_id
+    request.series.series.CopyFrom(codec.from_numpy(series))
+    return request
 
 
 def _labels_tensor(labels: np.ndarray, as_values: bool) -> tensor_pb2.Tensor:
@@ -301,3 +363,37 @@ def import_request(
         optimizer=specs.Optimizer(header.optimizer.name, header.optimizer.learning_rate),
     )
     return request, _scaler_ref(header, "x_scaler"), _scaler_ref(header, "y_scaler")
+def forecast_response(
+    model_id: str, version: int, forecast: Forecast, as_values: bool
+) -> model_pb2.ForecastResponse:
+    response = model_pb2.ForecastResponse(
+        model_id=model_id,
+        version=version,
+        horizon=forecast.horizon,
+        target_columns=list(forecast.target_columns),
+        point=_float_tensor(forecast.point, as_values),
+        quantiles=list(forecast.levels),
+    )
+    if forecast.quantiles is not None:
+        response.quantile_values.CopyFrom(_float_tensor(forecast.quantiles, as_values))
+    return response
+
+
+def backtest_window_to_proto(window: BacktestWindow, as_values: bool) -> model_pb2.BacktestEvent:
+    message = model_pb2.BacktestWindow(
+        index=window.index,
+        origin=window.origin,
+        metrics=window.metrics,
+        forecast=_float_tensor(window.forecast, as_values),
+        actual=_float_tensor(window.actual, as_values),
+        model_id=window.model_id,
+        model_version=window.model_version,
+    )
+    if window.lower is not None and window.upper is not None:
+        message.lower.CopyFrom(_float_tensor(window.lower, as_values))
+        message.upper.CopyFrom(_float_tensor(window.upper, as_values))
+    return model_pb2.BacktestEvent(window=message)
+
+
+def backtest_summary_to_proto(windows: int, metrics: dict[str, float]) -> model_pb2.BacktestEvent:
+    return model_pb2.BacktestEvent(summary=model_pb2.BacktestSummary(windows=windows, metrics=metrics))

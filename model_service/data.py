@@ -1,4 +1,4 @@
-"""Input checks and shaping for training, prediction and evaluation; windows from a raw series.
+"""Input checks and shaping for training, prediction and evaluation (series windows: forecasting/).
 
 Every message says what the model expects and what came, e.g. "x has shape [2, 4, 1]; model expects
 (batch, 3, 1)".
@@ -102,43 +102,6 @@ def targets(y: np.ndarray, n_samples: int, spec: ModelSpec, name: str = "y") -> 
     if task is Task.BINARY:
         return y.astype(np.float64).reshape(-1, 1)
     return y.astype(np.int64)
-
-
-def windows(
-    series: np.ndarray, window: int, target_feature: int, spec: ModelSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    """x[i] = series[i:i+window], y[i] = series[i+window, target_feature] (the seed's [1,2,3] -> 4)."""
-    if series.dtype.kind not in "fiu":
-        raise InvalidArgument(f"series: expected numbers, got dtype {series.dtype}")
-    if series.ndim == 1:
-        series = series.reshape(-1, 1)
-    if series.ndim != 2:
-        raise InvalidArgument(f"series has shape {_shape(series)}; expected (n,) or (n, features)")
-    if series.shape[1] != spec.features:
-        raise InvalidArgument(
-            f"series has {series.shape[1]} feature(s) (shape {_shape(series)}); the model's input has "
-            f"features={spec.features}"
-        )
-    window = window or spec.timesteps
-    if window != spec.timesteps:
-        raise InvalidArgument(
-            f"series.window is {window} but the model's input has timesteps={spec.timesteps}; they must match"
-        )
-    if not 0 <= target_feature < series.shape[1]:
-        raise InvalidArgument(
-            f"series.target_feature {target_feature} is out of range for {series.shape[1]} feature(s)"
-        )
-    if series.shape[0] <= window:
-        raise InvalidArgument(
-            f"series has {series.shape[0]} points; a window of {window} needs at least {window + 1} "
-            "to make one (window -> next value) sample"
-        )
-    require_finite(series, "series")
-    n = series.shape[0] - window
-    # A strided view, copied once: the windows overlap in memory until then.
-    x = np.lib.stride_tricks.sliding_window_view(series, window, axis=0)[:n].transpose(0, 2, 1).copy()
-    y = series[window:, target_feature].copy()
-    return x.astype(np.float64, copy=False), y
 
 
 def holdout_size(n_samples: int, fraction: float) -> int:

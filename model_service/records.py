@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from model_service.forecasting.config import ForecastConfig
 from model_service.scaling import AffineScaler
 from model_service.spec import ModelSpec, SpecPlan, plan
 from service_common.errors import IntegrityError
@@ -82,6 +85,11 @@ class ModelRecord:
     origin: str = ORIGIN_TRAIN  # ORIGIN_TRAIN | ORIGIN_IMPORT
     # Whether the artifact holds TensorBoard event files (trained versions do; imported ones do not).
     tensorboard: bool = False
+    forecast: ForecastConfig | None = None  # series models: what Forecast and Backtest need
+    holdout_coverage: dict[str, float] = field(default_factory=dict)  # quantile models
+    # How to train this version again on other data (Backtest with retrain): the request's settings,
+    # serialized by the servicer layer and opaque here; empty for versions written before it was kept.
+    recipe: bytes = b""
 
     @property
     def plan(self) -> SpecPlan:
@@ -105,6 +113,9 @@ class ModelRecord:
             "train_seconds": self.train_seconds,
             "origin": self.origin,
             "tensorboard": self.tensorboard,
+            "forecast": self.forecast.to_dict() if self.forecast else None,
+            "holdout_coverage": {k: _finite_or_none(v) for k, v in self.holdout_coverage.items()},
+            "recipe": base64.b64encode(self.recipe).decode("ascii"),
         }
         return json.dumps(body, indent=1, allow_nan=False).encode()
 
@@ -134,8 +145,12 @@ class ModelRecord:
                 # Absent from versions stored before imports and TensorBoard existed.
                 origin=str(body.get("origin", ORIGIN_TRAIN)),
                 tensorboard=bool(body.get("tensorboard", False)),
+                # Absent from versions written before forecasting existed.
+                forecast=ForecastConfig.from_dict(body["forecast"]) if body.get("forecast") else None,
+                holdout_coverage={k: _float(v) for k, v in body.get("holdout_coverage", {}).items()},
+                recipe=base64.b64decode(body.get("recipe", ""), validate=True),
             )
         except IntegrityError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
             raise IntegrityError(f"malformed metadata: {type(exc).__name__}: {exc}") from exc

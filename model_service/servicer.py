@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,13 +12,15 @@ import grpc
 
 from model_service import builder, convert
 from model_service.export import ModelExporter
+from model_service.forecasting import backtest
+from model_service.forecasting.forecaster import forecast_async
 from model_service.importing import ModelImporter
 from model_service.runtime import ModelRuntime
 from model_service.spec import resolve
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
-from service_common.errors import InvalidArgument
+from service_common.errors import FailedPrecondition, InvalidArgument
 from service_common.grpc_errors import map_errors
 from service_common.handlers import confirm_client_is_there
 
@@ -34,6 +37,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         *,
         exporter: ModelExporter,
         importer: ModelImporter,
+        forget_scalers: Callable[[model_pb2.TrainStarted], None] = lambda started: None,
     ) -> None:
         self._exporter = exporter
         self._importer = importer
@@ -41,6 +45,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self._registry = runtime.registry
         self._trainer = trainer
         self._track_training = track_training
+        # Deletes the scalers a job fitted (Backtest's scratch versions are not kept).
+        self._forget_scalers = forget_scalers
 
     @map_errors
     async def ValidateSpec(
@@ -86,6 +92,71 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         return model_pb2.EvaluateResponse(
             model_id=model.model_id, version=model.version, metrics=metrics, n_samples=int(x.shape[0])
         )
+
+    @map_errors
+    async def Forecast(
+        self, request: model_pb2.ForecastRequest, context: grpc.aio.ServicerContext
+    ) -> model_pb2.ForecastResponse:
+        model = self._runtime.resolve(request.model_id, request.version)
+        history = convert.required_tensor(request, "history", "history")
+        forecast = await forecast_async(model, history, request.horizon)
+        return convert.forecast_response(
+            model.model_id, model.version, forecast, codec.uses_values(request.history)
+        )
+
+    @map_errors
+    async def Backtest(
+        self, request: model_pb2.BacktestRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pb2.BacktestEvent]:
+        model = self._runtime.resolve(request.model_id, request.version)
+        series = convert.required_tensor(request, "series", "series")
+        plan = await asyncio.to_thread(
+            backtest.plan, model, series, request.windows, request.origin_step, request.horizon,
+            request.season_length,
+        )  # fmt: skip
+        as_values = codec.uses_values(request.series)
+        metrics = []
+        if request.retrain:
+            if not model.record.recipe:
+                raise FailedPrecondition(
+                    f"model {model.model_id!r} v{model.version} was stored without its training settings "
+                    "(trained before they were kept); retrain it, or backtest with retrain=false"
+                )
+            for index in range(len(plan.origins)):
+                window = await self._retrained_window(model.record.recipe, plan, index, context)
+                metrics.append(window.metrics)
+                yield convert.backtest_window_to_proto(window, as_values)
+        else:
+            for window in await backtest.score(model, plan, list(range(len(plan.origins)))):
+                metrics.append(window.metrics)
+                yield convert.backtest_window_to_proto(window, as_values)
+        yield convert.backtest_summary_to_proto(len(metrics), backtest.aggregate(metrics))
+
+    async def _retrained_window(
+        self, recipe: bytes, plan: backtest.BacktestPlan, index: int, context: grpc.aio.ServicerContext
+    ) -> backtest.BacktestWindow:
+        """Window ``index`` forecast by a scratch version trained (in the trainer process, like Train) on
+        the rows before its origin only; the scratch model and its scalers are deleted afterwards."""
+        origin = plan.origins[index]
+        request = convert.retrain_request(recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin])
+        started = done = None
+        try:
+            with self._track_training():
+                async for event in self._trainer.train(request, context.time_remaining()):
+                    if event.HasField("started"):
+                        started = event.started
+                    elif event.HasField("done"):
+                        done = event.done
+            if done is None:
+                raise FailedPrecondition(f"retraining for backtest window {index} ended without a model")
+            await asyncio.to_thread(self._registry.sync, done.id)
+            scratch = self._runtime.resolve(done.id, done.version)
+            return (await backtest.score(scratch, plan, [index]))[0]
+        finally:
+            if done is not None:
+                await asyncio.to_thread(self._registry.delete, done.id, 0)
+            if started is not None:
+                await asyncio.to_thread(self._forget_scalers, started)
 
     @map_errors
     async def GetModel(

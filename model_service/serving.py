@@ -193,7 +193,7 @@ class ServedModel:
         if self.task is Task.REGRESSION:
             values = out.astype(np.float64)
             if self._y_scaler is not None:
-                values = self._y_scaler.inverse_transform(values)
+                values = self._unscaled(values)
         else:
             probabilities = out.astype(np.float64)
             if self.task is Task.BINARY:
@@ -208,6 +208,18 @@ class ServedModel:
             output_ns=max(0, time.perf_counter_ns() - passed),
         )
         return Prediction(values, probabilities, labels, timing)
+
+    def _unscaled(self, values: np.ndarray) -> np.ndarray:
+        """Head outputs in original units. A quantile head has one output per (value, level) and the y
+        scaler one column per value: every level of a value is unscaled as that value."""
+        assert self._y_scaler is not None
+        levels = self.record.forecast.levels if self.record.forecast else 1
+        if levels == 1:
+            return self._y_scaler.inverse_transform(values)
+        n = values.shape[0]
+        per_level = values.reshape(n, -1, levels).transpose(0, 2, 1).reshape(n * levels, -1)
+        unscaled = self._y_scaler.inverse_transform(per_level)
+        return unscaled.reshape(n, levels, -1).transpose(0, 2, 1).reshape(n, -1)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Metrics in original units: mse/mae/rmse (regression) or accuracy/log_loss (classification)."""

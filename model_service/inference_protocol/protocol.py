@@ -5,7 +5,11 @@ FP32 or FP64, shape [batch, timesteps, features], from raw_input_contents or typ
 always raw: regression "values" FP64 [batch, outputs]; classification "probabilities" FP64
 [batch, 1 | n_classes] and "labels" INT64 [batch]. Predictions go through ServedModel.infer, i.e. the
 same scaling, inverse scaling and adaptive batcher as the Predict RPC; each one is counted in the
-statistics extension (statistics.py). ModelConfig describes the same tensors in Triton's model
+statistics extension (statistics.py). Series models (trained on TrainRequest.series) also have a
+"forecast" output FP64 [batch, horizon, targets] in original units, and with a quantile head
+"forecast_quantiles" FP64 [batch, horizon, targets, levels] (sorted); "x" is then one window of the input
+columns, and the request parameter "horizon" (int, default the model's) says how many steps. Forecasts
+go through the same batcher (forecaster.forecast_async). ModelConfig describes the same tensors in Triton's model
 configuration terms: dims without the batch dimension, max_batch_size = the rows one forward pass takes.
 Imports no grpc: errors are the domain's (service_common.errors), mapped to status codes by the servicer.
 """
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from model_service.forecasting.forecaster import forecast_async
 from model_service.inference_protocol import codec
 from model_service.inference_protocol.statistics import Duration, InferenceStatistics, SuccessTiming
 from protos.inference import grpc_service_pb2 as pb
@@ -89,8 +94,26 @@ def input_spec(signature: Any) -> TensorSpec:
     )
 
 
+FORECAST = "forecast"
+FORECAST_QUANTILES = "forecast_quantiles"
+HORIZON_PARAMETER = "horizon"
+
+
+def output_specs(signature: Any, record: Any = None) -> dict[str, TensorSpec]:
+    """The model's outputs; ``record`` (its ModelRecord) adds the forecast outputs of series models."""
+    specs = dict(_plain_output_specs(signature))
+    config = getattr(record, "forecast", None)
+    if config is not None:
+        f64 = np.dtype(np.float64)
+        specs[FORECAST] = TensorSpec(FORECAST, "FP64", (-1, -1, config.targets), f64)
+        if config.quantiles:
+            shape = (-1, -1, config.targets, config.levels)
+            specs[FORECAST_QUANTILES] = TensorSpec(FORECAST_QUANTILES, "FP64", shape, f64)
+    return specs
+
+
 @functools.lru_cache(maxsize=1024)
-def output_specs(signature: Any) -> dict[str, TensorSpec]:
+def _plain_output_specs(signature: Any) -> dict[str, TensorSpec]:
     if signature.task == "regression":
         specs = [TensorSpec("values", "FP64", (-1, signature.outputs), np.dtype(np.float64))]
     else:
@@ -116,7 +139,7 @@ def model_metadata(runtime: Any, request: Any) -> Any:
         versions=[str(v) for v in versions],
         platform=PLATFORM,
         inputs=[_tensor_metadata(input_spec(model.signature))],
-        outputs=[_tensor_metadata(s) for s in output_specs(model.signature).values()],
+        outputs=[_tensor_metadata(s) for s in output_specs(model.signature, model.record).values()],
     )
 
 
@@ -167,6 +190,32 @@ def requested_outputs(request: Any, available: dict[str, TensorSpec]) -> list[Te
     return chosen
 
 
+def horizon_parameter(parameters: Any) -> int:
+    """The request's "horizon" parameter (0 when absent: the model's horizon)."""
+    if HORIZON_PARAMETER not in parameters:
+        return 0
+    parameter = parameters[HORIZON_PARAMETER]
+    which = parameter.WhichOneof("parameter_choice")
+    if which in ("int64_param", "uint64_param"):
+        return int(getattr(parameter, which))
+    if which == "string_param" and parameter.string_param.strip().lstrip("-").isdigit():
+        return int(parameter.string_param)
+    raise InvalidArgument(
+        f"request parameter 'horizon' must be an integer (int64_param), got {echo(str(parameter).strip())}"
+    )
+
+
+async def _forecast_arrays(model: Any, x: np.ndarray, horizon: int) -> dict[str, np.ndarray | None]:
+    """A series model's forecast from one window ``x`` of its input columns: the history rows the
+    forecaster reads are rebuilt around it (other columns are never read: a recursive model's inputs
+    are all targets, which it fills in itself)."""
+    config = model.record.forecast
+    rows = np.zeros((x.shape[0], x.shape[1], config.series_columns), dtype=np.float64)
+    rows[..., list(config.input_columns)] = x
+    result = await forecast_async(model, rows, horizon)
+    return {FORECAST: result.point, FORECAST_QUANTILES: result.quantiles}
+
+
 def _prediction_arrays(prediction: Any) -> dict[str, np.ndarray | None]:
     labels = prediction.labels
     return {
@@ -183,12 +232,15 @@ async def infer(runtime: Any, request: Any, statistics: InferenceStatistics) -> 
     model = resolve(runtime, request.model_name, request.model_version)
     try:
         _reject_unsupported(request.parameters, "request")
-        outputs = requested_outputs(request, output_specs(model.signature))
+        outputs = requested_outputs(request, output_specs(model.signature, model.record))
+        horizon = horizon_parameter(request.parameters)
         x = decode_input(request, model.signature)
         decoded = time.perf_counter_ns()
         prediction = await model.infer_async(x)
-        predicted = time.perf_counter_ns()
         arrays = _prediction_arrays(prediction)
+        if any(spec.name in (FORECAST, FORECAST_QUANTILES) for spec in outputs):
+            arrays.update(await _forecast_arrays(model, x, horizon))
+        predicted = time.perf_counter_ns()
         response = pb.ModelInferResponse(
             model_name=model.model_id, model_version=str(model.version), id=request.id
         )
@@ -239,7 +291,7 @@ def model_config(runtime: Any, request: Any) -> Any:
             ],
             output=[
                 pb.ModelOutput(name=s.name, data_type=_config_datatype(s.datatype), dims=s.shape[1:])
-                for s in output_specs(model.signature).values()
+                for s in output_specs(model.signature, model.record).values()
             ],
         )
     )

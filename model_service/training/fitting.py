@@ -90,15 +90,17 @@ def fit_model(
     validation: tuple[np.ndarray, np.ndarray],
     progress: Progress,
     make_dataset: Callable[..., tf.data.Dataset] | None = None,
+    loss: keras.losses.Loss | None = None,
 ) -> keras.Model:
-    """The model built from its seed and fitted on ``train``, validated on ``validation`` (may be empty)."""
+    """The model built from its seed and fitted on ``train``, validated on ``validation`` (may be empty);
+    ``loss`` replaces the task's (the quantile head's pinball loss)."""
     make = make_dataset or dataset
     (x_train, y_train), (x_val, y_val) = train, validation
     n_train, n_validation = x_train.shape[0], x_val.shape[0]
     y_dtype = np.int64 if spec.task is Task.MULTICLASS else np.float32
     seeds = builder.seed_stream(options.seed)
     with builder.seeded(options.seed):
-        model = builder.build(spec, options.seed)
+        model = builder.build(spec, options.seed, loss=loss)
         train_set = make(
             x_train, y_train.astype(y_dtype), options.batch_size, next(seeds) if options.shuffle else None
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 from model_service import data
 from model_service.cost import Reservation
+from model_service.forecasting.quantiles import PinballLoss
 from model_service.records import ModelRecord
 from model_service.scaling import ScalerFitter, ScalerRef
 from model_service.serving import ServingOptions
@@ -171,10 +172,18 @@ class TrainingJob:
             )
         )
         progress = Progress(self, options.epochs, n_train)
-        model = fit_model(spec, options, (x_train, y_train), (x_val, y_val), progress, fitting.dataset)
+        quantiles = p.forecast.quantiles if p.forecast else ()
+        loss = PinballLoss(quantiles) if quantiles else None
+        model = fit_model(spec, options, (x_train, y_train), (x_val, y_val), progress, fitting.dataset, loss)
         self._check_cancelled()
-        record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler)
-        holdout = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
+        record = replace(
+            self._record,
+            x_scaler=x_scaler,
+            y_scaler=y_scaler,
+            forecast=p.forecast,
+            recipe=self._request.recipe,
+        )
+        holdout, coverage = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
         events = tensorboard.event_files(record, model, progress.history, options)
         return publish(
             self._registry,
@@ -186,7 +195,8 @@ class TrainingJob:
             p.n_validation,
             time.perf_counter() - started,
             self._check_cancelled,
-            events,
+            extra_files=events,
+            coverage=coverage,
         )
 
 

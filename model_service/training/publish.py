@@ -23,6 +23,7 @@ def publish(
     train_seconds: float,
     check_cancelled: Callable[[], None],
     extra_files: dict[str, bytes] | None = None,
+    coverage: dict[str, float] | None = None,
 ) -> ModelRecord:
     """The final record, committed with the model and ``extra_files`` (its TensorBoard event files) in
     one signed artifact (nothing is written once the job is cancelled)."""
@@ -36,6 +37,7 @@ def publish(
         epochs_run=len(history),
         train_seconds=train_seconds,
         tensorboard=bool(extra_files),
+        holdout_coverage=coverage or {},
     )
     check_cancelled()
     publisher.commit(record, keras_bytes, extra_files or {})

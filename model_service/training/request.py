@@ -13,6 +13,8 @@ import numpy as np
 
 from model_service import data
 from model_service.cost import Admission, Estimate, ModelCost
+from model_service.forecasting.config import ForecastConfig, SeriesRequest, as_rows, resolve_series
+from model_service.forecasting.windowing import forecast_windows
 from model_service.records import EpochProgress, ModelRecord
 from model_service.scaling import ScalerRef
 from model_service.spec import ModelSpec, Task, plan, resolve
@@ -79,11 +81,11 @@ class TrainInput:
     x: np.ndarray | None = None
     y: np.ndarray | None = None
     series: np.ndarray | None = None
-    window: int = 0
-    target_feature: int = 0
+    series_request: SeriesRequest = SeriesRequest()  # how ``series`` is windowed and forecast
     # Scaler specs as the request carried them, passed to the ScalerFitter untouched; None = no scaling.
     x_scaling: Any = None
     y_scaling: Any = None
+    recipe: bytes = b""  # kept with the version (ModelRecord.recipe), never read here
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Prepared:
     y: np.ndarray  # as data.targets returns it
     n_train: int
     estimate: Estimate | None = None  # memory, held against the budget while the job runs
+    forecast: ForecastConfig | None = None  # series models
 
     @property
     def n_validation(self) -> int:
@@ -117,8 +120,19 @@ def prepare(request: TrainInput, max_work: int, admission: Admission | None = No
     """Every check that needs no training, so bad requests fail before a job starts."""
     spec = resolve(request.spec)
     options = request.options.resolved()
+    forecast = None
     if request.series is not None:
-        x, y = data.windows(request.series, request.window, request.target_feature, spec)
+        series = as_rows(request.series)
+        forecast, spec = resolve_series(request.series_request, series, spec, request.spec.head.outputs)
+        spec = resolve(spec)
+        x, y = forecast_windows(
+            series,
+            forecast.window,
+            forecast.horizon,
+            forecast.stride,
+            forecast.input_columns,
+            forecast.target_columns,
+        )
     else:
         if request.x is None or request.y is None:
             raise InvalidArgument(
@@ -126,7 +140,8 @@ def prepare(request: TrainInput, max_work: int, admission: Admission | None = No
             )
         x, y = request.x, request.y
     x = data.model_input(x, spec.timesteps, spec.features, name="x", what="samples")
-    y = data.targets(y, x.shape[0], spec)
+    # A quantile head has one output per (value, level); y holds the values.
+    y = data.targets(y, x.shape[0], spec) if forecast is None or not forecast.quantiles else y
     n_train = x.shape[0] - data.holdout_size(x.shape[0], options.validation_fraction)
     if request.y_scaling is not None and spec.task is not Task.REGRESSION:
         raise InvalidArgument(
@@ -150,4 +165,4 @@ def prepare(request: TrainInput, max_work: int, admission: Admission | None = No
             fits = admission.max_batch_size(cost, n_train, n_validation)
             hint = f"use batch_size {fits} or less" if fits else "train a smaller model or on fewer rows"
             admission.reserve(estimate, hint)  # raises, naming the estimate and the budget
-    return Prepared(spec, options, x, y, n_train, estimate)
+    return Prepared(spec, options, x, y, n_train, estimate, forecast)

@@ -22,6 +22,8 @@ PLOTS = [
     "example2-scaling.png",
     "example2-training.png",
     "example2-predictions.png",
+    "example3-forecast.png",
+    "example3-backtest.png",
 ]
 
 
@@ -64,6 +66,10 @@ def test_python_m_demo_runs_the_walkthrough_with_its_own_services(tmp_path: Path
     for kind in ("minmax", "standard", "robust"):
         assert f"example 2 ({kind}): model " in printed
     assert "mean absolute error (original units):" in printed
+    assert "kept the weights of epoch" in printed
+    # Example 3: sunspots, a quantile head, a backtest against the seasonal-naive forecast.
+    assert "yearly sunspots (statsmodels)" in printed and "example 3: model " in printed
+    assert "seasonal-naive MAE" in printed and "after 2008: 2009: " in printed
     for name in PLOTS:
         assert_png(output / name)
         assert f"wrote {output / name}" in printed
@@ -121,3 +127,36 @@ def test_example1_with_the_demo_settings_predicts_about_80(stack: Stack, tmp_pat
     assert results.example1_dead_seeds == [] and results.example1_seed == settings.seed, printed
     assert 70 <= results.example1_prediction <= 90, printed
     assert "WARNING" not in printed
+
+
+def test_example2_keeps_each_models_best_epoch(stack: Stack, tmp_path: Path) -> None:
+    """The robust model used to end on a worse epoch than its best: every example-2 model now keeps its
+    lowest-loss weights (early stopping with restore_best_weights, on the training loss)."""
+    out = io.StringIO()
+    results = walkthrough.Results()
+    settings = walkthrough.Settings(output=tmp_path, epochs2=40)
+    with stack.client(timeout=60) as client:
+        walkthrough.example2_model(client, settings, walkthrough.Printer(out), results)
+    printed = out.getvalue()
+    for kind in walkthrough.SCALER_KINDS:
+        best, run = results.example2_best_epochs[kind]
+        assert 1 <= best <= run <= 40
+        assert f"kept the weights of epoch {best} of {run}" in printed
+
+
+def test_example3_forecasts_sunspots_with_intervals_and_a_backtest(stack: Stack, tmp_path: Path) -> None:
+    """The real-data example with a short training: scalers and model see only the training years, the
+    backtest covers the held-back years with every metric, and both plots are written."""
+    out = io.StringIO()
+    results = walkthrough.Results()
+    settings = walkthrough.Settings(output=tmp_path, epochs3=3)
+    with stack.client(timeout=60) as client:
+        walkthrough.example3(client, settings, walkthrough.Printer(out), results)
+    printed = out.getvalue()
+    summary = results.example3_backtest
+    assert {"mae", "rmse", "mase", "smape", "coverage", "naive_mae", "seasonal_naive_mae"} <= set(summary)
+    assert 0.0 <= summary["coverage"] <= 1.0 and results.example3_coverage["nominal"] == pytest.approx(0.8)
+    assert "backtest on the 40 unseen years: 8 rolling origins 5 years apart" in printed
+    assert "1969" in printed  # the first backtest origin: 2008 - 40 + 1
+    assert_png(tmp_path / "example3-forecast.png")
+    assert_png(tmp_path / "example3-backtest.png")

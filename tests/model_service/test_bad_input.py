@@ -296,7 +296,7 @@ def test_series_checks(model_server: ModelServerHandle) -> None:
         spec=tiny_spec(), series=model_pb2.SeriesData(series=codec.from_numpy(np.arange(3.0)), window=3)
     )
     code, details = train_status(model_server, request)
-    assert code == INVALID and "series has 3 points" in details
+    assert code == INVALID and "series has 3 rows" in details and "need at least 4" in details
     request.series.CopyFrom(model_pb2.SeriesData(series=codec.from_numpy(np.arange(30.0)), window=5))
     code, details = train_status(model_server, request)
     assert code == INVALID and "window is 5 but the model's input has timesteps=3" in details

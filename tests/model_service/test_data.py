@@ -14,37 +14,6 @@ def spec(task: Task = Task.REGRESSION, timesteps: int = 3, features: int = 1, **
     return resolve(ModelSpec(timesteps, features, (Lstm(4),), Head(task, **head)))
 
 
-def test_windows_make_the_seed_samples() -> None:
-    x, y = data.windows(np.arange(1, 8, dtype=np.float64), 3, 0, spec())
-    assert x.shape == (4, 3, 1)
-    assert x[0, :, 0].tolist() == [1, 2, 3] and y[0] == 4
-    assert x[-1, :, 0].tolist() == [4, 5, 6] and y[-1] == 7
-
-
-def test_windows_of_a_multi_feature_series_take_y_from_the_target_column() -> None:
-    series = np.stack([np.arange(10.0), 100 + np.arange(10.0)], axis=1)
-    x, y = data.windows(series, 4, 1, spec(timesteps=4, features=2))
-    assert x.shape == (6, 4, 2)
-    assert x[2].tolist() == series[2:6].tolist()
-    assert y.tolist() == series[4:, 1].tolist()
-
-
-@pytest.mark.parametrize(
-    ("series", "window", "target", "fragment"),
-    [
-        (np.arange(3.0), 3, 0, "needs at least 4"),
-        (np.arange(10.0), 4, 0, "window is 4 but the model's input has timesteps=3"),
-        (np.arange(10.0), 3, 2, "target_feature 2 is out of range"),
-        (np.ones((10, 2)), 3, 0, "2 feature(s)"),
-        (np.array([1.0, np.nan, 3, 4, 5]), 3, 0, "finite"),
-    ],
-)
-def test_bad_series_are_refused(series: np.ndarray, window: int, target: int, fragment: str) -> None:
-    with pytest.raises(InvalidArgument) as info:
-        data.windows(series, window, target, spec())
-    assert fragment in str(info.value)
-
-
 def test_model_input_accepts_2d_when_there_is_one_feature() -> None:
     assert data.model_input(np.ones((2, 3)), 3, 1).shape == (2, 3, 1)
     with pytest.raises(InvalidArgument) as info:

@@ -377,6 +377,14 @@ def cmd_model_train(ctx: Context) -> int:
             raise UsageError("--series needs --window (the number of timesteps per sample)")
         data = {"series": load_array(args.series, "--series"), "window": args.window}
         data["target_feature"] = args.target_feature
+        data.update(
+            horizon=args.horizon,
+            strategy=args.strategy,
+            target_columns=_ints(args.target_columns, "--target-columns"),
+            input_columns=_ints(args.input_columns, "--input-columns"),
+            stride=args.stride,
+            quantiles=_floats(args.quantiles, "--quantiles"),
+        )
     else:
         if not args.x or not args.y:
             raise UsageError("training needs --x and --y (files or inline numbers), or --series and --window")
@@ -522,6 +530,138 @@ def cmd_model_evaluate(ctx: Context) -> int:
     ctx.print(f"model {evaluation.model_id} v{evaluation.version} on {evaluation.n_samples} samples")
     rows = [[name, display.number(value)] for name, value in sorted(evaluation.metrics.items())]
     ctx.print(display.table(["metric", "value"], rows, right=[1]))
+    return EXIT_OK
+
+
+def _ints(text: str | None, what: str) -> list[int]:
+    return [int(v) for v in _floats(text, what)] if text else []
+
+
+def _floats(text: str | None, what: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"{what}: expected numbers like '0.1,0.5,0.9', got {text!r}") from None
+
+
+def cmd_model_forecast(ctx: Context) -> int:
+    args = ctx.args
+    history = load_array(args.history, "--history")
+    result = ctx.client.model.forecast(args.id, history, horizon=args.horizon, version=args.version)
+    if args.output:
+        save_array(result.point.reshape(result.point.shape[0] * result.horizon, -1), args.output)
+    if args.json:
+        ctx.json(
+            {
+                "model_id": result.model_id,
+                "version": result.version,
+                "horizon": result.horizon,
+                "target_columns": list(result.target_columns),
+                "point": result.point.tolist(),
+                "quantiles": list(result.levels),
+                **({"quantile_values": result.quantiles.tolist()} if result.quantiles is not None else {}),
+            }
+        )
+    else:
+        ctx.print(f"model {result.model_id} v{result.version}: {result.horizon} step(s) ahead")
+        headers = ["series", "step", "target", "forecast"]
+        if result.quantiles is not None:
+            headers += [f"q{level:g}" for level in result.levels]
+        rows = []
+        for i in range(result.point.shape[0]):
+            for step in range(result.horizon):
+                for t, column in enumerate(result.target_columns):
+                    row = [i, step + 1, column, display.number(float(result.point[i, step, t]))]
+                    if result.quantiles is not None:
+                        row += [display.number(float(v)) for v in result.quantiles[i, step, t]]
+                    rows.append(row)
+        ctx.print(display.table(headers, rows, right=[0, 1, 2]))
+    if args.output:
+        ctx.print(f"wrote {args.output}")
+    plot_dir = _plot_dir(args)
+    if plot_dir is not None:
+        from . import plots
+
+        series = history.reshape(-1, 1) if history.ndim == 1 else history
+        series = series if series.ndim == 2 else series[0]
+        column, first = result.target_columns[0], 0
+        band = (
+            None
+            if result.quantiles is None
+            else (result.quantiles[0, :, 0, 0], result.quantiles[0, :, 0, -1])
+        )
+        path = plots.forecast_plot(
+            series[:, column],
+            result.point[0, :, 0],
+            plot_dir / f"{result.model_id}-v{result.version}-forecast.png",
+            lower=band[0] if band else None,
+            upper=band[1] if band else None,
+            band_label=f"q{result.levels[0]:g}-q{result.levels[-1]:g}" if band else "interval",
+            title=f"{result.model_id} v{result.version}: column {column}, series {first}",
+        )
+        ctx.print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_model_backtest(ctx: Context) -> int:
+    args = ctx.args
+    series = load_array(args.series, "--series")
+    result = ctx.client.model.backtest(
+        args.id,
+        series,
+        windows=args.windows,
+        origin_step=args.origin_step,
+        horizon=args.horizon,
+        season_length=args.season_length,
+        retrain=args.retrain,
+        version=args.version,
+    )
+    if args.json:
+        ctx.json(
+            {
+                "windows": [
+                    {
+                        "index": w.index,
+                        "origin": w.origin,
+                        "metrics": w.metrics,
+                        "forecast": w.forecast.tolist(),
+                    }
+                    for w in result.windows
+                ],
+                "summary": result.summary,
+            }
+        )
+    else:
+        names = sorted({name for w in result.windows for name in w.metrics})
+        rows = [
+            [w.index, w.origin, *(display.number(w.metrics[n]) if n in w.metrics else "" for n in names)]
+            for w in result.windows
+        ]
+        rows.append(
+            ["all", "", *(display.number(result.summary[n]) if n in result.summary else "" for n in names)]
+        )
+        ctx.print(f"backtest of {args.id}: {len(result.windows)} window(s)")
+        ctx.print(display.table(["window", "origin", *names], rows, right=list(range(len(names) + 2))))
+    plot_dir = _plot_dir(args)
+    if plot_dir is not None and result.windows:
+        from . import plots
+
+        rows_2d = series.reshape(-1, 1) if series.ndim == 1 else series
+        info = ctx.client.model.get(args.id, version=args.version)
+        column = info.forecast.target_columns[0] if info.forecast.target_columns else 0
+        path = plots.backtest_chart(
+            rows_2d[:, column],
+            [w.origin for w in result.windows],
+            [w.forecast[:, 0] for w in result.windows],
+            plot_dir / f"{args.id}-v{result.windows[0].model_version}-backtest.png",
+            lowers=[None if w.lower is None else w.lower[:, 0] for w in result.windows],
+            uppers=[None if w.upper is None else w.upper[:, 0] for w in result.windows],
+            metrics={k: v for k, v in result.summary.items() if k in ("mae", "mase", "smape", "coverage")},
+            title=f"backtest of {args.id}, column {column}",
+        )
+        ctx.print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -759,6 +899,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--series", help="a raw series to cut into windows instead of --x/--y")
     data.add_argument("--window", type=int, help="with --series: timesteps per window")
     data.add_argument("--target-feature", type=int, default=0, help="with --series: the column y comes from")
+    data.add_argument("--horizon", type=int, default=0, help="with --series: steps ahead (default 1)")
+    data.add_argument("--strategy", choices=["direct", "recursive"], default="direct", help="with --series")
+    data.add_argument("--target-columns", help="with --series: columns to forecast, e.g. '0,2'")
+    data.add_argument("--input-columns", help="with --series: columns the model reads (default: all)")
+    data.add_argument("--stride", type=int, default=0, help="with --series: rows between windows (default 1)")
+    data.add_argument("--quantiles", help="with --series: quantile head levels, e.g. '0.1,0.5,0.9'")
     training = train.add_argument_group("training")
     training.add_argument("--id", help="make a new version of this id (default: a new id)")
     training.add_argument("--epochs", type=int, default=0, help="default: the service's (10)")
@@ -789,6 +935,23 @@ def build_parser() -> argparse.ArgumentParser:
     _id_options(evaluate, "model")
     evaluate.add_argument("--x", required=True)
     evaluate.add_argument("--y", required=True)
+
+    fc = command(model, "forecast", cmd_model_forecast, "the next steps after a history, in original units")
+    _id_options(fc, "model")
+    fc.add_argument("--history", required=True, help="recent rows in raw units: inline '1,2,3', .csv or .npy")
+    fc.add_argument("--horizon", type=int, default=0, help="steps ahead (default: the model's horizon)")
+    fc.add_argument("--output", help="write the point forecast to this .npy or .csv file")
+    fc.add_argument("--plot", metavar="DIR", help="write history, forecast and interval band PNG into DIR")
+
+    bt = command(model, "backtest", cmd_model_backtest, "rolling-origin evaluation on a series")
+    _id_options(bt, "model")
+    bt.add_argument("--series", required=True, help="the whole series in raw units: .csv, .npy or inline")
+    bt.add_argument("--windows", type=int, default=5, help="rolling origins (default 5)")
+    bt.add_argument("--origin-step", type=int, default=0, help="rows between origins (default: the horizon)")
+    bt.add_argument("--horizon", type=int, default=0, help="steps per window (default: the model's)")
+    bt.add_argument("--season-length", type=int, default=0, help="also score a seasonal-naive baseline")
+    bt.add_argument("--retrain", action="store_true", help="retrain the version's settings per window")
+    bt.add_argument("--plot", metavar="DIR", help="write the backtest chart PNG into DIR")
 
     lst = command(model, "list", cmd_model_list, "list model versions")
     lst.add_argument("--id", help="only versions of this id")

@@ -395,6 +395,45 @@ class Evaluation:
     n_samples: int
 
 
+@dataclass(frozen=True)
+class Forecast:
+    model_id: str
+    version: int
+    horizon: int
+    target_columns: tuple[int, ...]
+    point: np.ndarray  # (series, horizon, targets), original units
+    levels: tuple[float, ...]  # quantile levels, ascending (empty: point model)
+    quantiles: np.ndarray | None  # (series, horizon, targets, levels)
+
+
+@dataclass(frozen=True)
+class BacktestWindow:
+    index: int
+    origin: int
+    metrics: dict[str, float]
+    forecast: np.ndarray  # (horizon, targets)
+    actual: np.ndarray
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    model_version: int
+
+
+@dataclass
+class Backtest:
+    windows: list[BacktestWindow]
+    summary: dict[str, float]  # each metric's mean over the windows
+
+
+_STRATEGIES = {"direct": model_pb2.DIRECT, "recursive": model_pb2.RECURSIVE}
+
+
+def _strategy(name: str) -> int:
+    try:
+        return _STRATEGIES[name.lower()]
+    except KeyError:
+        raise ValueError(f"strategy must be one of {', '.join(_STRATEGIES)}, got {name!r}") from None
+
+
 @dataclass
 class TrainRun:
     """A running Train stream: iterate it for events; ``cancel()`` stops training (nothing is saved)."""
@@ -497,6 +536,12 @@ class ModelClient(_Client):
         series: Any = None,
         window: int = 0,
         target_feature: int = 0,
+        horizon: int = 0,
+        strategy: str = "direct",
+        target_columns: Iterable[int] = (),
+        input_columns: Iterable[int] = (),
+        stride: int = 0,
+        quantiles: Iterable[float] = (),
         model_id: str = "",
         epochs: int = 0,
         batch_size: int = 0,
@@ -512,7 +557,9 @@ class ModelClient(_Client):
     ) -> TrainRun:
         """Start training on (x, y) or on a raw ``series`` cut into windows; returns a TrainRun to iterate.
 
-        Never retried: each Train call creates a model version.
+        A series model forecasts ``horizon`` steps of ``target_columns`` (``strategy`` "direct" or
+        "recursive"), with ``quantiles`` (e.g. 0.1, 0.5, 0.9) for intervals. Never retried: each Train
+        call creates a model version.
         """
         request = model_pb2.TrainRequest(
             model_id=model_id,
@@ -529,9 +576,17 @@ class ModelClient(_Client):
                 raise ValueError("give either x and y, or series, not both")
             request.series.CopyFrom(
                 model_pb2.SeriesData(
-                    series=encode(series, "series"), window=window, target_feature=target_feature
+                    series=encode(series, "series"),
+                    window=window,
+                    target_feature=target_feature,
+                    horizon=horizon,
+                    strategy=_strategy(strategy),
+                    target_columns=list(target_columns),
+                    input_columns=list(input_columns),
+                    stride=stride,
                 )
             )
+            request.quantiles.extend(float(q) for q in quantiles)
         else:
             if x is None or y is None:
                 raise ValueError("training needs x and y (or series)")
@@ -584,6 +639,84 @@ class ModelClient(_Client):
             metrics=dict(response.metrics),
             n_samples=response.n_samples,
         )
+
+    def forecast(
+        self, model_id: str, history: Any, *, horizon: int = 0, version: int = 0, timeout: float | None = None
+    ) -> Forecast:
+        """The next ``horizon`` steps (0 = the model's) after ``history`` in raw units: (length,),
+        (length, columns), or (series, length, columns) for many series in one call."""
+        request = model_pb2.ForecastRequest(
+            model_id=model_id, version=version, history=encode(history, "history"), horizon=horizon
+        )
+        response = self._rpc.call(
+            "ModelService/Forecast", self._stub.Forecast, request, idempotent=True, timeout=timeout
+        )
+        quantiles = (
+            decode(response.quantile_values, "quantile_values")
+            if response.HasField("quantile_values")
+            else None
+        )
+        return Forecast(
+            model_id=response.model_id,
+            version=response.version,
+            horizon=response.horizon,
+            target_columns=tuple(response.target_columns),
+            point=decode(response.point, "point"),
+            levels=tuple(response.quantiles),
+            quantiles=quantiles,
+        )
+
+    def backtest(
+        self,
+        model_id: str,
+        series: Any,
+        *,
+        windows: int = 5,
+        origin_step: int = 0,
+        horizon: int = 0,
+        season_length: int = 0,
+        retrain: bool = False,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> Backtest:
+        """A rolling-origin backtest of ``windows`` origins on ``series`` (raw units), read to the end."""
+        request = model_pb2.BacktestRequest(
+            model_id=model_id,
+            version=version,
+            series=encode(series, "series"),
+            windows=windows,
+            origin_step=origin_step,
+            horizon=horizon,
+            season_length=season_length,
+            retrain=retrain,
+        )
+        budget = (self.train_timeout if retrain else self.timeout) if timeout is None else timeout
+
+        def run(message: model_pb2.BacktestRequest, **kwargs: Any) -> list[model_pb2.BacktestEvent]:
+            return list(self._stub.Backtest(message, **kwargs))
+
+        # Retrying reruns the whole stream, harmless without retraining (which deletes its scratch
+        # versions, but costs a training per window): only then is it idempotent.
+        events = self._rpc.call("ModelService/Backtest", run, request, idempotent=not retrain, timeout=budget)
+        result = Backtest([], {})
+        for event in events:
+            if event.HasField("window"):
+                w = event.window
+                result.windows.append(
+                    BacktestWindow(
+                        index=w.index,
+                        origin=w.origin,
+                        metrics=dict(w.metrics),
+                        forecast=decode(w.forecast, "forecast"),
+                        actual=decode(w.actual, "actual"),
+                        lower=decode(w.lower, "lower") if w.HasField("lower") else None,
+                        upper=decode(w.upper, "upper") if w.HasField("upper") else None,
+                        model_version=w.model_version,
+                    )
+                )
+            else:
+                result.summary.update(event.summary.metrics)
+        return result
 
     def get(self, model_id: str, *, version: int = 0, timeout: float | None = None) -> model_pb2.ModelInfo:
         request = model_pb2.GetModelRequest(model_id=model_id, version=version)

@@ -146,3 +146,96 @@ def compare_predictions(
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend()
     return _save(figure, path)
+
+
+def forecast_plot(
+    history: np.ndarray,
+    point: np.ndarray,
+    path: str | Path,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+    actual: np.ndarray | None = None,
+    band_label: str = "interval",
+    title: str = "",
+    start: float = 0.0,
+) -> Path:
+    """One target's history, the forecast after it and its interval band (and what happened, if known).
+    ``history`` (length,), ``point``/``lower``/``upper``/``actual`` (horizon,); x positions from ``start``."""
+    figure = Figure(figsize=(8, 4))
+    axes = figure.add_subplot()
+    n, h = len(history), len(point)
+    past = start + np.arange(n)
+    future = start + np.arange(n, n + h)
+    axes.plot(past, history, color="tab:blue", label="history")
+    if lower is not None and upper is not None:
+        axes.fill_between(future, lower, upper, color="tab:orange", alpha=0.25, label=band_label)
+    # Joined to the last observed point so the forecast reads as its continuation.
+    axes.plot(
+        np.concatenate([past[-1:], future]),
+        np.concatenate([history[-1:], point]),
+        color="tab:orange",
+        marker="o",
+        markersize=3,
+        label="forecast",
+    )
+    if actual is not None:
+        axes.plot(future, actual, color="black", linestyle="--", label="actual")
+    axes.set_title(title or f"{h}-step forecast")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def backtest_chart(
+    series: np.ndarray,
+    origins: Sequence[int],
+    forecasts: Sequence[np.ndarray],
+    path: str | Path,
+    lowers: Sequence[np.ndarray | None] = (),
+    uppers: Sequence[np.ndarray | None] = (),
+    metrics: Mapping[str, float] | None = None,
+    baseline: Sequence[np.ndarray] = (),
+    baseline_label: str = "baseline",
+    title: str = "",
+    start: float = 0.0,
+) -> Path:
+    """The series with every backtest window's forecast (and band) drawn from its origin; the aggregate
+    metrics in the title. ``forecasts[i]`` (horizon,) starts at row ``origins[i]``."""
+    figure = Figure(figsize=(9, 4))
+    axes = figure.add_subplot()
+    first = max(0, min(origins) - 3 * len(forecasts[0])) if origins else 0
+    rows = np.arange(first, len(series))
+    axes.plot(start + rows, series[first:], color="tab:blue", label="series")
+    for i, (origin, forecast) in enumerate(zip(origins, forecasts, strict=True)):
+        steps = start + origin + np.arange(len(forecast))
+        low = lowers[i] if i < len(lowers) else None
+        high = uppers[i] if i < len(uppers) else None
+        if low is not None and high is not None:
+            axes.fill_between(
+                steps,
+                low,
+                high,
+                color="tab:orange",
+                alpha=0.2,
+                label="interval" if i == 0 else None,
+            )
+        axes.plot(
+            steps,
+            forecast,
+            color="tab:orange",
+            marker="o",
+            markersize=3,
+            label="forecast" if i == 0 else None,
+        )
+        if i < len(baseline):
+            axes.plot(
+                steps, baseline[i], color="tab:gray", linestyle=":", label=baseline_label if i == 0 else None
+            )
+        axes.axvline(start + origin, color="tab:gray", alpha=0.2)
+    figures = ", ".join(f"{k} {v:.3g}" for k, v in sorted((metrics or {}).items()))
+    axes.set_title(
+        (title or f"backtest, {len(origins)} windows") + (f"\n{figures}" if figures else ""), fontsize=9
+    )
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    return _save(figure, path)

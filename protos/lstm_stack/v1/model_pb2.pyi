@@ -46,6 +46,29 @@ MULTICLASS: Task.ValueType  # 3
 """Dense(n_classes, softmax), sparse categorical cross-entropy"""
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
+class _ForecastStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ForecastStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ForecastStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FORECAST_STRATEGY_UNSPECIFIED: _ForecastStrategy.ValueType  # 0
+    """DIRECT"""
+    DIRECT: _ForecastStrategy.ValueType  # 1
+    """one pass outputs every step of the horizon"""
+    RECURSIVE: _ForecastStrategy.ValueType  # 2
+    """A one-step model fed its own predictions; every input column must be a target column."""
+
+class ForecastStrategy(_ForecastStrategy, metaclass=_ForecastStrategyEnumTypeWrapper): ...
+
+FORECAST_STRATEGY_UNSPECIFIED: ForecastStrategy.ValueType  # 0
+"""DIRECT"""
+DIRECT: ForecastStrategy.ValueType  # 1
+"""one pass outputs every step of the horizon"""
+RECURSIVE: ForecastStrategy.ValueType  # 2
+"""A one-step model fed its own predictions; every input column must be a target column."""
+Global___ForecastStrategy: _TypeAlias = ForecastStrategy  # noqa: Y015
+
 class _ModelState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -452,19 +475,41 @@ Global___SupervisedData: _TypeAlias = SupervisedData  # noqa: Y015
 
 @_typing.final
 class SeriesData(_message.Message):
-    """A raw series the service turns into windows: x[i] = series[i:i+window], y[i] = series[i+window]."""
+    """A raw series the service turns into windows: x[i] = series[i:i+window, input_columns],
+    y[i] = series[i+window : i+window+horizon, target_columns] (the seed's [1,2,3] -> 4 when horizon is 1).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIES_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
     TARGET_FEATURE_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    TARGET_COLUMNS_FIELD_NUMBER: _builtins.int
+    STRIDE_FIELD_NUMBER: _builtins.int
+    INPUT_COLUMNS_FIELD_NUMBER: _builtins.int
     window: _builtins.int
     target_feature: _builtins.int
-    """the column y is taken from"""
+    """the column y is taken from (one target; see target_columns for several)"""
+    horizon: _builtins.int
+    """steps ahead, 0 = 1"""
+    strategy: Global___ForecastStrategy.ValueType
+    stride: _builtins.int
+    """rows between consecutive windows, 0 = 1"""
     @_builtins.property
     def series(self) -> _tensor_pb2.Tensor:
-        """(n,) or (n, features)"""
+        """(n,) or (n, columns)"""
+
+    @_builtins.property
+    def target_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Columns the model predicts (unset: [target_feature]); the head gets horizon x targets outputs
+        (direct; x quantiles with TrainRequest.quantiles), or targets outputs (recursive).
+        """
+
+    @_builtins.property
+    def input_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """columns the model reads (unset: every column); features must match"""
 
     def __init__(
         self,
@@ -472,10 +517,15 @@ class SeriesData(_message.Message):
         series: _tensor_pb2.Tensor | None = ...,
         window: _builtins.int = ...,
         target_feature: _builtins.int = ...,
+        horizon: _builtins.int = ...,
+        strategy: Global___ForecastStrategy.ValueType = ...,
+        target_columns: _abc.Iterable[_builtins.int] | None = ...,
+        stride: _builtins.int = ...,
+        input_columns: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["series", b"series", "target_feature", b"target_feature", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "input_columns", b"input_columns", "series", b"series", "strategy", b"strategy", "stride", b"stride", "target_columns", b"target_columns", "target_feature", b"target_feature", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -523,6 +573,7 @@ class TrainRequest(_message.Message):
     EARLY_STOPPING_FIELD_NUMBER: _builtins.int
     X_SCALING_FIELD_NUMBER: _builtins.int
     Y_SCALING_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Empty: a new id. Existing: a new version of it."""
     validation_fraction: _builtins.float
@@ -550,6 +601,12 @@ class TrainRequest(_message.Message):
     def y_scaling(self) -> _scaler_pb2.ScalerSpec:
         """REGRESSION only"""
 
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """series only: quantile levels in (0, 1), 0.5 among them (the point forecast); the head predicts each
+        one with the pinball loss. Unset: a point forecast trained on the mean squared error.
+        """
+
     def __init__(
         self,
         *,
@@ -565,10 +622,11 @@ class TrainRequest(_message.Message):
         early_stopping: Global___EarlyStopping | None = ...,
         x_scaling: _scaler_pb2.ScalerSpec | None = ...,
         y_scaling: _scaler_pb2.ScalerSpec | None = ...,
+        quantiles: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "early_stopping", b"early_stopping", "series", b"series", "spec", b"spec", "supervised", b"supervised", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "data", b"data", "early_stopping", b"early_stopping", "epochs", b"epochs", "model_id", b"model_id", "seed", b"seed", "series", b"series", "shuffle", b"shuffle", "spec", b"spec", "supervised", b"supervised", "validation_fraction", b"validation_fraction", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "data", b"data", "early_stopping", b"early_stopping", "epochs", b"epochs", "model_id", b"model_id", "quantiles", b"quantiles", "seed", b"seed", "series", b"series", "shuffle", b"shuffle", "spec", b"spec", "supervised", b"supervised", "validation_fraction", b"validation_fraction", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["supervised", "series"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
@@ -751,6 +809,26 @@ class ModelInfo(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HoldoutCoverageEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -769,6 +847,8 @@ class ModelInfo(_message.Message):
     TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
     TENSORBOARD_LOGDIR_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    FORECAST_FIELD_NUMBER: _builtins.int
+    HOLDOUT_COVERAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.int
     state: Global___ModelState.ValueType
@@ -802,6 +882,16 @@ class ModelInfo(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___EpochEvent]: ...
     @_builtins.property
     def holdout_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def forecast(self) -> Global___ForecastConfig:
+        """set for models trained on a series (what Forecast needs)"""
+
+    @_builtins.property
+    def holdout_coverage(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Quantile models, on the holdout in original units: "below_q<level>" the share of actual values
+        below each predicted quantile, "interval" the share inside [lowest, highest], "nominal" its level.
+        """
+
     def __init__(
         self,
         *,
@@ -823,14 +913,349 @@ class ModelInfo(_message.Message):
         train_seconds: _builtins.float = ...,
         tensorboard_logdir: _builtins.str = ...,
         origin: _builtins.str = ...,
+        forecast: Global___ForecastConfig | None = ...,
+        holdout_coverage: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["forecast", b"forecast", "spec", b"spec", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epochs_run", b"epochs_run", "history", b"history", "holdout_metrics", b"holdout_metrics", "id", b"id", "layers", b"layers", "n_train", b"n_train", "n_validation", b"n_validation", "origin", b"origin", "seed", b"seed", "spec", b"spec", "state", b"state", "tensorboard_logdir", b"tensorboard_logdir", "total_params", b"total_params", "train_seconds", b"train_seconds", "version", b"version", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epochs_run", b"epochs_run", "forecast", b"forecast", "history", b"history", "holdout_coverage", b"holdout_coverage", "holdout_metrics", b"holdout_metrics", "id", b"id", "layers", b"layers", "n_train", b"n_train", "n_validation", b"n_validation", "origin", b"origin", "seed", b"seed", "spec", b"spec", "state", b"state", "tensorboard_logdir", b"tensorboard_logdir", "total_params", b"total_params", "train_seconds", b"train_seconds", "version", b"version", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ForecastConfig(_message.Message):
+    """How a series model forecasts: its windowing and head layout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    INPUT_COLUMNS_FIELD_NUMBER: _builtins.int
+    TARGET_COLUMNS_FIELD_NUMBER: _builtins.int
+    SERIES_COLUMNS_FIELD_NUMBER: _builtins.int
+    STRIDE_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
+    window: _builtins.int
+    horizon: _builtins.int
+    """steps the head predicts (1 for recursive)"""
+    strategy: Global___ForecastStrategy.ValueType
+    series_columns: _builtins.int
+    """columns a history must have"""
+    stride: _builtins.int
+    @_builtins.property
+    def input_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def target_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """empty: point forecasts only"""
+
+    def __init__(
+        self,
+        *,
+        window: _builtins.int = ...,
+        horizon: _builtins.int = ...,
+        strategy: Global___ForecastStrategy.ValueType = ...,
+        input_columns: _abc.Iterable[_builtins.int] | None = ...,
+        target_columns: _abc.Iterable[_builtins.int] | None = ...,
+        series_columns: _builtins.int = ...,
+        stride: _builtins.int = ...,
+        quantiles: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "input_columns", b"input_columns", "quantiles", b"quantiles", "series_columns", b"series_columns", "strategy", b"strategy", "stride", b"stride", "target_columns", b"target_columns", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastConfig: _TypeAlias = ForecastConfig  # noqa: Y015
+
+@_typing.final
+class ForecastRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    version: _builtins.int
+    """0 = latest ready version"""
+    horizon: _builtins.int
+    """Steps ahead: 0 = the model's horizon; direct models up to it, recursive ones up to 1000."""
+    @_builtins.property
+    def history(self) -> _tensor_pb2.Tensor:
+        """Raw units, the columns the model was trained on: (length,) or (length, columns) for one series,
+        (series, length, columns) for many; length >= the window (only the last window is read).
+        """
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        history: _tensor_pb2.Tensor | None = ...,
+        horizon: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["history", b"history"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "model_id", b"model_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastRequest: _TypeAlias = ForecastRequest  # noqa: Y015
+
+@_typing.final
+class ForecastResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    TARGET_COLUMNS_FIELD_NUMBER: _builtins.int
+    POINT_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
+    QUANTILE_VALUES_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    version: _builtins.int
+    horizon: _builtins.int
+    @_builtins.property
+    def target_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def point(self) -> _tensor_pb2.Tensor:
+        """(series, horizon, targets), original units"""
+
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """levels, ascending"""
+
+    @_builtins.property
+    def quantile_values(self) -> _tensor_pb2.Tensor:
+        """(series, horizon, targets, quantiles), sorted along the last axis"""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        horizon: _builtins.int = ...,
+        target_columns: _abc.Iterable[_builtins.int] | None = ...,
+        point: _tensor_pb2.Tensor | None = ...,
+        quantiles: _abc.Iterable[_builtins.float] | None = ...,
+        quantile_values: _tensor_pb2.Tensor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["point", b"point", "quantile_values", b"quantile_values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "model_id", b"model_id", "point", b"point", "quantile_values", b"quantile_values", "quantiles", b"quantiles", "target_columns", b"target_columns", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastResponse: _TypeAlias = ForecastResponse  # noqa: Y015
+
+@_typing.final
+class BacktestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    ORIGIN_STEP_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    SEASON_LENGTH_FIELD_NUMBER: _builtins.int
+    RETRAIN_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    version: _builtins.int
+    windows: _builtins.int
+    """k rolling origins, the last one ending at the series' end"""
+    origin_step: _builtins.int
+    """rows between origins, 0 = the horizon"""
+    horizon: _builtins.int
+    """0 = the model's horizon"""
+    season_length: _builtins.int
+    """> 0: also score a seasonal-naive forecast of that period"""
+    retrain: _builtins.bool
+    """Retrain the version's settings on series[:origin] for every window (through the trainer); the
+    scratch versions are deleted afterwards. False: the given version forecasts every window.
+    """
+    @_builtins.property
+    def series(self) -> _tensor_pb2.Tensor:
+        """raw units, (n,) or (n, columns), as trained"""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        series: _tensor_pb2.Tensor | None = ...,
+        windows: _builtins.int = ...,
+        origin_step: _builtins.int = ...,
+        horizon: _builtins.int = ...,
+        season_length: _builtins.int = ...,
+        retrain: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "model_id", b"model_id", "origin_step", b"origin_step", "retrain", b"retrain", "season_length", b"season_length", "series", b"series", "version", b"version", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestRequest: _TypeAlias = BacktestRequest  # noqa: Y015
+
+@_typing.final
+class BacktestWindow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    FORECAST_FIELD_NUMBER: _builtins.int
+    ACTUAL_FIELD_NUMBER: _builtins.int
+    LOWER_FIELD_NUMBER: _builtins.int
+    UPPER_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """0-based, oldest first"""
+    origin: _builtins.int
+    """forecasts start at series[origin]; nothing from there on is read"""
+    model_version: _builtins.int
+    """the version that forecast this window"""
+    model_id: _builtins.str
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """mae, rmse, mase, smape (percent), coverage (quantile models), naive_mae, seasonal_naive_mae."""
+
+    @_builtins.property
+    def forecast(self) -> _tensor_pb2.Tensor:
+        """(horizon, targets)"""
+
+    @_builtins.property
+    def actual(self) -> _tensor_pb2.Tensor:
+        """(horizon, targets)"""
+
+    @_builtins.property
+    def lower(self) -> _tensor_pb2.Tensor:
+        """quantile models: the lowest quantile, (horizon, targets)"""
+
+    @_builtins.property
+    def upper(self) -> _tensor_pb2.Tensor:
+        """the highest"""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        origin: _builtins.int = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        forecast: _tensor_pb2.Tensor | None = ...,
+        actual: _tensor_pb2.Tensor | None = ...,
+        lower: _tensor_pb2.Tensor | None = ...,
+        upper: _tensor_pb2.Tensor | None = ...,
+        model_version: _builtins.int = ...,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "forecast", b"forecast", "lower", b"lower", "upper", b"upper"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "forecast", b"forecast", "index", b"index", "lower", b"lower", "metrics", b"metrics", "model_id", b"model_id", "model_version", b"model_version", "origin", b"origin", "upper", b"upper"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestWindow: _TypeAlias = BacktestWindow  # noqa: Y015
+
+@_typing.final
+class BacktestSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    windows: _builtins.int
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """each window metric's mean over the windows"""
+
+    def __init__(
+        self,
+        *,
+        windows: _builtins.int = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestSummary: _TypeAlias = BacktestSummary  # noqa: Y015
+
+@_typing.final
+class BacktestEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def window(self) -> Global___BacktestWindow: ...
+    @_builtins.property
+    def summary(self) -> Global___BacktestSummary: ...
+    def __init__(
+        self,
+        *,
+        window: Global___BacktestWindow | None = ...,
+        summary: Global___BacktestSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["window", "summary"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___BacktestEvent: _TypeAlias = BacktestEvent  # noqa: Y015
 
 @_typing.final
 class PredictRequest(_message.Message):

@@ -79,6 +79,16 @@ class ModelServiceStub(object):
                 request_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ImportModelChunk.SerializeToString,
                 response_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Forecast = channel.unary_unary(
+                '/lstm_stack.v1.ModelService/Forecast',
+                request_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ForecastRequest.SerializeToString,
+                response_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ForecastResponse.FromString,
+                _registered_method=True)
+        self.Backtest = channel.unary_stream(
+                '/lstm_stack.v1.ModelService/Backtest',
+                request_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.BacktestRequest.SerializeToString,
+                response_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.BacktestEvent.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer(object):
@@ -144,6 +154,20 @@ class ModelServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forecast(self, request, context):
+        """The next steps of one or more series after the history sent, per target column, in original units.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backtest(self, request, context):
+        """Rolling-origin evaluation of a model version: one event per window, then the aggregate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +215,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.ImportModel,
                     request_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ImportModelChunk.FromString,
                     response_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ModelInfo.SerializeToString,
+            ),
+            'Forecast': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forecast,
+                    request_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ForecastRequest.FromString,
+                    response_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.ForecastResponse.SerializeToString,
+            ),
+            'Backtest': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backtest,
+                    request_deserializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.BacktestRequest.FromString,
+                    response_serializer=protos_dot_lstm__stack_dot_v1_dot_model__pb2.BacktestEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +470,60 @@ class ModelService(object):
             '/lstm_stack.v1.ModelService/ImportModel',
             protos_dot_lstm__stack_dot_v1_dot_model__pb2.ImportModelChunk.SerializeToString,
             protos_dot_lstm__stack_dot_v1_dot_model__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forecast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lstm_stack.v1.ModelService/Forecast',
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.ForecastRequest.SerializeToString,
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.ForecastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backtest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lstm_stack.v1.ModelService/Backtest',
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.BacktestRequest.SerializeToString,
+            protos_dot_lstm__stack_dot_v1_dot_model__pb2.BacktestEvent.FromString,
             options,
             channel_credentials,
             insecure,

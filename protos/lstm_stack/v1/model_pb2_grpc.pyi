@@ -48,6 +48,10 @@ class ModelServiceStub:
     """Brings a Keras model (.keras) trained elsewhere in as a new version: the first message is the
     header, the others the archive's bytes in order. Refused unless it fits the service's contract.
     """
+    Forecast: _grpc.UnaryUnaryMultiCallable[_model_pb2.ForecastRequest, _model_pb2.ForecastResponse]
+    """The next steps of one or more series after the history sent, per target column, in original units."""
+    Backtest: _grpc.UnaryStreamMultiCallable[_model_pb2.BacktestRequest, _model_pb2.BacktestEvent]
+    """Rolling-origin evaluation of a model version: one event per window, then the aggregate."""
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -69,6 +73,10 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Brings a Keras model (.keras) trained elsewhere in as a new version: the first message is the
     header, the others the archive's bytes in order. Refused unless it fits the service's contract.
     """
+    Forecast: _aio.UnaryUnaryMultiCallable[_model_pb2.ForecastRequest, _model_pb2.ForecastResponse]  # type: ignore[assignment]
+    """The next steps of one or more series after the history sent, per target column, in original units."""
+    Backtest: _aio.UnaryStreamMultiCallable[_model_pb2.BacktestRequest, _model_pb2.BacktestEvent]  # type: ignore[assignment]
+    """Rolling-origin evaluation of a model version: one event per window, then the aggregate."""
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -141,5 +149,21 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         """Brings a Keras model (.keras) trained elsewhere in as a new version: the first message is the
         header, the others the archive's bytes in order. Refused unless it fits the service's contract.
         """
+
+    @_abc_1.abstractmethod
+    def Forecast(
+        self,
+        request: _model_pb2.ForecastRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.ForecastResponse, _abc.Awaitable[_model_pb2.ForecastResponse]]:
+        """The next steps of one or more series after the history sent, per target column, in original units."""
+
+    @_abc_1.abstractmethod
+    def Backtest(
+        self,
+        request: _model_pb2.BacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_pb2.BacktestEvent], _abc.AsyncIterator[_model_pb2.BacktestEvent]]:
+        """Rolling-origin evaluation of a model version: one event per window, then the aggregate."""
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
