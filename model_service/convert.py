@@ -9,7 +9,7 @@ from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
 from model_service.scaling import ScalerRef
 from model_service.serving import Prediction
-from model_service.training import TrainInput, TrainOptions, TrainStarted
+from model_service.training import DatasetRequest, TrainInput, TrainOptions, TrainStarted
 from protos.lstm_stack.v1 import model_pb2, tensor_pb2
 from service_common import codec
 from service_common.errors import InvalidArgument
@@ -149,6 +149,7 @@ def record_to_info(view: VersionView) -> model_pb2.ModelInfo:
         seed=record.seed,
         created_at=record.created_at,
         train_seconds=record.train_seconds,
+        dataset_id=record.dataset_id,
     )
 
 
@@ -208,7 +209,21 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
             target_feature=series.target_feature,
             **common,
         )
-    raise InvalidArgument("training data is missing: set supervised {x, y} or series {series, window}")
+    if which == "dataset":
+        source = request.dataset
+        return TrainInput(
+            dataset=DatasetRequest(
+                dataset_id=source.dataset_id,
+                window=source.window,
+                stride=source.stride,
+                input_columns=tuple(source.input_columns),
+                target_columns=tuple(source.target_columns),
+            ),
+            **common,
+        )
+    raise InvalidArgument(
+        "training data is missing: set supervised {x, y}, series {series, window} or dataset {dataset_id}"
+    )
 
 
 def _labels_tensor(labels: np.ndarray, as_values: bool) -> tensor_pb2.Tensor:

@@ -77,6 +77,7 @@ class ModelRecord:
     n_validation: int = 0
     epochs_run: int = 0
     train_seconds: float = 0.0
+    dataset_id: str = ""  # the stored dataset it was trained on (Train by reference); "" otherwise
 
     @property
     def plan(self) -> SpecPlan:
@@ -98,6 +99,7 @@ class ModelRecord:
             "n_validation": self.n_validation,
             "epochs_run": self.epochs_run,
             "train_seconds": self.train_seconds,
+            "dataset_id": self.dataset_id,
         }
         return json.dumps(body, indent=1, allow_nan=False).encode()
 
@@ -124,6 +126,7 @@ class ModelRecord:
                 n_validation=int(body["n_validation"]),
                 epochs_run=int(body["epochs_run"]),
                 train_seconds=float(body["train_seconds"]),
+                dataset_id=str(body.get("dataset_id", "")),  # absent from versions stored before datasets
             )
         except IntegrityError:
             raise

@@ -55,6 +55,13 @@ class ModelSettings(ServerSettings):
     trainer_nice: int = 10
     # How long a Train call waits for a trainer process to come up before UNAVAILABLE.
     trainer_start_timeout_seconds: float = 120.0
+    # Training on a stored dataset shuffles samples within a buffer of this many (and the order of its
+    # blocks every epoch): what a job holds does not grow with the dataset.
+    dataset_shuffle_buffer: int = 65_536
+    # A scaler without partial_fit (robust) fitted on a dataset's training split gets the split in one
+    # Fit call; past this many MiB (as float64) the Train is refused with FAILED_PRECONDITION. Keep it
+    # below max_message_mb.
+    dataset_in_memory_fit_mb: int = 32
 
 
 # The trainer process: what serving processes start (single process) or the supervisor runs, and the
