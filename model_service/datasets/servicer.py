@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -29,6 +30,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         # A client that cancels or goes away cancels this coroutine; the finally removes what was written.
         upload: DatasetUpload | None = None
         finished = False
+        # The chunk being written runs on to its end even when the call is cancelled (shielded), and
+        # the clean-up waits for it: nothing writes into the draft once it is being removed.
+        pending: asyncio.Future[None] | None = None
         index = -1
         try:
             async for chunk in request_iterator:
@@ -42,7 +46,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                     )
                 elif chunk.HasField("header"):
                     raise InvalidArgument(f"chunk {index} carries a header; only the first chunk may")
-                await asyncio.to_thread(self._add, upload, chunk, index)
+                pending = asyncio.ensure_future(asyncio.to_thread(self._add, upload, chunk, index))
+                await asyncio.shield(pending)
             if upload is None:
                 raise InvalidArgument("Upload received no chunks; the first chunk must carry the header")
             # grpc.aio ends a cancelled request stream as if it were complete: commit only once the
@@ -53,7 +58,14 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             return convert.info_to_proto(meta)
         finally:
             if upload is not None and not finished:
-                await asyncio.shield(asyncio.to_thread(upload.abort))
+                await asyncio.shield(self._abort(upload, pending))
+
+    @staticmethod
+    async def _abort(upload: DatasetUpload, pending: asyncio.Future[None] | None) -> None:
+        if pending is not None:
+            with contextlib.suppress(BaseException):  # its error, if any, was the call's already
+                await pending
+        await asyncio.to_thread(upload.abort)
 
     def _add(self, upload: DatasetUpload, chunk: dataset_pb2.DatasetChunk, index: int) -> None:
         arrays = convert.chunk_arrays(chunk, index)

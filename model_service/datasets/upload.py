@@ -136,7 +136,10 @@ class DatasetUpload:
         return np.ascontiguousarray(array)
 
     def add(self, arrays: dict[str, np.ndarray | None], index: int) -> None:
-        """Check one chunk (every array of the dataset's kind, same number of rows) and write it."""
+        """Check one chunk (every array of the dataset's kind, same number of rows) and write it. A
+        chunk with no array at all (e.g. a first chunk carrying only the header) adds nothing."""
+        if all(value is None for value in arrays.values()):
+            return
         missing = [name for name in self._names if arrays.get(name) is None]
         extra = [name for name, value in arrays.items() if value is not None and name not in self._names]
         if extra:

@@ -21,7 +21,9 @@ def series_chunks(
         yield chunk
 
 
-def supervised_chunks(x: np.ndarray, y: np.ndarray, rows_per_chunk: int) -> Iterator[dataset_pb2.DatasetChunk]:
+def supervised_chunks(
+    x: np.ndarray, y: np.ndarray, rows_per_chunk: int
+) -> Iterator[dataset_pb2.DatasetChunk]:
     for start in range(0, len(x), rows_per_chunk):
         chunk = dataset_pb2.DatasetChunk(
             x=codec.from_numpy(x[start : start + rows_per_chunk]),
