@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from service_common import artifacts
-from service_common.errors import FailedPrecondition
 from service_common.artifacts import (
     HIGH_WATER_FILE,
     RESERVATIONS_DIR,
     ArtifactStore,
     load_signing_key,
 )
+from service_common.errors import FailedPrecondition
 
 KEY = b"test-signing-key-0123456789"
 ALLOCATIONS_PER_PROCESS = 25
