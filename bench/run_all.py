@@ -19,6 +19,7 @@ BENCHES = {
     "bench_model.py": ["--quick"],
     "bench_inference_protocol.py": ["--requests", "300", "--seconds", "3"],
     "bench_serving.py": ["--quick"],
+    "bench_datasets.py": ["--quick"],
 }
 
 
