@@ -8,9 +8,14 @@ from model_service.datasets.store import SERIES, SUPERVISED, DatasetMeta
 from protos.lstm_stack.v1 import dataset_pb2, tensor_pb2
 from service_common import codec
 
-KIND_FROM_PROTO = {dataset_pb2.DATASET_SUPERVISED: SUPERVISED, dataset_pb2.DATASET_SERIES: SERIES}
-KIND_TO_PROTO = {kind: code for code, kind in KIND_FROM_PROTO.items()}
-_DTYPES = {
+KIND_FROM_PROTO: dict[dataset_pb2.DatasetKind.ValueType, str] = {
+    dataset_pb2.DATASET_SUPERVISED: SUPERVISED,
+    dataset_pb2.DATASET_SERIES: SERIES,
+}
+KIND_TO_PROTO: dict[str, dataset_pb2.DatasetKind.ValueType] = {
+    kind: code for code, kind in KIND_FROM_PROTO.items()
+}
+_DTYPES: dict[str, tensor_pb2.DType.ValueType] = {
     "<f4": tensor_pb2.FLOAT32,
     "<f8": tensor_pb2.FLOAT64,
     "<i4": tensor_pb2.INT32,
@@ -18,7 +23,7 @@ _DTYPES = {
 }
 
 
-def kind_from_proto(kind: int) -> str:
+def kind_from_proto(kind: dataset_pb2.DatasetKind.ValueType) -> str:
     return KIND_FROM_PROTO.get(kind, "")  # "" is refused by upload.check_header, naming what is expected
 
 
@@ -38,7 +43,9 @@ def info_to_proto(meta: DatasetMeta) -> dataset_pb2.DatasetInfo:
         rows=meta.rows,
         chunks=len(meta.part_rows),
         arrays=[
-            dataset_pb2.DatasetArray(name=a.name, dtype=_DTYPES.get(a.dtype, 0), shape=list(a.shape))
+            dataset_pb2.DatasetArray(
+                name=a.name, dtype=_DTYPES.get(a.dtype, tensor_pb2.DTYPE_UNSPECIFIED), shape=list(a.shape)
+            )
             for a in meta.arrays
         ],
         size_bytes=meta.size_bytes,

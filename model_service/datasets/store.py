@@ -8,6 +8,7 @@ Persistence only: no grpc, no TensorFlow.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -127,7 +128,7 @@ class OpenedDataset:
     """A verified dataset, its parts memory-mapped (nothing read yet), held until ``close``."""
 
     meta: DatasetMeta
-    parts: dict[str, list[np.ndarray]]  # array name -> memory-mapped parts, in order
+    parts: dict[str, builtins.list[np.ndarray]]  # array name -> memory-mapped parts, in order
     hold: Hold
 
     def close(self) -> None:
@@ -166,14 +167,14 @@ class DatasetStore:
         meta = DatasetMeta.from_json(self.artifacts.read_file(dataset_id, VERSION, META_FILE), dataset_id)
         return replace(meta, in_use=self.artifacts.live_holds(dataset_id) > 0)
 
-    def list(self, page_size: int = 0, page_token: str = "") -> tuple[list[DatasetMeta], str]:
+    def list(self, page_size: int = 0, page_token: str = "") -> tuple[builtins.list[DatasetMeta], str]:
         """One page in id order and the token of the next page ('' on the last)."""
         if page_size < 0:
             raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {page_size}")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = decode_page_token(page_token, "ListDatasets")[0] if page_token else ""
         ids = [ref.artifact_id for ref in self.artifacts.scan() if ref.artifact_id > after]
-        page: list[DatasetMeta] = []
+        page: builtins.list[DatasetMeta] = []
         for dataset_id in ids[:size]:
             try:
                 page.append(self.get(dataset_id))
@@ -209,7 +210,7 @@ class DatasetStore:
         return OpenedDataset(meta, parts, hold)
 
     @staticmethod
-    def _map_parts(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path]) -> list[np.ndarray]:
+    def _map_parts(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path]) -> builtins.list[np.ndarray]:
         parts = []
         for index, rows in enumerate(meta.part_rows):
             name = part_name(info.name, index)

@@ -164,7 +164,7 @@ class DatasetUpload:
         with self._disk():
             for name, array in checked.items():
                 self._first.setdefault(name, (array.dtype.str, array.shape[1:]))
-                self._hashes[name].update(memoryview(array).cast("B"))
+                self._hashes[name].update(array.data)  # C-contiguous: the row-major bytes
                 with self._draft.create(part_name(name, part)) as fh:
                     np.lib.format.write_array(fh, array, allow_pickle=False)  # type: ignore[arg-type]
                 self._size += array.nbytes

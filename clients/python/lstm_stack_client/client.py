@@ -711,9 +711,9 @@ class DatasetClient(_Client):
             # The header rides on the first chunk, so the server's chunk numbers are the caller's.
             index = -1
             for index, arrays in enumerate(chunks):
-                chunk = dataset_pb2.DatasetChunk(
-                    **{name: encode(value, f"chunk {index} {name}") for name, value in arrays.items()}
-                )
+                chunk = dataset_pb2.DatasetChunk()
+                for name, value in arrays.items():
+                    getattr(chunk, name).CopyFrom(encode(value, f"chunk {index} {name}"))
                 if index == 0:
                     chunk.header.CopyFrom(header)
                 yield chunk
