@@ -295,21 +295,22 @@ class Hold:
     """A use marker on an artifact id: while it is live (this object not released, its process alive),
     ``ArtifactStore.delete`` refuses the id. The flock dies with the process, as a reservation's does."""
 
-    def __init__(self, artifact_id: str, path: Path, fd: int) -> None:
+    def __init__(self, store: ArtifactStore, artifact_id: str, path: Path, fd: int) -> None:
         self.artifact_id = artifact_id
         self.path = path
+        self._store = store
         self._fd: int | None = fd
         self._lock = threading.Lock()
 
     def release(self) -> None:
+        """Remove the marker (idempotent)."""
         with self._lock:
             if self._fd is None:
                 return
             self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
-        with contextlib.suppress(OSError):
-            self.path.parent.rmdir()
+        self._store._forget_marker_dir(self.path.parent)
 
 
 class ArtifactStore:
@@ -420,9 +421,12 @@ class ArtifactStore:
                     return candidate
 
     def _forget_reservation_dir(self, artifact_id: str) -> None:
-        # Under the lock: allocate() creates markers in this directory under it too.
+        self._forget_marker_dir(self._reservations / artifact_id)
+
+    def _forget_marker_dir(self, directory: Path) -> None:
+        # Under the lock: allocate() and hold() create markers in these directories under it too.
         with self._locked(), contextlib.suppress(OSError):
-            (self._reservations / artifact_id).rmdir()
+            directory.rmdir()
 
     def live_reservations(self, artifact_id: str | None = None) -> list[tuple[str, int]]:
         """Every (id, version) reserved by a live process, in order; stale markers found are removed."""
@@ -582,7 +586,7 @@ class ArtifactStore:
                 os.close(fd)
                 Path(temp).unlink(missing_ok=True)
                 raise
-        return Hold(artifact_id, path, fd)
+        return Hold(self, artifact_id, path, fd)
 
     def live_holds(self, artifact_id: str) -> int:
         """How many live holds name the id; stale markers found are removed."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -18,9 +18,8 @@ from service_common.handlers import confirm_client_is_there
 
 
 class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
-    def __init__(self, store: DatasetStore, observe_rows: Callable[[int], None] | None = None) -> None:
+    def __init__(self, store: DatasetStore) -> None:
         self._store = store
-        self._observe_rows = observe_rows or (lambda rows: None)
 
     @map_errors
     async def Upload(
@@ -67,11 +66,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 await pending
         await asyncio.to_thread(upload.abort)
 
-    def _add(self, upload: DatasetUpload, chunk: dataset_pb2.DatasetChunk, index: int) -> None:
-        arrays = convert.chunk_arrays(chunk, index)
-        rows = upload.rows
-        upload.add(arrays, index)
-        self._observe_rows(upload.rows - rows)
+    @staticmethod
+    def _add(upload: DatasetUpload, chunk: dataset_pb2.DatasetChunk, index: int) -> None:
+        upload.add(convert.chunk_arrays(chunk, index), index)
 
     @map_errors
     async def GetDataset(
