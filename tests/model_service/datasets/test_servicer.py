@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -209,6 +210,34 @@ def test_an_upload_cancelled_midway_lists_nothing_and_leaves_nothing_on_disk(
     with pytest.raises(grpc.FutureCancelledError):
         call.result()
     _wait_until(lambda: not _leftovers(model_server.store), "the cancelled upload's parts to be removed")
+    after = datasets.ListDatasets(dataset_pb2.ListDatasetsRequest(page_size=1000), timeout=10).datasets
+    assert list(after) == list(before)
+    _assert_healthy(datasets)
+
+
+def test_a_full_disk_is_resource_exhausted_leaves_nothing_and_the_server_stays_healthy(
+    datasets: dataset_pb2_grpc.DatasetServiceStub,
+    model_server: ModelServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server runs in this process: its writes of the second part fail as on a full disk.
+    real = np.lib.format.write_array
+    written = []
+
+    def write_until_full(fh: object, array: np.ndarray, **kwargs: object) -> None:
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(len(array))
+        real(fh, array, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", write_until_full)
+    before = datasets.ListDatasets(dataset_pb2.ListDatasetsRequest(page_size=1000), timeout=10).datasets
+    series = np.random.default_rng(12).normal(size=(30, 2))
+    code, details = status_of(datasets.Upload, series_chunks(series, ["a", "b"], 10), timeout=30)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "ran out of disk space after 10 row(s)" in details and "nothing of this upload was kept" in details
+    monkeypatch.undo()
+    _wait_until(lambda: not _leftovers(model_server.store), "the failed upload's parts to be removed")
     after = datasets.ListDatasets(dataset_pb2.ListDatasetsRequest(page_size=1000), timeout=10).datasets
     assert list(after) == list(before)
     _assert_healthy(datasets)
