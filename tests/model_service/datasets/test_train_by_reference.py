@@ -18,6 +18,8 @@ from tests.model_service.helpers import predict, scaler, status_of, tiny_spec, t
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 SERIES = toy_series(300, 2, seed=3)
+# The module's first Train starts the trainer process (a TensorFlow import): slow on a loaded machine.
+TRAIN_TIMEOUT = 600
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +53,10 @@ def test_a_series_dataset_trains_as_the_same_series_sent_inline(
     by_reference = _request(
         dataset_pb2.DatasetSource(dataset_id=series_id, target_columns=["temp"]), **common
     )
-    events, done = train(model_server.stub, by_reference)
+    events, done = train(model_server.stub, by_reference, TRAIN_TIMEOUT)
     inline = _request(dataset_pb2.DatasetSource(), **common)
     inline.series.CopyFrom(model_pb2.SeriesData(series=codec.from_numpy(SERIES), window=3, target_feature=1))
-    _, inline_done = train(model_server.stub, inline)
+    _, inline_done = train(model_server.stub, inline, TRAIN_TIMEOUT)
 
     assert done.dataset_id == series_id and inline_done.dataset_id == ""
     assert (done.n_train, done.n_validation) == (inline_done.n_train, inline_done.n_validation) == (238, 59)
@@ -86,7 +88,7 @@ def test_a_supervised_dataset_trains_with_shuffling_and_a_robust_scaler_within_t
         x_scaling=scaler(scaler_pb2.ROBUST),
     )
     request.spec.CopyFrom(tiny_spec(task=model_pb2.BINARY))
-    events, done = train(model_server.stub, request)
+    events, done = train(model_server.stub, request, TRAIN_TIMEOUT)
     assert (done.n_train, done.n_validation, done.dataset_id) == (150, 50, dataset_id)
     assert set(done.holdout_metrics) == {"accuracy", "log_loss"}
     assert sum(1 for e in events if e.HasField("epoch")) == 2
@@ -127,7 +129,7 @@ def test_bad_references_are_refused_before_any_job(
         source.dataset_id = series_id
     request = _request(source)
     request.spec.CopyFrom(tiny_spec(features=spec_features))
-    got, details = status_of(model_server.stub.Train, request, timeout=120)
+    got, details = status_of(model_server.stub.Train, request, timeout=TRAIN_TIMEOUT)
     assert (got, expected in details) == (code, True), details
     assert model_server.stub.GetModel is not None
     listed = model_server.stub.ListModels(model_pb2.ListModelsRequest(page_size=1000), timeout=10)
@@ -140,7 +142,7 @@ def test_a_window_longer_than_the_series_is_invalid_argument(
     short = upload(datasets, series_chunks(np.arange(8.0).reshape(4, 2), ["load", "temp"], 4)).id
     request = _request(dataset_pb2.DatasetSource(dataset_id=short, window=5))
     request.spec.CopyFrom(tiny_spec(timesteps=5, features=2))
-    code, details = status_of(model_server.stub.Train, request, timeout=120)
+    code, details = status_of(model_server.stub.Train, request, timeout=TRAIN_TIMEOUT)
     assert (
         code == INVALID
         and "has 4 rows; a window of 5 followed by 1 target row(s) needs at least 6" in details
@@ -152,7 +154,7 @@ def test_a_dataset_in_use_by_a_training_job_cannot_be_deleted(
 ) -> None:
     dataset_id = upload(datasets, series_chunks(toy_series(400, 2, seed=11), ["load", "temp"], 100)).id
     request = _request(dataset_pb2.DatasetSource(dataset_id=dataset_id), epochs=5000, batch_size=8)
-    call = model_server.stub.Train(request, timeout=300)
+    call = model_server.stub.Train(request, timeout=TRAIN_TIMEOUT)
     started = threading.Event()
 
     def drain() -> None:
@@ -166,7 +168,7 @@ def test_a_dataset_in_use_by_a_training_job_cannot_be_deleted(
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        assert started.wait(120), "the job did not start"
+        assert started.wait(TRAIN_TIMEOUT), "the job did not start"
         get = dataset_pb2.GetDatasetRequest(dataset_id=dataset_id)
         assert datasets.GetDataset(get, timeout=10).in_use
         code, details = status_of(
