@@ -21,6 +21,7 @@ BENCHES = {
     "bench_serving.py": ["--quick"],
     "bench_envoy.py": ["--quick"],
     "bench_store.py": ["--quick"],
+    "bench_datasets.py": ["--quick"],
 }
 
 

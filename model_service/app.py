@@ -9,6 +9,8 @@ from collections.abc import Iterable
 
 import grpc
 
+from model_service.datasets.servicer import DatasetServicer
+from model_service.datasets.store import open_dataset_store
 from model_service.export import ModelExporter
 from model_service.importing import ModelImporter
 from model_service.inference_protocol import add_inference_protocol
@@ -21,7 +23,7 @@ from model_service.servicer import ModelServicer
 from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.trainer_link import TrainerLink
-from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
+from protos.lstm_stack.v1 import dataset_pb2, dataset_pb2_grpc, model_pb2, model_pb2_grpc
 from service_common.interceptors import RpcObserver
 from service_common.metrics import ServiceMetrics
 from service_common.server import ManagedServer, build_server
@@ -29,6 +31,7 @@ from service_common.server import ManagedServer, build_server
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+DATASET_SERVICE_NAME = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
 
 
 def freeze_heap() -> None:
@@ -77,10 +80,13 @@ def create_server(
         importer=ModelImporter(registry, gateway, serving.admission),
         forget_scalers=lambda started: _delete_scalers(gateway, started),
     )
+    # Datasets live in the same store; the trainer process opens them from there.
+    datasets = DatasetServicer(open_dataset_store(settings))
 
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME, *add_inference_protocol(server, runtime)]
+        dataset_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, server)
+        return [SERVICE_NAME, DATASET_SERVICE_NAME, *add_inference_protocol(server, runtime)]
 
     managed, port = build_server(settings, register, observers=observers, metrics=metrics)
     managed.metrics.track_artifacts("model", registry.count)

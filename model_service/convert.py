@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import numpy as np
@@ -16,7 +17,7 @@ from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
 from model_service.scaling import ScalerRef
 from model_service.serving import Prediction
-from model_service.training import TrainInput, TrainOptions, TrainStarted
+from model_service.training import DatasetRequest, TrainInput, TrainOptions, TrainStarted
 from protos.lstm_stack.v1 import model_pb2, tensor_pb2
 from service_common import codec
 from service_common.errors import InvalidArgument
@@ -167,6 +168,7 @@ def record_to_info(view: VersionView, tensorboard_logdir: str = "") -> model_pb2
         origin=record.origin,
         forecast=forecast_config_to_proto(record.forecast) if record.forecast else None,
         holdout_coverage=record.holdout_coverage,
+        dataset_id=record.dataset_id,
     )
 
 
@@ -214,14 +216,14 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         min_delta=request.early_stopping.min_delta,
         restore_best_weights=request.early_stopping.restore_best_weights,
     )
-    common = {
-        "recipe": train_recipe(request),
-        "model_id": request.model_id,
-        "spec": spec_from_proto(request.spec),
-        "options": options,
-        "x_scaling": request.x_scaling if request.HasField("x_scaling") else None,
-        "y_scaling": request.y_scaling if request.HasField("y_scaling") else None,
-    }
+    common = TrainInput(
+        recipe=train_recipe(request),
+        model_id=request.model_id,
+        spec=spec_from_proto(request.spec),
+        options=options,
+        x_scaling=request.x_scaling if request.HasField("x_scaling") else None,
+        y_scaling=request.y_scaling if request.HasField("y_scaling") else None,
+    )
     which = request.WhichOneof("data")
     if which != "series" and request.quantiles:
         raise InvalidArgument(
@@ -230,10 +232,10 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         )
     if which == "supervised":
         supervised = request.supervised
-        return TrainInput(
+        return dataclasses.replace(
+            common,
             x=required_tensor(supervised, "x", "supervised.x"),
             y=required_tensor(supervised, "y", "supervised.y"),
-            **common,
         )
     if which == "series":
         series = request.series
@@ -243,7 +245,8 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
             raise InvalidArgument(
                 f"series.strategy {series.strategy} is not known; expected DIRECT or RECURSIVE"
             )
-        return TrainInput(
+        return dataclasses.replace(
+            common,
             series=required_tensor(series, "series", "series.series"),
             series_request=SeriesRequest(
                 window=series.window,
@@ -255,9 +258,22 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
                 input_columns=tuple(series.input_columns),
                 quantiles=tuple(request.quantiles),
             ),
-            **common,
         )
-    raise InvalidArgument("training data is missing: set supervised {x, y} or series {series, window}")
+    if which == "dataset":
+        source = request.dataset
+        return dataclasses.replace(
+            common,
+            dataset=DatasetRequest(
+                dataset_id=source.dataset_id,
+                window=source.window,
+                stride=source.stride,
+                input_columns=tuple(source.input_columns),
+                target_columns=tuple(source.target_columns),
+            ),
+        )
+    raise InvalidArgument(
+        "training data is missing: set supervised {x, y}, series {series, window} or dataset {dataset_id}"
+    )
 
 
 def train_recipe(request: model_pb2.TrainRequest) -> bytes:
@@ -363,6 +379,8 @@ def import_request(
         optimizer=specs.Optimizer(header.optimizer.name, header.optimizer.learning_rate),
     )
     return request, _scaler_ref(header, "x_scaler"), _scaler_ref(header, "y_scaler")
+
+
 def forecast_response(
     model_id: str, version: int, forecast: Forecast, as_values: bool
 ) -> model_pb2.ForecastResponse:

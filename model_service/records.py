@@ -90,6 +90,7 @@ class ModelRecord:
     # How to train this version again on other data (Backtest with retrain): the request's settings,
     # serialized by the servicer layer and opaque here; empty for versions written before it was kept.
     recipe: bytes = b""
+    dataset_id: str = ""  # the stored dataset it was trained on (Train by reference); "" otherwise
 
     @property
     def plan(self) -> SpecPlan:
@@ -116,6 +117,7 @@ class ModelRecord:
             "forecast": self.forecast.to_dict() if self.forecast else None,
             "holdout_coverage": {k: _finite_or_none(v) for k, v in self.holdout_coverage.items()},
             "recipe": base64.b64encode(self.recipe).decode("ascii"),
+            "dataset_id": self.dataset_id,
         }
         return json.dumps(body, indent=1, allow_nan=False).encode()
 
@@ -149,6 +151,7 @@ class ModelRecord:
                 forecast=ForecastConfig.from_dict(body["forecast"]) if body.get("forecast") else None,
                 holdout_coverage={k: _float(v) for k, v in body.get("holdout_coverage", {}).items()},
                 recipe=base64.b64decode(body.get("recipe", ""), validate=True),
+                dataset_id=str(body.get("dataset_id", "")),  # absent from versions stored before datasets
             )
         except IntegrityError:
             raise

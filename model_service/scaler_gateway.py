@@ -8,6 +8,7 @@ up and answers UNAVAILABLE for that call); what the scaler service rejects as in
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -145,6 +146,49 @@ class ScalerGateway:
             info = self._stub.GetScaler(request, timeout=self.timeout_seconds)
         except grpc.RpcError as exc:
             raise self._error(exc, f"scaler {ref.scaler_id!r} v{ref.version}") from None
+        return to_affine(info)
+
+    def streams(self, spec: scaler_pb2.ScalerSpec) -> bool:
+        # The scaler service's StreamingFit takes every kind with partial_fit: all but robust.
+        return spec.kind != scaler_pb2.ROBUST
+
+    def fit_stream(
+        self, scaler_id: str, spec: scaler_pb2.ScalerSpec, chunks: Iterator[np.ndarray]
+    ) -> AffineScaler:
+        """FitStream: one message per chunk (the first carries id and spec), never the whole data.
+
+        No deadline: the stream is as long as the training split; the job's cancel stops the chunks.
+        """
+        what = f"scaler {scaler_id!r} (streamed fit)"
+
+        def requests() -> Iterator[scaler_pb2.FitChunk]:
+            first = True
+            for chunk in chunks:
+                data = codec.from_numpy(np.ascontiguousarray(chunk, dtype=np.float64))
+                if first:
+                    yield scaler_pb2.FitChunk(scaler_id=scaler_id, spec=spec, data=data)
+                    first = False
+                else:
+                    yield scaler_pb2.FitChunk(data=data)
+            if first:
+                yield scaler_pb2.FitChunk(scaler_id=scaler_id, spec=spec)
+
+        try:
+            info = self._stub.FitStream(requests())
+        except grpc.RpcError as exc:
+            raise self._error(exc, what) from None
+        return to_affine(info)
+
+    def fit(self, scaler_id: str, spec: scaler_pb2.ScalerSpec, data: np.ndarray) -> AffineScaler:
+        request = scaler_pb2.FitRequest(
+            scaler_id=scaler_id,
+            spec=spec,
+            data=codec.from_numpy(np.ascontiguousarray(data, dtype=np.float64)),
+        )
+        try:
+            info = self._stub.Fit(request, timeout=self.timeout_seconds)
+        except grpc.RpcError as exc:
+            raise self._error(exc, f"scaler {scaler_id!r}") from None
         return to_affine(info)
 
     def delete(self, ref: ScalerRef) -> None:

@@ -9,6 +9,7 @@ stays the only place that fits. ``ScalerFitter`` is the port the training code c
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,5 +94,17 @@ class ScalerFitter(Protocol):
     def fit_transform(
         self, scaler_id: str, spec: Any, train: np.ndarray, others: dict[str, np.ndarray]
     ) -> FitOutcome: ...
+
+    def fit_stream(self, scaler_id: str, spec: Any, chunks: Iterator[np.ndarray]) -> AffineScaler:
+        """Fit with partial_fit on chunks streamed one by one (FitStream); nothing is transformed."""
+        ...
+
+    def fit(self, scaler_id: str, spec: Any, data: np.ndarray) -> AffineScaler:
+        """Fit on ``data`` in one call (for kinds without partial_fit)."""
+        ...
+
+    def streams(self, spec: Any) -> bool:
+        """Whether ``spec``'s kind can be fitted from a stream (has partial_fit)."""
+        ...
 
     def delete(self, ref: ScalerRef) -> None: ...

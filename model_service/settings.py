@@ -68,6 +68,17 @@ class ModelSettings(ServerSettings):
     trainer_start_timeout_seconds: float = setting(
         120.0, "how long a Train call waits for a trainer process to come up before UNAVAILABLE"
     )
+    dataset_shuffle_buffer: int = setting(
+        65_536,
+        "training on a stored dataset shuffles samples within a buffer of this many (and its blocks' "
+        "order every epoch), so what a job holds does not grow with the dataset",
+    )
+    dataset_in_memory_fit_mb: int = setting(
+        32,
+        "a scaler without partial_fit (robust) fitted on a dataset's training split gets it in one Fit "
+        "call; past this many MiB (float64) the Train is refused with FAILED_PRECONDITION (keep it below "
+        "max_message_mb)",
+    )
 
 
 # The trainer process: what serving processes start (single process) or the supervisor runs, and the

@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator
 import grpc
 
 from model_service import convert
+from model_service.datasets.store import open_dataset_store
 from model_service.model_store import ModelPublisher, logdir, open_model_store
 from model_service.records import EpochProgress, ModelRecord
 from model_service.registry import VersionState, VersionView
 from model_service.scaler_gateway import ScalerGateway
 from model_service.serving import serving_options
 from model_service.settings import ModelSettings
-from model_service.training import TrainingManager, TrainStarted
+from model_service.training import DatasetOptions, TrainingManager, TrainStarted
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common.artifacts import StoredArtifacts
 from service_common.grpc_errors import map_errors
@@ -95,8 +96,15 @@ def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:
         serving,
         max_jobs=settings.max_training_jobs,
         max_work=settings.max_training_work,
+        datasets=open_dataset_store(settings),
+        dataset_options=DatasetOptions(
+            shuffle_buffer=settings.dataset_shuffle_buffer,
+            in_memory_fit_bytes=settings.dataset_in_memory_fit_mb << 20,
+        ),
     )
-    servicer = TrainerServicer(trainer, settings.trainer_recycle_jobs, store)
+    # The generated base answers UNIMPLEMENTED for every method not overridden, which is the point here;
+    # mypy-protobuf's stubs declare them abstract all the same.
+    servicer = TrainerServicer(trainer, settings.trainer_recycle_jobs, store)  # type: ignore[abstract]
 
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

@@ -20,7 +20,15 @@ Every process on one root (several workers, several instances) shares it through
   holds an ``flock`` on it for as long as the reservation lives, so one whose process died, even by
   SIGKILL, can be locked by anyone: it is stale and removed by whoever finds it;
 - ``<root>/.unloaded/<id>``: the id's versions up to the number inside are unloaded for every process
-  on the store (RepositoryModelUnload), until the marker is removed again.
+  on the store (RepositoryModelUnload), until the marker is removed again;
+- ``<root>/.holds/<id>/<token>``: an artifact in use (e.g. a dataset a job trains on). Like a
+  reservation, its owner holds an ``flock`` on it, so it dies with its process; ``delete`` refuses an
+  id while a live hold names it.
+
+Payloads are written whole (``write``) or file by file as they arrive (``draft``: a locked temp
+directory whose files are hashed while they are written, signed and renamed into place under an id
+chosen at the end, e.g. a content hash). Large payloads are verified by streaming (``verified_files``)
+and read in place (memory-mapped) rather than into memory.
 
 Persistence only: no grpc, no TensorFlow, no knowledge of what the payload files mean.
 """
@@ -44,9 +52,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-from service_common.errors import IntegrityError, InvalidArgument, echo
+from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument, echo
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,7 @@ LOCK_FILE = ".lock"
 HIGH_WATER_FILE = ".version-high-water.json"
 RESERVATIONS_DIR = ".reservations"
 UNLOADED_DIR = ".unloaded"
+HOLDS_DIR = ".holds"
 TEMP_PREFIX = ".tmp-"
 # A change token whose newest directory is younger than this is not trusted to compare equal: a second
 # change within the file system's timestamp granularity could leave every mtime as it was.
@@ -259,6 +268,124 @@ class Reservation:
         return f"Reservation({self.artifact_id!r}, {self.version}, {state})"
 
 
+class _HashingFile:
+    """A payload file being written: every byte is hashed on its way to disk."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._fh.write(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+class ArtifactDraft:
+    """An artifact written file by file into a locked temp directory, then committed under an id (and
+    version) known only at the end, or discarded. Nothing is listed before ``commit``; a process that
+    dies leaves a temp directory the next sweep removes (its flock died with it)."""
+
+    def __init__(self, store: ArtifactStore, temp: Path, fd: int) -> None:
+        self.path = temp
+        self._store = store
+        self._fd: int | None = fd
+        self._digests: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def create(self, name: str) -> Iterator[_HashingFile]:
+        """A new payload file: write to it; it is fsynced and its sha256 recorded when the block ends."""
+        if self._fd is None:
+            raise ValueError("the draft was committed or discarded")
+        if name in self._digests or "/" in name or name.startswith(".") or name == SIGNATURE_FILE:
+            raise ValueError(f"bad or repeated file name {name!r}")
+        with open(self.path / name, "wb") as fh:
+            out = _HashingFile(fh)
+            yield out
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._digests[name] = out.sha256.hexdigest()
+
+    def add(self, name: str, data: bytes) -> None:
+        with self.create(name) as fh:
+            fh.write(data)
+
+    def commit(self, artifact_id: str, version: int) -> Path:
+        """Sign, then rename into place; FileExistsError when that version exists (the draft is then
+        discarded). Either way the draft is finished."""
+        if self._fd is None:
+            raise ValueError("the draft was committed or discarded")
+        final = self._store.root / artifact_id / str(version)
+        try:
+            if final.exists():
+                raise FileExistsError(f"{artifact_id} version {version} exists and is immutable")
+            signature = {"files": self._digests, "hmac": self._store._signature(self._digests)}
+            with open(self.path / SIGNATURE_FILE, "w") as fh:
+                json.dump(signature, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync_dir(self.path)
+            for attempt in range(3):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(self.path, final)
+                    break
+                except FileNotFoundError:
+                    # A concurrent delete of the id's last version removed the parent in between.
+                    if attempt == 2:
+                        raise
+                except OSError as exc:
+                    # Renaming onto a non-empty directory: another writer committed it first.
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise FileExistsError(f"{artifact_id} version {version} exists") from exc
+                    raise
+            _fsync_dir(final.parent)
+            _fsync_dir(self._store.root)
+        except BaseException:
+            self.discard()
+            raise
+        self._close()
+        return final
+
+    def discard(self) -> None:
+        """Remove everything written so far (idempotent)."""
+        if self._fd is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Hold:
+    """A use marker on an artifact id: while it is live (this object not released, its process alive),
+    ``ArtifactStore.delete`` refuses the id. The flock dies with the process, as a reservation's does."""
+
+    def __init__(self, store: ArtifactStore, artifact_id: str, path: Path, fd: int) -> None:
+        self.artifact_id = artifact_id
+        self.path = path
+        self._store = store
+        self._fd: int | None = fd
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Remove the marker (idempotent)."""
+        with self._lock:
+            if self._fd is None:
+                return
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+        self._store._forget_marker_dir(self.path.parent)
+
+
 class ArtifactStore:
     def __init__(self, root: Path, key: bytes) -> None:
         self.root = root
@@ -267,6 +394,7 @@ class ArtifactStore:
         self._reservations = root / RESERVATIONS_DIR
         self._unloaded = root / UNLOADED_DIR
         self._high_water = root / HIGH_WATER_FILE
+        self._holds = root / HOLDS_DIR
         self._sweep_temp()
 
     @property
@@ -373,9 +501,12 @@ class ArtifactStore:
                     return candidate
 
     def _forget_reservation_dir(self, artifact_id: str) -> None:
-        # Under the lock: allocate() creates markers in this directory under it too.
+        self._forget_marker_dir(self._reservations / artifact_id)
+
+    def _forget_marker_dir(self, directory: Path) -> None:
+        # Under the lock: allocate() and hold() create markers in these directories under it too.
         with self._locked(), contextlib.suppress(OSError):
-            (self._reservations / artifact_id).rmdir()
+            directory.rmdir()
 
     def live_reservations(self, artifact_id: str | None = None) -> list[tuple[str, int]]:
         """Every (id, version) reserved by a live process, in order; stale markers found are removed."""
@@ -402,7 +533,7 @@ class ArtifactStore:
             if not _try_lock(fd):
                 return True
             # Nobody holds it: its process is gone. The number stays used (the high-water mark has it).
-            log.info("removing stale reservation %s", marker)
+            log.info("removing stale marker %s", marker)
             marker.unlink(missing_ok=True)
             return False
         finally:
@@ -428,43 +559,24 @@ class ArtifactStore:
             fcntl.flock(fd, fcntl.LOCK_EX)
         return temp, fd
 
+    def draft(self) -> ArtifactDraft:
+        """A new artifact to write file by file (``ArtifactDraft``); commit it under its id at the end."""
+        temp, fd = self._temp_dir()
+        return ArtifactDraft(self, temp, fd)
+
     def write(self, artifact_id: str, version: int, files: dict[str, bytes]) -> Path:
         """Write a version whole and signed, then rename it into place (the store lock is not held)."""
         final = self.root / artifact_id / str(version)
         if final.exists():
             raise FileExistsError(f"{artifact_id} version {version} exists and is immutable")
-        temp, fd = self._temp_dir()
+        draft = self.draft()
         try:
-            digests = {}
             for name, data in files.items():
-                with open(temp / name, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                digests[name] = hashlib.sha256(data).hexdigest()
-            signature = {"files": digests, "hmac": self._signature(digests)}
-            with open(temp / SIGNATURE_FILE, "w") as fh:
-                json.dump(signature, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_dir(temp)
-            for attempt in range(3):
-                final.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.rename(temp, final)
-                    break
-                except FileNotFoundError:
-                    # A concurrent delete of the id's last version removed the parent in between.
-                    if attempt == 2:
-                        raise
-            _fsync_dir(final.parent)
-            _fsync_dir(self.root)
+                draft.add(name, data)
         except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
+            draft.discard()
             raise
-        finally:
-            os.close(fd)
-        return final
+        return draft.commit(artifact_id, version)
 
     def commit(self, reservation: HeldVersion, files: dict[str, bytes]) -> Path:
         """Write the reserved version, then release the reservation (the artifact is in place first)."""
@@ -477,18 +589,9 @@ class ArtifactStore:
     def read(self, artifact_id: str, version: int) -> dict[str, bytes]:
         """Every payload file of a verified artifact; IntegrityError when anything does not match."""
         path = self.root / artifact_id / str(version)
-        try:
-            signature = json.loads((path / SIGNATURE_FILE).read_text())
-            digests = signature["files"]
-            expected = signature["hmac"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"{path}: missing or malformed signature ({exc})") from exc
-        if not isinstance(digests, dict) or not hmac.compare_digest(self._signature(digests), str(expected)):
-            raise IntegrityError(f"{path}: signature does not verify (tampered, or signed with another key)")
+        digests = self._signed_digests(path)
         files: dict[str, bytes] = {}
         for name, digest in digests.items():
-            if "/" in name or name.startswith("."):
-                raise IntegrityError(f"{path}: bad file name {name!r} in signature")
             try:
                 data = (path / name).read_bytes()
             except OSError as exc:
@@ -498,12 +601,91 @@ class ArtifactStore:
             files[name] = data
         return files
 
+    def _signed_digests(self, path: Path) -> dict[str, str]:
+        try:
+            signature = json.loads((path / SIGNATURE_FILE).read_text())
+            digests = signature["files"]
+            expected = signature["hmac"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"{path}: missing or malformed signature ({exc})") from exc
+        if not isinstance(digests, dict) or not hmac.compare_digest(self._signature(digests), str(expected)):
+            raise IntegrityError(f"{path}: signature does not verify (tampered, or signed with another key)")
+        for name in digests:
+            if "/" in name or name.startswith("."):
+                raise IntegrityError(f"{path}: bad file name {name!r} in signature")
+        return digests
+
+    def read_file(self, artifact_id: str, version: int, name: str) -> bytes:
+        """One (small) payload file, verified against the artifact's signature; the others are not read."""
+        path = self.root / artifact_id / str(version)
+        digests = self._signed_digests(path)
+        if name not in digests:
+            raise IntegrityError(f"{path}: {name} is not in its signature")
+        try:
+            data = (path / name).read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"{path}: {name} is missing ({exc})") from exc
+        if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), digests[name]):
+            raise IntegrityError(f"{path}: {name} does not match its signature (tampered or truncated)")
+        return data
+
+    def verified_files(self, artifact_id: str, version: int) -> dict[str, Path]:
+        """Every payload file's path once all of them verify, hashed in blocks (never read whole): for
+        payloads read in place, e.g. memory-mapped. IntegrityError when anything does not match."""
+        path = self.root / artifact_id / str(version)
+        digests = self._signed_digests(path)
+        files: dict[str, Path] = {}
+        for name, digest in digests.items():
+            try:
+                with open(path / name, "rb") as fh:
+                    actual = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError as exc:
+                raise IntegrityError(f"{path}: {name} is missing ({exc})") from exc
+            if not hmac.compare_digest(actual, digest):
+                raise IntegrityError(f"{path}: {name} does not match its signature (tampered or truncated)")
+            files[name] = path / name
+        return files
+
+    # ---- holds (artifacts in use) --------------------------------------------------------------
+
+    def hold(self, artifact_id: str) -> Hold:
+        """Mark a stored id in use until the hold is released (or its process dies); FileNotFoundError
+        when no version of it is stored. Taken under the store lock, under which delete checks holds."""
+        with self._locked():
+            if not _version_numbers(self.root / artifact_id):
+                raise FileNotFoundError(f"{artifact_id} is not stored")
+            directory = self._holds / artifact_id
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + "hold-", dir=self.root)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                path = directory / secrets.token_hex(8)
+                os.rename(temp, path)
+            except BaseException:
+                os.close(fd)
+                Path(temp).unlink(missing_ok=True)
+                raise
+        return Hold(self, artifact_id, path, fd)
+
+    def live_holds(self, artifact_id: str) -> int:
+        """How many live holds name the id; stale markers found are removed."""
+        try:
+            names = os.listdir(self._holds / artifact_id)
+        except FileNotFoundError:
+            return 0
+        return sum(1 for name in names if self._is_live(self._holds / artifact_id / name))
+
     def delete(self, artifact_id: str, version: int) -> bool:
         """Remove one version; False when it was not there (e.g. another process deleted it first)."""
         path = self.root / artifact_id / str(version)
         with self._locked():
             if not path.exists():
                 return False
+            holds = self.live_holds(artifact_id)
+            if holds:
+                raise FailedPrecondition(
+                    f"{artifact_id} is in use by {holds} running job(s); it can be deleted once they end"
+                )
             # The high-water mark covers the number before it goes, so it is never handed out again.
             marks = self._read_marks()
             if marks.get(artifact_id, 0) < version:

@@ -252,7 +252,9 @@ class S3ArtifactStore:
         for start in range(0, len(keys), 1000):
             chunk = [{"Key": key} for key in keys[start : start + 1000]]
             if chunk:
-                reply = self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+                reply = self._call(
+                    "delete_objects", Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True}
+                )
                 if reply.get("Errors"):
                     first = reply["Errors"][0]
                     raise Unavailable(
@@ -296,7 +298,9 @@ class S3ArtifactStore:
                 return candidate
 
     def _put_lease(self, artifact_id: str, version: int, body: bytes) -> None:
-        self._call("put_object", Bucket=self.bucket, Key=self._key(LEASES, artifact_id, str(version)), Body=body)
+        self._call(
+            "put_object", Bucket=self.bucket, Key=self._key(LEASES, artifact_id, str(version)), Body=body
+        )
 
     def live_reservations(self, artifact_id: str | None = None) -> list[tuple[str, int]]:
         """Every (id, version) whose lease is fresh by the server's clock; dead leases found are removed."""
@@ -349,7 +353,9 @@ class S3ArtifactStore:
             try:
                 self._delete_keys(part_keys)
             except Exception:  # noqa: BLE001 - the sweep removes what is left
-                log.warning("could not remove the parts of an unfinished write of %s v%d", artifact_id, version)
+                log.warning(
+                    "could not remove the parts of an unfinished write of %s v%d", artifact_id, version
+                )
             raise
         return self.location(artifact_id, version)
 
@@ -408,7 +414,9 @@ class S3ArtifactStore:
                 self._delete_keys([item["Key"] for item in self._list(UNLOADED, artifact_id + "/")[0]])
         except Unavailable as exc:
             # The version is gone already (no manifest); the sweep removes parts left behind.
-            log.warning("deleted %s, but not all of its objects: %s", self.location(artifact_id, version), exc)
+            log.warning(
+                "deleted %s, but not all of its objects: %s", self.location(artifact_id, version), exc
+            )
         return True
 
     def scan(self, artifact_id: str | None = None) -> Iterator[ArtifactRef]:

@@ -41,8 +41,10 @@ def parse_store(text: str) -> Path | S3Location:
     bucket, _, prefix = text[len(S3_SCHEME) :].partition("/")
     # S3 bucket naming: 3-63 lowercase letters, digits, '-' and '.'.
     if not (3 <= len(bucket) <= 63) or not all(c.islower() or c.isdigit() or c in "-." for c in bucket):
-        raise ValueError(f"{text!r}: expected s3://bucket/prefix with a bucket of 3-63 lowercase letters, "
-                         "digits, '-' or '.'")
+        raise ValueError(
+            f"{text!r}: expected s3://bucket/prefix with a bucket of 3-63 lowercase letters, "
+            "digits, '-' or '.'"
+        )
     return S3Location(bucket, prefix.strip("/"))
 
 
@@ -85,6 +87,8 @@ def open_artifact_store(
         from service_common.s3_artifacts import S3ArtifactStore
 
         key = load_signing_key(signing_key, signing_key_file, Path("."))
-        return S3ArtifactStore(s3_client(), store.bucket, store.joined(name), key, lease_seconds=lease_seconds)
+        return S3ArtifactStore(
+            s3_client(), store.bucket, store.joined(name), key, lease_seconds=lease_seconds
+        )
     key = load_signing_key(signing_key, signing_key_file, store)
     return ArtifactStore(store / name, key)

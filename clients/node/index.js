@@ -5,10 +5,10 @@
 // client always speaks the current contract. Tensors cross the wire as dtype + shape + little-endian raw
 // bytes, exactly like the Python codec (service_common/codec.py).
 
-const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const { once } = require('node:events');
+const readline = require('node:readline');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
@@ -17,6 +17,7 @@ const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const PROTO_FILES = [
   'protos/lstm_stack/v1/tensor.proto',
   'protos/lstm_stack/v1/scaler.proto',
+  'protos/lstm_stack/v1/dataset.proto',
   'protos/lstm_stack/v1/model.proto',
 ];
 
@@ -39,6 +40,8 @@ const DEFAULT_DEADLINE_MS = 30_000;
 const DEFAULT_TRAIN_DEADLINE_MS = 60 * 60 * 1000;
 // The services accept 64 MiB messages by default (--max-message-mb); match it.
 const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+// Dataset uploads send chunks of about this many bytes (well inside the message limit).
+const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
 
 let cachedPackage = null;
 
@@ -201,6 +204,90 @@ function toNested(decodedOrTensor) {
   return build(0, 0);
 }
 
+// ---- Dataset files, read a chunk of rows at a time ----
+
+const NPY_DTYPES = Object.freeze({ '<f8': 'FLOAT64', '<f4': 'FLOAT32', '<i4': 'INT32', '<i8': 'INT64' });
+
+/** The header of a .npy file: { dtype, shape, offset } (C order, little-endian numbers only). */
+function readNpyHeader(fd) {
+  const head = Buffer.alloc(12);
+  fs.readSync(fd, head, 0, 12, 0);
+  if (head.toString('latin1', 0, 6) !== '\x93NUMPY') throw new Error('not a .npy file (bad magic)');
+  const major = head[6];
+  const lengthBytes = major === 1 ? 2 : 4;
+  const headerLength = major === 1 ? head.readUInt16LE(8) : head.readUInt32LE(8);
+  const offset = 8 + lengthBytes + headerLength;
+  const text = Buffer.alloc(headerLength);
+  fs.readSync(fd, text, 0, headerLength, 8 + lengthBytes);
+  const header = text.toString('latin1');
+  const descr = /'descr':\s*'([^']+)'/.exec(header);
+  const fortran = /'fortran_order':\s*(True|False)/.exec(header);
+  const shape = /'shape':\s*\(([^)]*)\)/.exec(header);
+  if (!descr || !fortran || !shape) throw new Error(`unreadable .npy header: ${header.trim()}`);
+  const dtype = NPY_DTYPES[descr[1]];
+  if (!dtype) throw new Error(`.npy dtype ${descr[1]} is not supported; expected ${Object.keys(NPY_DTYPES)}`);
+  if (fortran[1] === 'True') throw new Error('.npy in Fortran order is not supported; save it in C order');
+  const dims = shape[1].split(',').map((d) => d.trim()).filter(Boolean).map(Number);
+  return { dtype, shape: dims, offset };
+}
+
+/**
+ * Chunks of a .npy file's rows as Tensor messages ({ dtype, shape, raw }), `rowsPerChunk` rows at a
+ * time (default about 4 MiB): the file is read a chunk at a time, never whole.
+ */
+function* npyChunks(file, { rowsPerChunk = 0 } = {}) {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const { dtype, shape, offset } = readNpyHeader(fd);
+    if (shape.length === 0) throw new Error(`${file}: a scalar .npy has no rows`);
+    const rowBytes = product(shape.slice(1)) * DTYPES[dtype].size;
+    const rows = rowsPerChunk || Math.max(1, Math.floor(DEFAULT_CHUNK_BYTES / Math.max(rowBytes, 1)));
+    for (let start = 0; start < shape[0]; start += rows) {
+      const count = Math.min(rows, shape[0] - start);
+      const raw = Buffer.alloc(count * rowBytes);
+      const read = fs.readSync(fd, raw, 0, raw.length, offset + start * rowBytes);
+      if (read !== raw.length) throw new Error(`${file}: truncated at row ${start}`);
+      yield { dtype, shape: [count, ...shape.slice(1)], raw };
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The column names and then chunks of a CSV file of numbers (header row first), read line by line. */
+async function* csvChunks(file, { rowsPerChunk = 0, onColumns } = {}) {
+  const lines = readline.createInterface({ input: fs.createReadStream(file), crlfDelay: Infinity });
+  let width = 0;
+  let rows = 0;
+  let values = [];
+  let lineNumber = 0;
+  for await (const line of lines) {
+    lineNumber += 1;
+    if (!line.trim()) continue;
+    const cells = line.split(',').map((cell) => cell.trim());
+    if (!width) {
+      width = cells.length;
+      if (onColumns) onColumns(cells);
+      rows = rowsPerChunk || Math.max(1, Math.floor(DEFAULT_CHUNK_BYTES / (8 * width)));
+      continue;
+    }
+    if (cells.length !== width) throw new Error(`${file}:${lineNumber}: ${cells.length} values; the header names ${width}`);
+    for (const cell of cells) {
+      const value = Number(cell);
+      if (cell === '' || Number.isNaN(value) && cell.toLowerCase() !== 'nan') {
+        throw new Error(`${file}:${lineNumber}: not a number: ${JSON.stringify(cell)}`);
+      }
+      values.push(value);
+    }
+    if (values.length === rows * width) {
+      yield encodeTensor(Float64Array.from(values), { shape: [rows, width] });
+      values = [];
+    }
+  }
+  if (!width) throw new Error(`${file}: empty CSV; expected a header row naming the columns`);
+  if (values.length) yield encodeTensor(Float64Array.from(values), { shape: [values.length / width, width] });
+}
+
 // ---- Clients ----
 
 function readMaybeFile(value) {
@@ -261,6 +348,10 @@ class LstmStackClient {
       ? new this.proto.ScalerService(scalerAddress, credentials, channelOptions)
       : null;
     this.model = modelAddress ? new this.proto.ModelService(modelAddress, credentials, channelOptions) : null;
+    // The model service serves DatasetService too.
+    this.datasets = modelAddress
+      ? new this.proto.DatasetService(modelAddress, credentials, channelOptions)
+      : null;
   }
 
   _metadata() {
@@ -274,7 +365,8 @@ class LstmStackClient {
     const client = this[service];
     if (!client) {
       const env = service === 'scaler' ? 'LSTM_STACK_SCALER_ADDRESS' : 'LSTM_STACK_MODEL_ADDRESS';
-      throw new Error(`no ${service} address: pass ${service}Address or set ${env}`);
+      const option = service === 'scaler' ? 'scalerAddress' : 'modelAddress';
+      throw new Error(`no ${service} address: pass ${option} or set ${env}`);
     }
     return client;
   }
@@ -393,6 +485,101 @@ class LstmStackClient {
     return this.call('model', 'DeleteModel', { model_id: modelId, version }, { deadlineMs });
   }
 
+  // ---- Dataset service (on the model service) ----
+
+  /**
+   * Upload a dataset from an (async) iterable of chunks, each { series: Tensor } or { x: Tensor,
+   * y: Tensor } (Tensor messages as encodeTensor makes them). The header rides on the first chunk.
+   * Chunks are written as the stream drains: one or two in memory at a time. Resolves with DatasetInfo.
+   */
+  uploadDataset({ header, chunks, deadlineMs = this.trainDeadlineMs }) {
+    const client = this._client('datasets');
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const call = client.Upload(this._metadata(), { deadline: new Date(Date.now() + deadlineMs) }, (error, info) => {
+        settled = true;
+        if (error) reject(error);
+        else resolve(info);
+      });
+      const pump = async () => {
+        let first = true;
+        for await (const chunk of chunks) {
+          if (settled) return; // the server already answered (an error): stop reading the file
+          const message = first ? { header, ...chunk } : chunk;
+          first = false;
+          if (!call.write(message)) await new Promise((drained) => call.once('drain', drained));
+        }
+        if (first) call.write({ header });
+        call.end();
+      };
+      pump().catch((error) => {
+        call.cancel();
+        if (!settled) {
+          settled = true;
+          reject(error);
+        }
+      });
+    });
+  }
+
+  /**
+   * Upload a raw series file: .npy (read a chunk of rows at a time; `columns` required) or .csv (read
+   * line by line; its header row names the columns unless `columns` is given).
+   */
+  async uploadSeriesFile(file, { columns, rowsPerChunk, deadlineMs } = {}) {
+    const kind = 'DATASET_SERIES';
+    if (file.endsWith('.npy')) {
+      if (!columns || !columns.length) throw new Error('a .npy series needs columns (one name per column)');
+      const chunks = (function* named() {
+        for (const tensor of npyChunks(file, { rowsPerChunk })) yield { series: tensor };
+      })();
+      return this.uploadDataset({ header: { kind, columns }, chunks, deadlineMs });
+    }
+    if (!file.endsWith('.csv')) throw new Error(`expected a .npy or .csv file, got ${file}`);
+    // The header row is read before the upload starts: the first chunk carries the column names.
+    const header = { kind, columns: columns || [] };
+    const rows = csvChunks(file, { rowsPerChunk, onColumns: (names) => { if (!columns) header.columns = names; } });
+    const first = await rows.next();
+    const chunks = (async function* named() {
+      if (!first.done) yield { series: first.value };
+      for await (const tensor of rows) yield { series: tensor };
+    })();
+    return this.uploadDataset({ header, chunks, deadlineMs });
+  }
+
+  /** Upload supervised samples from two .npy files (x: rows, timesteps, features; y: rows, ...). */
+  uploadSupervisedFiles(xFile, yFile, { rowsPerChunk, deadlineMs } = {}) {
+    const chunks = (function* paired() {
+      const ys = npyChunks(yFile, { rowsPerChunk: rowsPerChunk || 4096 });
+      for (const x of npyChunks(xFile, { rowsPerChunk: rowsPerChunk || 4096 })) {
+        const y = ys.next();
+        if (y.done) throw new Error(`${yFile} has fewer rows than ${xFile}`);
+        yield { x, y: y.value };
+      }
+    })();
+    return this.uploadDataset({ header: { kind: 'DATASET_SUPERVISED' }, chunks, deadlineMs });
+  }
+
+  getDataset(datasetId, { deadlineMs } = {}) {
+    return this.call('datasets', 'GetDataset', { dataset_id: datasetId }, { deadlineMs });
+  }
+
+  /** Every dataset, page by page. */
+  async listDatasets({ pageSize = 0, deadlineMs } = {}) {
+    const found = [];
+    let token = '';
+    do {
+      const page = await this.call('datasets', 'ListDatasets', { page_size: pageSize, page_token: token }, { deadlineMs });
+      found.push(...page.datasets);
+      token = page.next_page_token;
+    } while (token);
+    return found;
+  }
+
+  deleteDataset(datasetId, { deadlineMs } = {}) {
+    return this.call('datasets', 'DeleteDataset', { dataset_id: datasetId }, { deadlineMs });
+  }
+
   /**
    * Stream a version to `filePath` as 'ONNX' or 'SAVED_MODEL' (a tar), chunk by chunk. The file is
    * written aside and renamed into place once its size and sha256 match the ExportInfo of the first
@@ -464,6 +651,7 @@ class LstmStackClient {
   close() {
     if (this.scaler) this.scaler.close();
     if (this.model) this.model.close();
+    if (this.datasets) this.datasets.close();
   }
 }
 
@@ -475,6 +663,9 @@ module.exports = {
   toNested,
   inferShape,
   channelCredentials,
+  npyChunks,
+  csvChunks,
+  readNpyHeader,
   status: grpc.status,
   Metadata: grpc.Metadata,
   REPO_ROOT,

@@ -10,6 +10,8 @@ from model_service.training.request import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
     MAX_PATIENCE,
+    DatasetOptions,
+    DatasetRequest,
     Prepared,
     Publisher,
     TrainEvent,
@@ -22,6 +24,8 @@ from model_service.training.request import (
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_EPOCHS",
+    "DatasetOptions",
+    "DatasetRequest",
     "MAX_BATCH_SIZE",
     "MAX_EPOCHS",
     "MAX_PATIENCE",

@@ -83,6 +83,9 @@ def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
     return dataset.batch(batch_size).repeat().prefetch(2)
 
 
+Sets = tuple[tf.data.Dataset, tf.data.Dataset | None]
+
+
 def fit_model(
     spec: ModelSpec,
     options: TrainOptions,
@@ -98,13 +101,31 @@ def fit_model(
     (x_train, y_train), (x_val, y_val) = train, validation
     n_train, n_validation = x_train.shape[0], x_val.shape[0]
     y_dtype = np.int64 if spec.task is Task.MULTICLASS else np.float32
+
+    def make_sets(shuffle_seed: int | None) -> Sets:
+        train_set = make(x_train, y_train.astype(y_dtype), options.batch_size, shuffle_seed)
+        val_set = make(x_val, y_val.astype(y_dtype), options.batch_size, None) if n_validation else None
+        return train_set, val_set
+
+    return fit_model_on(spec, options, make_sets, n_train, n_validation, progress, loss)
+
+
+def fit_model_on(
+    spec: ModelSpec,
+    options: TrainOptions,
+    make_sets: Callable[[int | None], Sets],
+    n_train: int,
+    n_validation: int,
+    progress: Progress,
+    loss: keras.losses.Loss | None = None,
+) -> keras.Model:
+    """The model built from its seed and fitted on the repeated sets ``make_sets(shuffle_seed)`` makes
+    (shuffle_seed None: no shuffling), ``n_train`` and ``n_validation`` samples an epoch; ``loss``
+    replaces the task's (the quantile head's pinball loss)."""
     seeds = builder.seed_stream(options.seed)
     with builder.seeded(options.seed):
         model = builder.build(spec, options.seed, loss=loss)
-        train_set = make(
-            x_train, y_train.astype(y_dtype), options.batch_size, next(seeds) if options.shuffle else None
-        )
-        val_set = make(x_val, y_val.astype(y_dtype), options.batch_size, None) if n_validation else None
+        train_set, val_set = make_sets(next(seeds) if options.shuffle else None)
     callbacks: list[keras.callbacks.Callback] = [progress]
     if options.patience:
         callbacks.append(

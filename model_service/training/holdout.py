@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import keras
 import numpy as np
 
@@ -10,17 +13,11 @@ from model_service.records import ModelRecord
 from model_service.serving import ServedModel, ServingOptions, predictor_for
 
 
-def score_holdout(
-    record: ModelRecord, model: keras.Model, serving: ServingOptions, x: np.ndarray, y: np.ndarray
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Metrics of ``model`` on the raw-unit holdout (x, y), and a quantile model's coverage there;
-    empty when there is no holdout."""
-    if not x.shape[0]:
-        return {}, {}
+def _scorer(record: ModelRecord, model: keras.Model, serving: ServingOptions) -> ServedModel:
     predictor = predictor_for(record, model, serving)
     # Raw units in, original units out, unbatched; chunked as served, but not counted against the
     # budget again: the job's reservation covers the scoring.
-    scorer = ServedModel(
+    return ServedModel(
         record,
         predictor,
         ServingOptions(
@@ -30,6 +27,16 @@ def score_holdout(
             admission=serving.admission.untracked() if serving.admission else None,
         ),
     )
+
+
+def score_holdout(
+    record: ModelRecord, model: keras.Model, serving: ServingOptions, x: np.ndarray, y: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Metrics of ``model`` on the raw-unit holdout (x, y), and a quantile model's coverage there;
+    empty when there is no holdout."""
+    if not x.shape[0]:
+        return {}, {}
+    scorer = _scorer(record, model, serving)
     try:
         if record.forecast is None:
             return scorer.evaluate(x, y), {}
@@ -38,3 +45,30 @@ def score_holdout(
         return holdout_scores(record.forecast, values, y)
     finally:
         scorer.close("the holdout is scored")
+
+
+def score_holdout_blocks(
+    record: ModelRecord,
+    model: keras.Model,
+    serving: ServingOptions,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+) -> dict[str, float]:
+    """The metrics of score_holdout over a holdout read block by block: every metric but rmse is a
+    mean over samples, so the blocks' figures are combined weighted by their samples."""
+    scorer = _scorer(record, model, serving)
+    totals: dict[str, float] = {}
+    n = 0
+    try:
+        for x, y in blocks:
+            rows = int(x.shape[0])
+            for name, value in scorer.evaluate(x, y).items():
+                totals[name] = totals.get(name, 0.0) + value * rows
+            n += rows
+    finally:
+        scorer.close("the holdout is scored")
+    if not n:
+        return {}
+    metrics = {name: total / n for name, total in totals.items()}
+    if "mse" in metrics:
+        metrics["rmse"] = math.sqrt(metrics["mse"])
+    return metrics

@@ -16,19 +16,33 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from model_service import data
 from model_service.cost import Reservation
+from model_service.datasets.pipeline import sample_set
+from model_service.datasets.store import DatasetStore
 from model_service.forecasting.quantiles import PinballLoss
 from model_service.records import ModelRecord
 from model_service.scaling import ScalerFitter, ScalerRef
 from model_service.serving import ServingOptions
 from model_service.spec import Task
 from model_service.training import fitting, tensorboard
-from model_service.training.fitting import Progress, fit_model
-from model_service.training.holdout import score_holdout
+from model_service.training.fitting import Progress, Sets, fit_model, fit_model_on
+from model_service.training.holdout import score_holdout, score_holdout_blocks
 from model_service.training.publish import publish
-from model_service.training.request import Prepared, Publisher, TrainEvent, TrainInput, TrainStarted, prepare
-from model_service.training.scalers import fit_scaler
+from model_service.training.request import (
+    DatasetOptions,
+    Prepared,
+    Publisher,
+    StreamedPrepared,
+    TrainEvent,
+    TrainInput,
+    TrainStarted,
+    prepare,
+    prepare_streamed,
+)
+from model_service.training.scalers import fit_scaler, fit_scaler_streamed
 from service_common.errors import Cancelled, ResourceExhausted, ServiceError
 
 log = logging.getLogger("model_service.training")
@@ -39,7 +53,7 @@ _END = object()
 class TrainingJob:
     def __init__(
         self,
-        prepared: Prepared,
+        prepared: Prepared | StreamedPrepared,
         request: TrainInput,
         record: ModelRecord,
         registry: Publisher,
@@ -134,12 +148,16 @@ class TrainingJob:
                         log.warning("could not delete scaler %s v%d: %s", ref.scaler_id, ref.version, exc)
             if self._memory is not None:
                 self._memory.release()
+            if isinstance(self._prepared, StreamedPrepared):
+                self._prepared.close()  # the dataset may be deleted from now on
             self._on_finish()
             self._events.put(_END)
 
     def _train(self) -> ModelRecord:
         """The job's steps: fit scalers, fit the model, score the holdout, publish."""
         p = self._prepared
+        if isinstance(p, StreamedPrepared):
+            return self._train_streamed(p)
         spec, options, n_train = p.spec, p.options, p.n_train
         started = time.perf_counter()
         x_train, x_val = p.x[:n_train], p.x[n_train:]
@@ -199,6 +217,101 @@ class TrainingJob:
             coverage=coverage,
         )
 
+    def _fit_scaler_streamed(self, p: StreamedPrepared, which: str, spec: object) -> Any:
+        """A scaler fitted on the training split's x (or y) read block by block."""
+        samples = p.samples
+
+        def chunks() -> Iterator[np.ndarray]:
+            for lo, hi in samples.ranges(0, p.n_train):
+                self._check_cancelled()
+                x, y = samples.block(lo, hi)
+                yield (
+                    x.reshape(hi - lo, p.spec.timesteps, p.spec.features)
+                    if which == "x"
+                    else p.targets(y, hi - lo)
+                )
+
+        per_sample = p.spec.timesteps * p.spec.features if which == "x" else max(1, p.spec.head.units)
+        try:
+            scaler = fit_scaler_streamed(
+                self._fitter,
+                f"{self.model_id}-{which}",
+                spec,
+                chunks,
+                p.n_train * per_sample * 8,
+                p.dataset_options.in_memory_fit_bytes,
+                self._scalers,
+            )
+        except ServiceError:
+            self._check_cancelled()  # a cancel mid-stream ends the FitStream call: report the cancel
+            raise
+        self._check_cancelled()
+        return scaler
+
+    def _train_streamed(self, p: StreamedPrepared) -> ModelRecord:
+        """_train on a stored dataset: every step reads it block by block, none holds it whole."""
+        spec, options, n_train, n = p.spec, p.options, p.n_train, p.samples.n
+        started = time.perf_counter()
+        x_scaler = y_scaler = None
+        if self._request.x_scaling is not None:
+            x_scaler = self._fit_scaler_streamed(p, "x", self._request.x_scaling)
+        if self._request.y_scaling is not None:
+            y_scaler = self._fit_scaler_streamed(p, "y", self._request.y_scaling)
+        self.emit(
+            TrainStarted(
+                self.model_id,
+                self.version,
+                n_train,
+                p.n_validation,
+                x_scaler.ref if x_scaler else None,
+                y_scaler.ref if y_scaler else None,
+            )
+        )
+        classes = spec.task is Task.MULTICLASS
+        y_shape: tuple[int, ...] = () if classes else (1,) if spec.task is Task.BINARY else (spec.head.units,)
+        y_dtype = np.dtype(np.int64 if classes else np.float32)
+
+        def make_sets(shuffle_seed: int | None) -> Sets:
+            def one(start: int, stop: int, seed: int | None) -> Any:
+                return sample_set(
+                    p.samples,
+                    start,
+                    stop,
+                    options.batch_size,
+                    (spec.timesteps, spec.features),
+                    p.targets,
+                    y_shape,
+                    y_dtype,
+                    x_scaler,
+                    y_scaler,
+                    seed,
+                    p.dataset_options.shuffle_buffer,
+                )
+
+            return one(0, n_train, shuffle_seed), one(n_train, n, None) if n > n_train else None
+
+        progress = Progress(self, options.epochs, n_train)
+        model = fit_model_on(spec, options, make_sets, n_train, p.n_validation, progress)
+        self._check_cancelled()
+        record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler, dataset_id=p.dataset_id)
+        holdout_blocks = (
+            (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
+        )
+        holdout = score_holdout_blocks(record, model, self._serving, holdout_blocks) if n > n_train else {}
+        events = tensorboard.event_files(record, model, progress.history, options)
+        return publish(
+            self._registry,
+            record,
+            model,
+            progress.history,
+            holdout,
+            n_train,
+            p.n_validation,
+            time.perf_counter() - started,
+            self._check_cancelled,
+            extra_files=events,
+        )
+
 
 class TrainingManager:
     """Starts jobs, bounded by ``max_jobs`` running at once (the next gets RESOURCE_EXHAUSTED)."""
@@ -211,7 +324,11 @@ class TrainingManager:
         max_jobs: int,
         max_work: int,
         track: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        datasets: DatasetStore | None = None,
+        dataset_options: DatasetOptions | None = None,
     ) -> None:
+        self._datasets = datasets
+        self._dataset_options = dataset_options or DatasetOptions()
         self._registry = registry
         self._fitter = fitter
         self._serving = serving
@@ -224,7 +341,23 @@ class TrainingManager:
 
     def start(self, request: TrainInput) -> TrainingJob:
         admission = self._serving.admission
-        prepared = prepare(request, self.max_work, admission)
+        prepared: Prepared | StreamedPrepared
+        if request.dataset is not None:
+            # Holds the dataset (it cannot be deleted) until the job ends, or until refused below.
+            prepared = prepare_streamed(
+                request, self.max_work, self._datasets, self._dataset_options, admission
+            )
+        else:
+            prepared = prepare(request, self.max_work, admission)
+        try:
+            return self._start(request, prepared)
+        except BaseException:
+            if isinstance(prepared, StreamedPrepared):
+                prepared.close()
+            raise
+
+    def _start(self, request: TrainInput, prepared: Prepared | StreamedPrepared) -> TrainingJob:
+        admission = self._serving.admission
         with self._lock:
             if self._closed:
                 raise Cancelled("the model service is shutting down")

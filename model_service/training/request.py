@@ -13,12 +13,14 @@ import numpy as np
 
 from model_service import data
 from model_service.cost import Admission, Estimate, ModelCost
+from model_service.datasets.samples import DatasetSamples, windowing_for
+from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore, OpenedDataset
 from model_service.forecasting.config import ForecastConfig, SeriesRequest, as_rows, resolve_series
 from model_service.forecasting.windowing import forecast_windows
 from model_service.records import EpochProgress, ModelRecord
 from model_service.scaling import ScalerRef
 from model_service.spec import ModelSpec, Task, plan, resolve
-from service_common.errors import InvalidArgument, ResourceExhausted
+from service_common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 DEFAULT_EPOCHS = 10
 MAX_EPOCHS = 10_000
@@ -72,6 +74,27 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class DatasetRequest:
+    """Training data by reference: a stored dataset and, for a series, how to window it."""
+
+    dataset_id: str
+    window: int = 0  # 0 = the spec's timesteps
+    stride: int = 0  # 0 = 1
+    input_columns: tuple[str, ...] = ()  # empty = every column
+    target_columns: tuple[str, ...] = ()  # empty = the first column
+    horizon: int = 1
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How a job reads a dataset: the shuffle buffer (samples), and how much of a training split a
+    scaler without partial_fit (robust) may be handed in one Fit call."""
+
+    shuffle_buffer: int = 65_536
+    in_memory_fit_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True)
 class TrainInput:
     """A training request in domain terms. Exactly one of (x, y) and ``series`` is set."""
 
@@ -82,6 +105,7 @@ class TrainInput:
     y: np.ndarray | None = None
     series: np.ndarray | None = None
     series_request: SeriesRequest = SeriesRequest()  # how ``series`` is windowed and forecast
+    dataset: DatasetRequest | None = None
     # Scaler specs as the request carried them, passed to the ScalerFitter untouched; None = no scaling.
     x_scaling: Any = None
     y_scaling: Any = None
@@ -147,22 +171,113 @@ def prepare(request: TrainInput, max_work: int, admission: Admission | None = No
         raise InvalidArgument(
             f"y_scaling is for REGRESSION only; a {spec.task.value} model predicts class labels"
         )
+    _check_work(options, n_train, max_work)
+    estimate = None
+    if admission is not None:
+        estimate = _estimate(spec, options, n_train, x.shape[0] - n_train, admission)
+    return Prepared(spec, options, x, y, n_train, estimate, forecast)
+
+
+@dataclass
+class StreamedPrepared:
+    """A checked request on a stored dataset: read block by block, held (undeletable) until ``close``."""
+
+    spec: ModelSpec
+    options: TrainOptions
+    samples: DatasetSamples
+    opened: OpenedDataset
+    n_train: int
+    dataset_options: DatasetOptions
+    estimate: Estimate | None = None
+
+    @property
+    def n_validation(self) -> int:
+        return self.samples.n - self.n_train
+
+    @property
+    def dataset_id(self) -> str:
+        return self.opened.meta.dataset_id
+
+    def targets(self, y: np.ndarray, n: int) -> np.ndarray:
+        """A block's y checked and shaped for the task, as data.targets does for a whole request."""
+        return data.targets(y, n, self.spec)
+
+    def close(self) -> None:
+        self.opened.close()
+
+
+def _check_work(options: TrainOptions, n_train: int, max_work: int) -> None:
     work = options.epochs * n_train
     if work > max_work:
         raise ResourceExhausted(
             f"training work {options.epochs} epochs x {n_train} rows = {work} exceeds the limit "
             f"max_training_work={max_work}; train on fewer rows or epochs"
         )
-    estimate = None
-    if admission is not None:
-        cost = ModelCost.of(plan(spec))
-        n_validation = x.shape[0] - n_train
-        batch = min(options.batch_size, max(n_train, n_validation))  # no batch holds more rows than there are
-        estimate = admission.training(
-            cost, batch, n_train, n_validation, f"training with batch_size {options.batch_size}"
+
+
+def _estimate(
+    spec: ModelSpec, options: TrainOptions, n_train: int, n_validation: int, admission: Admission
+) -> Estimate:
+    cost = ModelCost.of(plan(spec))
+    batch = min(options.batch_size, max(n_train, n_validation))  # no batch holds more rows than there are
+    estimate = admission.training(
+        cost, batch, n_train, n_validation, f"training with batch_size {options.batch_size}"
+    )
+    if estimate.memory_bytes > admission.memory_budget_bytes:
+        fits = admission.max_batch_size(cost, n_train, n_validation)
+        hint = f"use batch_size {fits} or less" if fits else "train a smaller model or on fewer rows"
+        admission.reserve(estimate, hint)  # raises, naming the estimate and the budget
+    return estimate
+
+
+def prepare_streamed(
+    request: TrainInput,
+    max_work: int,
+    datasets: DatasetStore | None,
+    dataset_options: DatasetOptions,
+    admission: Admission | None = None,
+) -> StreamedPrepared:
+    """The checks of ``prepare`` for a request on a stored dataset, which is held from here on (the
+    caller closes the result when no job takes it). Every target is checked here, reading y only."""
+    assert request.dataset is not None
+    if datasets is None:
+        raise FailedPrecondition(NEEDS_A_DIRECTORY)
+    spec = resolve(request.spec)
+    options = request.options.resolved()
+    source = request.dataset
+    opened = datasets.open(source.dataset_id)
+    try:
+        windowing = windowing_for(
+            opened,
+            spec,
+            source.window,
+            source.stride,
+            source.input_columns,
+            source.target_columns,
+            source.horizon,
         )
-        if estimate.memory_bytes > admission.memory_budget_bytes:
-            fits = admission.max_batch_size(cost, n_train, n_validation)
-            hint = f"use batch_size {fits} or less" if fits else "train a smaller model or on fewer rows"
-            admission.reserve(estimate, hint)  # raises, naming the estimate and the budget
-    return Prepared(spec, options, x, y, n_train, estimate, forecast)
+        samples = DatasetSamples(opened, windowing)
+        accepted = [(spec.timesteps, spec.features)] + ([(spec.timesteps,)] if spec.features == 1 else [])
+        if windowing is None and samples.sample_shape not in accepted:
+            shape = "[" + ", ".join(str(d) for d in samples.sample_shape) + "]"
+            raise InvalidArgument(
+                f"dataset {opened.meta.dataset_id} has x samples of shape {shape}; the model expects "
+                f"({spec.timesteps}, {spec.features}) (timesteps={spec.timesteps}, features={spec.features})"
+            )
+        if request.y_scaling is not None and spec.task is not Task.REGRESSION:
+            raise InvalidArgument(
+                f"y_scaling is for REGRESSION only; a {spec.task.value} model predicts class labels"
+            )
+        for lo, hi in samples.ranges(0, samples.n, 1 << 20):
+            data.targets(samples.targets_block(lo, hi), hi - lo, spec, name=f"y (samples {lo}..{hi - 1})")
+        n_train = samples.n - data.holdout_size(samples.n, options.validation_fraction)
+        _check_work(options, n_train, max_work)
+        estimate = None
+        if admission is not None:
+            # What a job holds at once: the shuffle buffer and a few blocks, not the dataset.
+            held = dataset_options.shuffle_buffer + 4 * samples.block_samples
+            estimate = _estimate(spec, options, min(n_train, held), min(samples.n - n_train, held), admission)
+    except BaseException:
+        opened.close()
+        raise
+    return StreamedPrepared(spec, options, samples, opened, n_train, dataset_options, estimate)

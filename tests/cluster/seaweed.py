@@ -142,7 +142,9 @@ def seaweed_s3(root: Path, bucket: str = "lstm-stack") -> Iterator[SeaweedS3]:
     }
     s3 = SeaweedS3(endpoint, bucket, data_dir, root / "weed.log", env)
     with open(s3.log_path, "ab") as log:
-        proc = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_ready(proc, s3)
         yield s3

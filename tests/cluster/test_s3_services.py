@@ -31,7 +31,9 @@ def s3_env(seaweed: SeaweedS3) -> dict[str, str]:
 
 
 def _scaler(store_url: str, env: dict[str, str], logs: Path) -> ServiceProcess:
-    return scaler_process(store_url, logs, "--signing-key", SIGNING_KEY, "--store-poll-seconds", "0.5", env=env)
+    return scaler_process(
+        store_url, logs, "--signing-key", SIGNING_KEY, "--store-poll-seconds", "0.5", env=env
+    )
 
 
 def _model(store_url: str, env: dict[str, str], logs: Path, scaler: ServiceProcess) -> ServiceProcess:
@@ -100,7 +102,9 @@ def test_tampered_scaler_objects_in_the_bucket_are_skipped_and_answer_not_found(
     # 2. The manifest's digests changed (as one would to slip another payload in), its HMAC kept.
     forged = manifest("forged")
     forged["files"] = {name: "0" * 64 for name in forged["files"]}  # type: ignore[attr-defined]
-    client.put_object(Bucket=seaweed.bucket, Key=f"{root}/manifests/forged/1", Body=json.dumps(forged).encode())
+    client.put_object(
+        Bucket=seaweed.bucket, Key=f"{root}/manifests/forged/1", Body=json.dumps(forged).encode()
+    )
 
     with running(scaler), scaler.channel() as channel:
         stub = scaler_pb2_grpc.ScalerServiceStub(channel)
@@ -129,7 +133,9 @@ def test_a_service_refuses_to_start_on_s3_without_a_signing_key(
 def test_a_service_refuses_to_start_on_a_bucket_that_does_not_exist(
     s3_env: dict[str, str], tmp_path: Path
 ) -> None:
-    scaler = scaler_process("s3://no-such-bucket/x", tmp_path / "logs", "--signing-key", SIGNING_KEY, env=s3_env)
+    scaler = scaler_process(
+        "s3://no-such-bucket/x", tmp_path / "logs", "--signing-key", SIGNING_KEY, env=s3_env
+    )
     scaler.start(wait=False)
     assert scaler.wait_exit(timeout=60) != 0
     assert "bucket 'no-such-bucket' does not exist" in scaler.log_tail(), scaler.log_tail()

@@ -102,7 +102,11 @@ def test_a_written_version_reads_back_is_listed_in_order_and_is_immutable(backen
     store.write("b-model", 10, {"model.bin": b"ten"})
     store.write("a-model", 1, {"model.bin": b"a"})
     assert store.read("b-model", 2) == {"model.bin": b"\x00\x01", "meta.json": b"{}"}
-    assert [(r.artifact_id, r.version) for r in store.scan()] == [("a-model", 1), ("b-model", 2), ("b-model", 10)]
+    assert [(r.artifact_id, r.version) for r in store.scan()] == [
+        ("a-model", 1),
+        ("b-model", 2),
+        ("b-model", 10),
+    ]
     assert [r.version for r in store.scan("b-model")] == [2, 10]
     assert "b-model/10" in next(r for r in store.scan() if r.version == 10).location
     with pytest.raises(FileExistsError, match="immutable"):
@@ -263,7 +267,9 @@ def test_two_processes_allocating_at_once_get_distinct_versions(seaweed: Seaweed
     with context.Manager() as manager, context.Pool(2) as pool:
         start = manager.Event()
         pending = [
-            pool.apply_async(_allocate_many, (seaweed.endpoint, seaweed.bucket, s3_prefix, per_process, start))
+            pool.apply_async(
+                _allocate_many, (seaweed.endpoint, seaweed.bucket, s3_prefix, per_process, start)
+            )
             for _ in range(2)
         ]
         time.sleep(1.0)  # both workers imported and waiting on the event: they race from here

@@ -16,14 +16,20 @@ import yaml
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from protos.inference import grpc_service_pb2
-from protos.lstm_stack.v1 import model_pb2, scaler_pb2
+from protos.lstm_stack.v1 import dataset_pb2, model_pb2, scaler_pb2
 from tests.deploy.manifests import ENVOY_CONFIG, venv_tool
 
 MODEL = model_pb2.DESCRIPTOR.services_by_name["ModelService"]
 INFERENCE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SCALER = scaler_pb2.DESCRIPTOR.services_by_name["ScalerService"]
+DATASET = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"]
 # Which Envoy cluster serves each service, and the grpc.health.v1 name its health check asks for.
-CLUSTER_OF = {MODEL.full_name: "model", INFERENCE.full_name: "model", SCALER.full_name: "scaler"}
+CLUSTER_OF = {
+    MODEL.full_name: "model",
+    INFERENCE.full_name: "model",
+    DATASET.full_name: "model",
+    SCALER.full_name: "scaler",
+}
 HEALTH_NAME_OF = {"model": MODEL.full_name, "scaler": SCALER.full_name}
 # Reads and pure computations: running one twice changes nothing. Everything else writes to the store
 # or changes what is served (Train, Fit*, Delete*, RepositoryModelLoad/Unload) and must run at most once.
@@ -39,6 +45,7 @@ IDEMPOTENT = {
         "RepositoryIndex",
     },
     SCALER.full_name: {"Transform", "InverseTransform", "GetScaler", "ListScalers"},
+    DATASET.full_name: {"GetDataset", "ListDatasets"},
 }
 # What a replica that is lost or draining looks like to Envoy; the caller would see UNAVAILABLE.
 REPLICA_LOST = {"unavailable", "reset", "connect-failure", "refused-stream"}
@@ -72,7 +79,9 @@ def _route_for(config: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _methods() -> list[tuple[ServiceDescriptor, MethodDescriptor]]:
-    return [(service, method) for service in (MODEL, INFERENCE, SCALER) for method in service.methods]
+    return [
+        (service, method) for service in (MODEL, INFERENCE, SCALER, DATASET) for method in service.methods
+    ]
 
 
 def _seconds(duration: str) -> float:
@@ -138,7 +147,7 @@ def test_every_idempotent_method_named_exists_in_the_protos() -> None:
     # A renamed method would otherwise silently lose its retries.
     names = {
         service.full_name: {method.name for method in service.methods}
-        for service in (MODEL, INFERENCE, SCALER)
+        for service in (MODEL, INFERENCE, SCALER, DATASET)
     }
     for service, methods in IDEMPOTENT.items():
         assert methods <= names[service], methods - names[service]
@@ -171,7 +180,7 @@ def test_streams_stay_on_their_replica_with_a_long_idle_timeout_and_no_retry(pat
 
 
 def test_a_method_the_config_does_not_name_is_routed_to_its_service_and_never_retried() -> None:
-    for service in (MODEL, INFERENCE, SCALER):
+    for service in (MODEL, INFERENCE, SCALER, DATASET):
         route = _route_for(_config(), f"/{service.full_name}/AMethodAddedLater")
         assert "prefix" in route["match"]
         assert route["route"]["cluster"] == CLUSTER_OF[service.full_name]

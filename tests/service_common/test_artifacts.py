@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service_common.artifacts import SIGNATURE_FILE, ArtifactStore, load_signing_key, validate_id
-from service_common.errors import IntegrityError, InvalidArgument, echo
+from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument, echo
 
 KEY = b"k" * 32
 
@@ -183,3 +183,74 @@ def test_write_survives_the_parent_vanishing_under_it(
     store.write("a", 2, {"x": b"2"})
     assert raced and store.read("a", 2) == {"x": b"2"}
     assert [(r.artifact_id, r.version) for r in store.scan()] == [("a", 2)]
+
+
+# ---- drafts: artifacts written file by file, named at the end ------------------------------------
+
+
+def test_a_draft_written_file_by_file_commits_under_a_name_chosen_at_the_end(store: ArtifactStore) -> None:
+    draft = store.draft()
+    with draft.create("part-0") as fh:
+        fh.write(b"ab")
+        fh.write(b"cd")
+    draft.add("meta.json", b"{}")
+    assert not list(store.scan())  # nothing is listed before the commit
+    path = draft.commit("ds-1", 1)
+    assert store.read("ds-1", 1) == {"part-0": b"abcd", "meta.json": b"{}"}
+    assert store.verified_files("ds-1", 1) == {"part-0": path / "part-0", "meta.json": path / "meta.json"}
+    assert store.read_file("ds-1", 1, "meta.json") == b"{}"
+    assert not list(store.root.glob(".tmp-*"))
+
+
+def test_a_draft_onto_an_existing_version_is_refused_and_removed(store: ArtifactStore) -> None:
+    store.write("ds-1", 1, {"part-0": b"first"})
+    draft = store.draft()
+    draft.add("part-0", b"second")
+    with pytest.raises(FileExistsError):
+        draft.commit("ds-1", 1)
+    assert store.read("ds-1", 1) == {"part-0": b"first"}
+    assert not list(store.root.glob(".tmp-*"))
+
+
+def test_a_discarded_draft_leaves_nothing(store: ArtifactStore) -> None:
+    draft = store.draft()
+    draft.add("part-0", b"x" * 100)
+    draft.discard()
+    draft.discard()  # idempotent
+    assert not list(store.root.glob(".tmp-*"))
+    assert not list(store.scan())
+    with pytest.raises(ValueError, match="committed or discarded"):
+        draft.add("part-1", b"y")
+
+
+def test_streamed_verification_and_single_file_reads_refuse_a_tampered_part(store: ArtifactStore) -> None:
+    path = store.write("ds-1", 1, {"part-0": b"payload", "meta.json": b"{}"})
+    (path / "part-0").write_bytes(b"changed")
+    with pytest.raises(IntegrityError, match="part-0 does not match its signature"):
+        store.verified_files("ds-1", 1)
+    with pytest.raises(IntegrityError, match="part-0 does not match its signature"):
+        store.read_file("ds-1", 1, "part-0")
+    assert store.read_file("ds-1", 1, "meta.json") == b"{}"  # the other file still verifies alone
+
+
+# ---- holds: artifacts in use cannot be deleted ---------------------------------------------------
+
+
+def test_a_held_id_cannot_be_deleted_until_every_hold_is_released(store: ArtifactStore) -> None:
+    store.write("ds-1", 1, {"x": b"1"})
+    first, second = store.hold("ds-1"), store.hold("ds-1")
+    assert store.live_holds("ds-1") == 2
+    with pytest.raises(FailedPrecondition, match="in use by 2 running job"):
+        store.delete("ds-1", 1)
+    first.release()
+    with pytest.raises(FailedPrecondition, match="in use by 1 running job"):
+        store.delete("ds-1", 1)
+    second.release()
+    second.release()  # idempotent
+    assert store.live_holds("ds-1") == 0
+    assert store.delete("ds-1", 1)
+
+
+def test_only_a_stored_id_can_be_held(store: ArtifactStore) -> None:
+    with pytest.raises(FileNotFoundError, match="not stored"):
+        store.hold("ds-missing")

@@ -22,6 +22,7 @@ from service_common.artifacts import (
     ArtifactStore,
     load_signing_key,
 )
+from service_common.errors import FailedPrecondition
 
 KEY = b"test-signing-key-0123456789"
 ALLOCATIONS_PER_PROCESS = 25
@@ -200,3 +201,36 @@ def test_processes_creating_the_signing_key_at_once_all_get_the_one_that_won(tmp
     assert len(set(keys)) == 1 and len(keys[0]) == 64
     assert (tmp_path / "store" / ".signing-key").read_bytes() == keys[0]
     assert [p.name for p in (tmp_path / "store").iterdir()] == [".signing-key"]  # no temp file left
+
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from service_common.artifacts import ArtifactStore
+    store = ArtifactStore(Path(sys.argv[1]), b"test-signing-key-0123456789")
+    hold = store.hold("ds-1")
+    print("held", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_sigkilled_processes_hold_dies_with_it(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path, KEY)
+    store.write("ds-1", 1, {"x": b"1"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert store.live_holds("ds-1") == 1
+        with pytest.raises(FailedPrecondition, match="in use"):
+            store.delete("ds-1", 1)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+    assert store.live_holds("ds-1") == 0
+    assert store.delete("ds-1", 1)

@@ -85,7 +85,9 @@ def test_an_s3_failure_during_an_operation_is_unavailable_naming_the_store() -> 
         stub.add_response("list_objects_v2", {"IsTruncated": False})  # the sweep at open: nothing
         store = S3ArtifactStore(client, "lstm-bucket", "p/models", KEY)
         stub.add_client_error("list_objects_v2", service_error_code="SlowDown", http_status_code=503)
-        with pytest.raises(Unavailable, match=r"S3 store s3://lstm-bucket/p/models/: list_objects_v2 failed: SlowDown"):
+        with pytest.raises(
+            Unavailable, match=r"S3 store s3://lstm-bucket/p/models/: list_objects_v2 failed: SlowDown"
+        ):
             list(store.scan())
         stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
         with pytest.raises(Unavailable, match="get_object failed: AccessDenied"):

@@ -112,6 +112,7 @@ def test_reflection_describes_and_calls_every_model_service(model: Reflected) ->
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
         "inference.GRPCInferenceService",
+        "lstm_stack.v1.DatasetService",
         "lstm_stack.v1.ModelService",
     ]
     describe_every_listed_service(model)

@@ -7,6 +7,9 @@ with connect(scaler_address="127.0.0.1:50051", model_address="127.0.0.1:50052") 
     run = stack.model.train(model_spec("lstm:16:relu", timesteps=3), x, y, epochs=50)
     model = run.result()
     print(stack.model.predict(model.id, [[50, 60, 70]]).values)
+    # Data of any size: uploaded in chunks (a .npy is memory-mapped), trained on by reference.
+    data = stack.datasets.upload_series(np.load("minutes.npy", mmap_mode="r"), ["load", "temp"])
+    stack.model.train(spec, dataset=data.id, target_columns=["load"], epochs=5).result()
 """
 
 from service_common.channels import channel_credentials, open_channel
@@ -20,6 +23,7 @@ from .client import (
     NO_RETRY,
     Backtest,
     BacktestWindow,
+    DatasetClient,
     Evaluation,
     FitTransformResult,
     Forecast,
@@ -41,6 +45,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_TRAIN_TIMEOUT",
     "MAX_MESSAGE_BYTES",
+    "DatasetClient",
     "NO_RETRY",
     "Backtest",
     "BacktestWindow",

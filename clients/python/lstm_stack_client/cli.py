@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from protos.lstm_stack.v1 import model_pb2, scaler_pb2
 
+from . import datasets as dataset_files
 from . import display
 from .client import (
     DEFAULT_MODEL_ADDRESS,
@@ -366,11 +367,25 @@ def _plot_dir(args: argparse.Namespace) -> Path | None:
     return Path(args.plot) if getattr(args, "plot", None) else None
 
 
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else []
+
+
 def cmd_model_train(ctx: Context) -> int:
     args = ctx.args
     spec = spec_from_args(args)
     data: dict[str, Any] = {}
-    if args.series:
+    if args.dataset:
+        if args.series or args.x or args.y:
+            raise UsageError("give --dataset, --series, or --x and --y: one of them")
+        data = {
+            "dataset": args.dataset,
+            "window": args.window or 0,
+            "stride": args.stride,
+            "input_columns": _names(args.input_columns),
+            "target_columns": _names(args.target_columns),
+        }
+    elif args.series:
         if args.x or args.y:
             raise UsageError("give --series (with --window), or --x and --y, not both")
         if not args.window:
@@ -767,6 +782,69 @@ def cmd_model_tensorboard(ctx: Context) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- dataset commands
+
+
+def _open_rows(path: str, what: str) -> tuple[Any, list[str]]:
+    """Rows of a .npy (memory-mapped) or a CSV (read in chunks; its header names the columns) file."""
+    if path.endswith(".npy"):
+        return dataset_files.load_npy(path), []
+    if path.endswith(".csv"):
+        return None, dataset_files.csv_columns(path)
+    raise UsageError(f"{what}: expected a .npy or .csv file, got {path!r}")
+
+
+def cmd_dataset_upload(ctx: Context) -> int:
+    args = ctx.args
+    rows = args.rows_per_chunk
+    if args.series:
+        if args.x or args.y:
+            raise UsageError("give --series, or --x and --y, not both")
+        array, header = _open_rows(args.series, "--series")
+        columns = [c.strip() for c in args.columns.split(",")] if args.columns else header
+        if not columns:
+            raise UsageError("a .npy series needs --columns NAME,NAME,... (one name per column)")
+        chunks = dataset_files.csv_chunks(args.series, rows) if array is None else array
+        info = ctx.client.datasets.upload_series(chunks, columns, rows_per_chunk=rows)
+    else:
+        if not (args.x and args.y) or not (args.x.endswith(".npy") and args.y.endswith(".npy")):
+            raise UsageError("a supervised dataset needs --x and --y as .npy files (or give --series)")
+        info = ctx.client.datasets.upload_supervised(
+            dataset_files.load_npy(args.x), dataset_files.load_npy(args.y), rows_per_chunk=rows
+        )
+    if args.json:
+        ctx.json(info)
+    else:
+        ctx.print(display.dataset_description(info))
+    return EXIT_OK
+
+
+def cmd_dataset_get(ctx: Context) -> int:
+    info = ctx.client.datasets.get(ctx.args.id)
+    if ctx.args.json:
+        ctx.json(info)
+    else:
+        ctx.print(display.dataset_description(info))
+    return EXIT_OK
+
+
+def cmd_dataset_list(ctx: Context) -> int:
+    found = ctx.client.datasets.list()
+    if ctx.args.json:
+        ctx.json(list(found))
+    elif not found:
+        ctx.print("no datasets")
+    else:
+        ctx.print(display.dataset_rows(found))
+    return EXIT_OK
+
+
+def cmd_dataset_delete(ctx: Context) -> int:
+    ctx.client.datasets.delete(ctx.args.id)
+    ctx.print(f"deleted dataset {ctx.args.id}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -845,7 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 the call failed, 2 bad input, 130 training cancelled.",
     )
     _global_options(parser, suppress=False)
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{scaler,model}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{scaler,model,dataset}")
 
     def command(
         sub: argparse._SubParsersAction, name: str, handler: Callable[[Context], int], help_text: str
@@ -901,10 +979,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target-feature", type=int, default=0, help="with --series: the column y comes from")
     data.add_argument("--horizon", type=int, default=0, help="with --series: steps ahead (default 1)")
     data.add_argument("--strategy", choices=["direct", "recursive"], default="direct", help="with --series")
-    data.add_argument("--target-columns", help="with --series: columns to forecast, e.g. '0,2'")
-    data.add_argument("--input-columns", help="with --series: columns the model reads (default: all)")
-    data.add_argument("--stride", type=int, default=0, help="with --series: rows between windows (default 1)")
+    data.add_argument(
+        "--target-columns",
+        help="columns to forecast: indices with --series (e.g. '0,2'), names with a series --dataset",
+    )
+    data.add_argument(
+        "--input-columns",
+        help="columns the model reads (default: all): indices with --series, names with a series --dataset",
+    )
+    data.add_argument("--stride", type=int, default=0, help="with a series: rows between windows (default 1)")
     data.add_argument("--quantiles", help="with --series: quantile head levels, e.g. '0.1,0.5,0.9'")
+    data.add_argument(
+        "--dataset", help="a stored dataset id (lstm-stack dataset upload) instead of sending data"
+    )
     training = train.add_argument_group("training")
     training.add_argument("--id", help="make a new version of this id (default: a new id)")
     training.add_argument("--epochs", type=int, default=0, help="default: the service's (10)")
@@ -996,6 +1083,27 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--launch", action="store_true", help="run tensorboard (it must be installed here)")
     board.add_argument("--host", default="127.0.0.1", help="tensorboard --host (default 127.0.0.1)")
     board.add_argument("--port", type=int, default=6006, help="tensorboard --port (default 6006)")
+
+    # dataset
+    dataset = groups.add_parser("dataset", help="upload training data of any size, in chunks").add_subparsers(
+        dest="command", required=True
+    )
+    up = command(dataset, "upload", cmd_dataset_upload, "upload a series or x/y samples in chunks of rows")
+    up.add_argument(
+        "--series", help="a raw series: .npy (memory-mapped) or .csv (a header row names the columns)"
+    )
+    up.add_argument(
+        "--columns", help="column names NAME,NAME,... (a .npy series needs them; default: the CSV header)"
+    )
+    up.add_argument("--x", help="supervised samples: .npy (rows, timesteps, features), memory-mapped")
+    up.add_argument("--y", help="supervised targets: .npy (rows,) or (rows, outputs)")
+    up.add_argument("--rows-per-chunk", type=int, default=0, help="rows per message (default: about 4 MiB)")
+    for name, handler, text in (
+        ("get", cmd_dataset_get, "show a dataset"),
+        ("delete", cmd_dataset_delete, "delete a dataset (refused while a training job uses it)"),
+    ):
+        command(dataset, name, handler, text).add_argument("--id", required=True, help="dataset id")
+    command(dataset, "list", cmd_dataset_list, "list datasets")
     return parser
 
 

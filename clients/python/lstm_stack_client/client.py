@@ -22,11 +22,21 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc, tensor_pb2
+from protos.lstm_stack.v1 import (
+    dataset_pb2,
+    dataset_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    scaler_pb2,
+    scaler_pb2_grpc,
+    tensor_pb2,
+)
 from service_common import codec
 from service_common.channels import message_size_options, open_channel
 from service_common.security import bearer_metadata
 
+from .datasets import array_chunks
+from .datasets import rows_per_chunk as _rows_per_chunk
 from .specs import scaler_spec
 
 DEFAULT_SCALER_ADDRESS = "127.0.0.1:50051"
@@ -427,7 +437,7 @@ class Backtest:
 _STRATEGIES = {"direct": model_pb2.DIRECT, "recursive": model_pb2.RECURSIVE}
 
 
-def _strategy(name: str) -> int:
+def _strategy(name: str) -> model_pb2.ForecastStrategy.ValueType:
     try:
         return _STRATEGIES[name.lower()]
     except KeyError:
@@ -538,10 +548,11 @@ class ModelClient(_Client):
         target_feature: int = 0,
         horizon: int = 0,
         strategy: str = "direct",
-        target_columns: Iterable[int] = (),
-        input_columns: Iterable[int] = (),
+        target_columns: Iterable[int] | Iterable[str] = (),
+        input_columns: Iterable[int] | Iterable[str] = (),
         stride: int = 0,
         quantiles: Iterable[float] = (),
+        dataset: str = "",
         model_id: str = "",
         epochs: int = 0,
         batch_size: int = 0,
@@ -555,7 +566,9 @@ class ModelClient(_Client):
         y_scaling: scaler_pb2.ScalerSpec | str | None = None,
         timeout: float | None = None,
     ) -> TrainRun:
-        """Start training on (x, y) or on a raw ``series`` cut into windows; returns a TrainRun to iterate.
+        """Start training on (x, y), on a raw ``series`` cut into windows, or on a stored ``dataset``
+        (an id from DatasetClient.upload_*; series datasets are windowed by ``window``, ``stride``,
+        ``input_columns`` and ``target_columns``); returns a TrainRun to iterate.
 
         A series model forecasts ``horizon`` steps of ``target_columns`` (``strategy`` "direct" or
         "recursive"), with ``quantiles`` (e.g. 0.1, 0.5, 0.9) for intervals. Never retried: each Train
@@ -571,7 +584,19 @@ class ModelClient(_Client):
             shuffle=shuffle,
             early_stopping=_early_stopping(patience, min_delta, restore_best_weights),
         )
-        if series is not None:
+        if dataset:
+            if x is not None or y is not None or series is not None:
+                raise ValueError("give one of x and y, series, or dataset")
+            request.dataset.CopyFrom(
+                dataset_pb2.DatasetSource(
+                    dataset_id=dataset,
+                    window=window,
+                    stride=stride,
+                    input_columns=[str(c) for c in input_columns],
+                    target_columns=[str(c) for c in target_columns],
+                )
+            )
+        elif series is not None:
             if x is not None or y is not None:
                 raise ValueError("give either x and y, or series, not both")
             request.series.CopyFrom(
@@ -581,8 +606,8 @@ class ModelClient(_Client):
                     target_feature=target_feature,
                     horizon=horizon,
                     strategy=_strategy(strategy),
-                    target_columns=list(target_columns),
-                    input_columns=list(input_columns),
+                    target_columns=[int(c) for c in target_columns],
+                    input_columns=[int(c) for c in input_columns],
                     stride=stride,
                 )
             )
@@ -839,6 +864,126 @@ class ModelClient(_Client):
         )
 
 
+# ---------------------------------------------------------------- datasets
+
+
+class DatasetClient(_Client):
+    """DatasetService (served by the model service): upload training data of any size in chunks of
+    rows, then train on it by id (ModelClient.train(dataset=...))."""
+
+    SERVICE_NAME = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
+
+    def __init__(self, channel: grpc.Channel, **kwargs: Any):
+        super().__init__(channel, **kwargs)
+        self._stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+
+    @classmethod
+    def connect(cls, address: str = DEFAULT_MODEL_ADDRESS, **options: Any) -> DatasetClient:
+        channel_options, client_options = _split_options(options)
+        return cls(open_channel(address, **channel_options), own_channel=True, **client_options)
+
+    @classmethod
+    def beside(cls, model: ModelClient) -> DatasetClient:
+        """On the model client's channel, with its deadline, retries and token (it does not own it)."""
+        client = cls(model.channel)
+        client._rpc = model._rpc
+        return client
+
+    def upload(
+        self,
+        header: dataset_pb2.DatasetHeader,
+        chunks: Iterable[dict[str, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> dataset_pb2.DatasetInfo:
+        """Stream chunks ({"series": rows} or {"x": rows, "y": rows}) lazily: one in memory at a time.
+
+        The deadline covers the whole upload (default: no deadline beyond the train timeout). Never
+        retried; uploading the same data again is harmless anyway (same content, same id).
+        """
+
+        def requests() -> Iterator[dataset_pb2.DatasetChunk]:
+            # The header rides on the first chunk, so the server's chunk numbers are the caller's.
+            index = -1
+            for index, arrays in enumerate(chunks):
+                chunk = dataset_pb2.DatasetChunk()
+                for name, value in arrays.items():
+                    getattr(chunk, name).CopyFrom(encode(value, f"chunk {index} {name}"))
+                if index == 0:
+                    chunk.header.CopyFrom(header)
+                yield chunk
+            if index < 0:
+                yield dataset_pb2.DatasetChunk(header=header)
+
+        return self._rpc.call(
+            "DatasetService/Upload",
+            self._stub.Upload,
+            requests(),
+            idempotent=False,
+            timeout=DEFAULT_TRAIN_TIMEOUT if timeout is None else timeout,
+        )
+
+    def upload_series(
+        self,
+        series: Any | Iterable[Any],
+        columns: Iterable[str],
+        *,
+        rows_per_chunk: int = 0,
+        timeout: float | None = None,
+    ) -> dataset_pb2.DatasetInfo:
+        """A raw series with named columns: an array or memory map (sent in slices of
+        ``rows_per_chunk``, default about 4 MiB), or any iterable of (rows, columns) chunks."""
+        chunks = array_chunks(series, rows_per_chunk) if hasattr(series, "shape") else series
+        header = dataset_pb2.DatasetHeader(kind=dataset_pb2.DATASET_SERIES, columns=list(columns))
+        return self.upload(header, ({"series": chunk} for chunk in chunks), timeout=timeout)
+
+    def upload_supervised(
+        self, x: Any, y: Any, *, rows_per_chunk: int = 0, timeout: float | None = None
+    ) -> dataset_pb2.DatasetInfo:
+        """Samples x (rows, timesteps, features) and targets y (rows, ...), arrays or memory maps."""
+        x = x if hasattr(x, "shape") else np.asarray(x)
+        y = y if hasattr(y, "shape") else np.asarray(y)
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        rows = rows_per_chunk or min(_rows_per_chunk(x), _rows_per_chunk(y))
+        pairs = zip(array_chunks(x, rows), array_chunks(y, rows), strict=True)
+        header = dataset_pb2.DatasetHeader(kind=dataset_pb2.DATASET_SUPERVISED)
+        return self.upload(header, ({"x": cx, "y": cy} for cx, cy in pairs), timeout=timeout)
+
+    def get(self, dataset_id: str, *, timeout: float | None = None) -> dataset_pb2.DatasetInfo:
+        request = dataset_pb2.GetDatasetRequest(dataset_id=dataset_id)
+        return self._rpc.call(
+            "DatasetService/GetDataset", self._stub.GetDataset, request, idempotent=True, timeout=timeout
+        )
+
+    def list(self, *, page_size: int = 0, timeout: float | None = None) -> list[dataset_pb2.DatasetInfo]:
+        found: list[dataset_pb2.DatasetInfo] = []
+        token = ""
+        while True:
+            request = dataset_pb2.ListDatasetsRequest(page_size=page_size, page_token=token)
+            response = self._rpc.call(
+                "DatasetService/ListDatasets",
+                self._stub.ListDatasets,
+                request,
+                idempotent=True,
+                timeout=timeout,
+            )
+            found.extend(response.datasets)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    def delete(self, dataset_id: str, *, timeout: float | None = None) -> None:
+        request = dataset_pb2.DeleteDatasetRequest(dataset_id=dataset_id)
+        self._rpc.call(
+            "DatasetService/DeleteDataset",
+            self._stub.DeleteDataset,
+            request,
+            idempotent=False,
+            timeout=timeout,
+        )
+
+
 # ---------------------------------------------------------------- both
 
 _CHANNEL_OPTIONS = {
@@ -864,11 +1009,13 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 class LstmStackClient:
-    """Both services: ``.scaler`` and ``.model``. Use as a context manager to close the channels."""
+    """Both services: ``.scaler``, ``.model`` and ``.datasets`` (on the model service's channel). Use as
+    a context manager to close the channels."""
 
     def __init__(self, scaler: ScalerClient, model: ModelClient):
         self.scaler = scaler
         self.model = model
+        self.datasets = DatasetClient.beside(model)
 
     def wait_until_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ from typing import TextIO
 
 import numpy as np
 
-from protos.lstm_stack.v1 import model_pb2, scaler_pb2
+from protos.lstm_stack.v1 import dataset_pb2, model_pb2, scaler_pb2
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, right: Iterable[int] = ()) -> str:
@@ -179,3 +179,42 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+
+
+def _dataset_kind(info: dataset_pb2.DatasetInfo) -> str:
+    return {dataset_pb2.DATASET_SERIES: "series", dataset_pb2.DATASET_SUPERVISED: "supervised"}.get(
+        info.kind, "?"
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def dataset_rows(datasets: Iterable[dataset_pb2.DatasetInfo]) -> str:
+    rows = [
+        [
+            d.id,
+            _dataset_kind(d),
+            d.rows,
+            ",".join(d.columns),
+            _megabytes(d.size_bytes),
+            "yes" if d.in_use else "",
+            d.created_at,
+        ]
+        for d in datasets
+    ]
+    return table(["id", "kind", "rows", "columns", "size", "in use", "created"], rows, right=[2, 4])
+
+
+def dataset_description(info: dataset_pb2.DatasetInfo) -> str:
+    arrays = ", ".join(f"{a.name} {list(a.shape)}" for a in info.arrays)
+    lines = [
+        f"dataset {info.id}: {_dataset_kind(info)}, {info.rows} rows in {info.chunks} part(s), "
+        f"{_megabytes(info.size_bytes)}{' (in use by a training job)' if info.in_use else ''}",
+        f"  arrays: {arrays}",
+    ]
+    if info.columns:
+        lines.append(f"  columns: {', '.join(info.columns)}")
+    lines.append(f"  created: {info.created_at}")
+    return "\n".join(lines)

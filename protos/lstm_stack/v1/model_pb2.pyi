@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from protos.lstm_stack.v1 import dataset_pb2 as _dataset_pb2
 from protos.lstm_stack.v1 import scaler_pb2 as _scaler_pb2
 from protos.lstm_stack.v1 import tensor_pb2 as _tensor_pb2
 import builtins as _builtins
@@ -565,6 +566,7 @@ class TrainRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     SUPERVISED_FIELD_NUMBER: _builtins.int
     SERIES_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
     VALIDATION_FRACTION_FIELD_NUMBER: _builtins.int
     EPOCHS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
@@ -592,6 +594,10 @@ class TrainRequest(_message.Message):
     @_builtins.property
     def series(self) -> Global___SeriesData: ...
     @_builtins.property
+    def dataset(self) -> _dataset_pb2.DatasetSource:
+        """A stored dataset (DatasetService), read in chunks: never held in memory whole."""
+
+    @_builtins.property
     def early_stopping(self) -> Global___EarlyStopping: ...
     @_builtins.property
     def x_scaling(self) -> _scaler_pb2.ScalerSpec:
@@ -614,6 +620,7 @@ class TrainRequest(_message.Message):
         spec: Global___ModelSpec | None = ...,
         supervised: Global___SupervisedData | None = ...,
         series: Global___SeriesData | None = ...,
+        dataset: _dataset_pb2.DatasetSource | None = ...,
         validation_fraction: _builtins.float = ...,
         epochs: _builtins.int = ...,
         batch_size: _builtins.int = ...,
@@ -624,11 +631,11 @@ class TrainRequest(_message.Message):
         y_scaling: _scaler_pb2.ScalerSpec | None = ...,
         quantiles: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "early_stopping", b"early_stopping", "series", b"series", "spec", b"spec", "supervised", b"supervised", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dataset", b"dataset", "early_stopping", b"early_stopping", "series", b"series", "spec", b"spec", "supervised", b"supervised", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "data", b"data", "early_stopping", b"early_stopping", "epochs", b"epochs", "model_id", b"model_id", "quantiles", b"quantiles", "seed", b"seed", "series", b"series", "shuffle", b"shuffle", "spec", b"spec", "supervised", b"supervised", "validation_fraction", b"validation_fraction", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "data", b"data", "dataset", b"dataset", "early_stopping", b"early_stopping", "epochs", b"epochs", "model_id", b"model_id", "quantiles", b"quantiles", "seed", b"seed", "series", b"series", "shuffle", b"shuffle", "spec", b"spec", "supervised", b"supervised", "validation_fraction", b"validation_fraction", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["supervised", "series"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["supervised", "series", "dataset"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -849,6 +856,7 @@ class ModelInfo(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     FORECAST_FIELD_NUMBER: _builtins.int
     HOLDOUT_COVERAGE_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.int
     state: Global___ModelState.ValueType
@@ -866,6 +874,8 @@ class ModelInfo(_message.Message):
     """
     origin: _builtins.str
     """Where the version came from: "train" or "import"."""
+    dataset_id: _builtins.str
+    """the dataset it was trained on (TrainRequest.dataset); empty otherwise"""
     @_builtins.property
     def spec(self) -> Global___ModelSpec:
         """resolved"""
@@ -915,10 +925,11 @@ class ModelInfo(_message.Message):
         origin: _builtins.str = ...,
         forecast: Global___ForecastConfig | None = ...,
         holdout_coverage: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        dataset_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["forecast", b"forecast", "spec", b"spec", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "epochs_run", b"epochs_run", "forecast", b"forecast", "history", b"history", "holdout_coverage", b"holdout_coverage", "holdout_metrics", b"holdout_metrics", "id", b"id", "layers", b"layers", "n_train", b"n_train", "n_validation", b"n_validation", "origin", b"origin", "seed", b"seed", "spec", b"spec", "state", b"state", "tensorboard_logdir", b"tensorboard_logdir", "total_params", b"total_params", "train_seconds", b"train_seconds", "version", b"version", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dataset_id", b"dataset_id", "epochs_run", b"epochs_run", "forecast", b"forecast", "history", b"history", "holdout_coverage", b"holdout_coverage", "holdout_metrics", b"holdout_metrics", "id", b"id", "layers", b"layers", "n_train", b"n_train", "n_validation", b"n_validation", "origin", b"origin", "seed", b"seed", "spec", b"spec", "state", b"state", "tensorboard_logdir", b"tensorboard_logdir", "total_params", b"total_params", "train_seconds", b"train_seconds", "version", b"version", "x_scaler", b"x_scaler", "y_scaler", b"y_scaler"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

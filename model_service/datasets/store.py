@@ -1,0 +1,239 @@
+"""Datasets as stored: ``meta.json`` plus ``<array>-<part>.npy`` files in one signed artifact per dataset.
+
+A dataset is immutable and named by its content (upload.py), so it has one version, 1. Parts are
+written one by one as they arrive (ArtifactStore.draft) and read back memory-mapped once every file's
+signature verified; a job holds the dataset (ArtifactStore.hold) so it cannot be deleted under it.
+Persistence only: no grpc, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from model_service.settings import ModelSettings
+from service_common.artifacts import ArtifactDraft, ArtifactStore, Hold, load_signing_key
+from service_common.errors import IntegrityError, InvalidArgument, NotFound, echo
+from service_common.versioning import decode_page_token, encode_page_token
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "datasets"
+VERSION = 1  # content-named, immutable: the only version
+META_FILE = "meta.json"
+FORMAT = 1
+SUPERVISED = "supervised"
+SERIES = "series"
+ID_PREFIX = "ds-"
+DATASET_ID = re.compile(r"ds-[0-9a-f]{32}")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+# Datasets are memory-mapped while a job trains on them, so they need a directory store.
+NEEDS_A_DIRECTORY = (
+    "stored datasets need a directory store (training memory-maps their parts); this service's store "
+    "is an S3 bucket: send the data in the Train request, or run the model service on a directory store"
+)
+
+
+def open_dataset_store(settings: ModelSettings) -> DatasetStore | None:
+    """The datasets under ``<store>/datasets``, signed with the model store's key (every process alike);
+    None on an S3 store (see NEEDS_A_DIRECTORY)."""
+    if not isinstance(settings.store, Path):
+        return None
+    key = load_signing_key(settings.signing_key, settings.signing_key_file, settings.store)
+    return DatasetStore(ArtifactStore(settings.store / ARTIFACT_DIR, key))
+
+
+def check_dataset_id(dataset_id: str) -> str:
+    if not dataset_id:
+        raise InvalidArgument("dataset_id is required")
+    if DATASET_ID.fullmatch(dataset_id) is None:
+        raise InvalidArgument(
+            f"dataset id {echo(dataset_id)} is not valid: expected 'ds-' and 32 hex digits, as Upload returns"
+        )
+    return dataset_id
+
+
+def part_name(array: str, index: int) -> str:
+    return f"{array}-{index:05d}.npy"
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    name: str  # x, y or series
+    dtype: str  # numpy dtype string, e.g. "<f4"
+    shape: tuple[int, ...]  # the whole array: (rows, ...)
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    dataset_id: str
+    kind: str  # SUPERVISED | SERIES
+    columns: tuple[str, ...]
+    part_rows: tuple[int, ...]  # rows of each part, in order
+    arrays: tuple[ArrayInfo, ...]
+    size_bytes: int
+    created_at: str
+    in_use: bool = field(default=False, compare=False)  # not stored: live holds at the time of reading
+
+    @property
+    def rows(self) -> int:
+        return sum(self.part_rows)
+
+    def array(self, name: str) -> ArrayInfo:
+        for info in self.arrays:
+            if info.name == name:
+                return info
+        raise IntegrityError(f"dataset {self.dataset_id} has no array {name!r}")
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": FORMAT,
+            "dataset_id": self.dataset_id,
+            "kind": self.kind,
+            "columns": list(self.columns),
+            "part_rows": list(self.part_rows),
+            "arrays": [{"name": a.name, "dtype": a.dtype, "shape": list(a.shape)} for a in self.arrays],
+            "size_bytes": self.size_bytes,
+            "created_at": self.created_at,
+        }
+        return json.dumps(body, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, dataset_id: str) -> DatasetMeta:
+        try:
+            body = json.loads(data)
+            if body.get("format") != FORMAT:
+                raise IntegrityError(f"unsupported dataset format {body.get('format')!r}, expected {FORMAT}")
+            if body["dataset_id"] != dataset_id:
+                raise IntegrityError(f"metadata says it is {body['dataset_id']}")
+            return cls(
+                dataset_id=dataset_id,
+                kind=str(body["kind"]),
+                columns=tuple(str(c) for c in body["columns"]),
+                part_rows=tuple(int(r) for r in body["part_rows"]),
+                arrays=tuple(
+                    ArrayInfo(str(a["name"]), str(a["dtype"]), tuple(int(d) for d in a["shape"]))
+                    for a in body["arrays"]
+                ),
+                size_bytes=int(body["size_bytes"]),
+                created_at=str(body["created_at"]),
+            )
+        except IntegrityError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"malformed dataset metadata: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass
+class OpenedDataset:
+    """A verified dataset, its parts memory-mapped (nothing read yet), held until ``close``."""
+
+    meta: DatasetMeta
+    parts: dict[str, builtins.list[np.ndarray]]  # array name -> memory-mapped parts, in order
+    hold: Hold
+
+    def close(self) -> None:
+        self.hold.release()
+
+
+class DatasetStore:
+    def __init__(self, artifacts: ArtifactStore) -> None:
+        self.artifacts = artifacts
+
+    def draft(self) -> ArtifactDraft:
+        """Where an upload writes its parts as they arrive (nothing is listed until ``commit``)."""
+        return self.artifacts.draft()
+
+    def commit(self, draft: ArtifactDraft, meta: DatasetMeta) -> DatasetMeta:
+        """Sign and place the draft under its content id; when that dataset is already stored (the
+        same data uploaded before), the draft is dropped and the stored one answers."""
+        draft.add(META_FILE, meta.to_json())
+        try:
+            draft.commit(meta.dataset_id, VERSION)
+        except FileExistsError:
+            log.info("dataset %s is already stored; the new upload is dropped", meta.dataset_id)
+            return self.get(meta.dataset_id)
+        return meta
+
+    def _path(self, dataset_id: str) -> Path:
+        return self.artifacts.root / dataset_id / str(VERSION)
+
+    def exists(self, dataset_id: str) -> bool:
+        return self._path(dataset_id).is_dir()
+
+    def get(self, dataset_id: str) -> DatasetMeta:
+        check_dataset_id(dataset_id)
+        if not self.exists(dataset_id):
+            raise NotFound(f"dataset {dataset_id!r} is not stored; upload it first (DatasetService.Upload)")
+        meta = DatasetMeta.from_json(self.artifacts.read_file(dataset_id, VERSION, META_FILE), dataset_id)
+        return replace(meta, in_use=self.artifacts.live_holds(dataset_id) > 0)
+
+    def list(self, page_size: int = 0, page_token: str = "") -> tuple[builtins.list[DatasetMeta], str]:
+        """One page in id order and the token of the next page ('' on the last)."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {page_size}")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(page_token, "ListDatasets")[0] if page_token else ""
+        ids = [ref.artifact_id for ref in self.artifacts.scan() if ref.artifact_id > after]
+        page: builtins.list[DatasetMeta] = []
+        for dataset_id in ids[:size]:
+            try:
+                page.append(self.get(dataset_id))
+            except NotFound:
+                continue  # deleted in between
+            except IntegrityError as exc:
+                log.warning("skipping dataset %s: %s", dataset_id, exc)
+        next_token = encode_page_token(ids[size - 1], VERSION) if len(ids) > size else ""
+        return page, next_token
+
+    def delete(self, dataset_id: str) -> None:
+        """Remove a dataset; FailedPrecondition while a job holds it, NotFound when it is not there."""
+        check_dataset_id(dataset_id)
+        if not self.artifacts.delete(dataset_id, VERSION):
+            raise NotFound(f"dataset {dataset_id!r} is not stored")
+
+    def open(self, dataset_id: str) -> OpenedDataset:
+        """Hold the dataset, verify every file (hashed in blocks), memory-map its parts."""
+        check_dataset_id(dataset_id)
+        try:
+            hold = self.artifacts.hold(dataset_id)
+        except FileNotFoundError:
+            raise NotFound(
+                f"dataset {dataset_id!r} is not stored; upload it first (DatasetService.Upload)"
+            ) from None
+        try:
+            files = self.artifacts.verified_files(dataset_id, VERSION)
+            meta = DatasetMeta.from_json(files[META_FILE].read_bytes(), dataset_id)
+            parts = {info.name: self._map_parts(meta, info, files) for info in meta.arrays}
+        except BaseException:
+            hold.release()
+            raise
+        return OpenedDataset(meta, parts, hold)
+
+    @staticmethod
+    def _map_parts(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path]) -> builtins.list[np.ndarray]:
+        parts = []
+        for index, rows in enumerate(meta.part_rows):
+            name = part_name(info.name, index)
+            if name not in files:
+                raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is missing")
+            try:
+                part = np.load(files[name], mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is unreadable ({exc})") from exc
+            if part.dtype.str != info.dtype or part.shape != (rows, *info.shape[1:]):
+                raise IntegrityError(
+                    f"dataset {meta.dataset_id}: part {name} is {part.dtype.str} {list(part.shape)}, its "
+                    f"metadata says {info.dtype} {[rows, *info.shape[1:]]}"
+                )
+            parts.append(part)
+        return parts

@@ -1,0 +1,153 @@
+"""Uploads in process: content ids, chunk checks, and a full disk that leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_service.datasets.store import DatasetStore
+from model_service.datasets.upload import DatasetUpload
+from service_common import artifacts
+from service_common.artifacts import ArtifactStore
+from service_common.errors import InvalidArgument, ResourceExhausted
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DatasetStore:
+    return DatasetStore(ArtifactStore(tmp_path / "datasets", b"k" * 32))
+
+
+def _upload(
+    store: DatasetStore, series: np.ndarray, rows_per_chunk: int, columns: tuple[str, ...] = ("a", "b")
+):
+    upload = DatasetUpload(store, "series", list(columns))
+    for index, start in enumerate(range(0, len(series), rows_per_chunk)):
+        upload.add({"series": series[start : start + rows_per_chunk]}, index)
+    return upload.finish()
+
+
+def _files(store: DatasetStore) -> list[Path]:
+    return sorted(p for p in store.artifacts.root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def test_the_same_data_in_any_chunking_is_one_dataset_stored_once(store: DatasetStore) -> None:
+    series = np.arange(40, dtype=np.float32).reshape(20, 2)
+    first = _upload(store, series, 3)
+    again = _upload(store, series, 20)
+    assert again.dataset_id == first.dataset_id and first.dataset_id.startswith("ds-")
+    assert again.part_rows == first.part_rows == (3, 3, 3, 3, 3, 3, 2)  # the first upload's parts answer
+    assert [m.dataset_id for m in store.list()[0]] == [first.dataset_id]
+    assert not list(store.artifacts.root.glob(".tmp-*"))
+    # Other data, other columns or another dtype: another id.
+    assert _upload(store, series + 1, 5).dataset_id != first.dataset_id
+    assert _upload(store, series, 5, ("a", "c")).dataset_id != first.dataset_id
+    assert _upload(store, series.astype(np.float64), 5).dataset_id != first.dataset_id
+
+
+def test_parts_are_read_back_memory_mapped_and_equal_to_what_was_sent(store: DatasetStore) -> None:
+    series = np.random.default_rng(1).normal(size=(50, 2))
+    meta = _upload(store, series, 16)
+    opened = store.open(meta.dataset_id)
+    try:
+        assert all(isinstance(part, np.memmap) for part in opened.parts["series"])
+        np.testing.assert_array_equal(np.concatenate(opened.parts["series"]), series)
+        assert store.get(meta.dataset_id).in_use
+    finally:
+        opened.close()
+    assert not store.get(meta.dataset_id).in_use
+
+
+@pytest.mark.parametrize("failing", ["part", "commit"])
+def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(
+    store: DatasetStore, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    upload = DatasetUpload(store, "series", ["a"])
+    upload.add({"series": np.ones((10, 1))}, 0)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if failing == "part":
+        monkeypatch.setattr(np.lib.format, "write_array", full)
+        with pytest.raises(ResourceExhausted, match=r"ran out of disk space after 10 row\(s\).*nothing"):
+            upload.add({"series": np.ones((10, 1))}, 1)
+    else:
+        monkeypatch.setattr(artifacts, "_fsync_dir", full)
+        with pytest.raises(ResourceExhausted, match="ran out of disk space"):
+            upload.finish()
+    monkeypatch.undo()
+    assert _files(store) == []
+    assert not list(store.artifacts.root.glob(".tmp-*"))
+    assert store.list() == ([], "")
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        (
+            [np.ones((3, 2)), np.ones((3, 2), dtype=np.float32)],
+            "chunk 1 series has dtype float32; the first chunk's was float64",
+        ),
+        ([np.ones((3, 2)), np.ones((3, 3))], "chunk 1 series has shape [3, 3]; the header names 2 column(s)"),
+        (
+            [np.ones((3, 2)), np.array([[1.0, np.nan]])],
+            "chunk 1 series: values must be finite; found nan at index [0, 1]",
+        ),
+        ([np.array([[np.inf, 1.0]])], "chunk 0 series: values must be finite; found inf"),
+        ([np.ones((3, 2), dtype=np.complex128)], "dtype complex128 is not supported"),
+    ],
+)
+def test_bad_chunks_are_refused_naming_what_was_expected(
+    store: DatasetStore, chunks: list[np.ndarray], message: str
+) -> None:
+    upload = DatasetUpload(store, "series", ["a", "b"])
+    with pytest.raises(InvalidArgument) as caught:
+        for index, chunk in enumerate(chunks):
+            upload.add({"series": chunk}, index)
+    assert message in str(caught.value)
+    upload.abort()
+    assert _files(store) == [] and not list(store.artifacts.root.glob(".tmp-*"))
+
+
+def test_supervised_chunks_must_agree_in_sample_shape_and_rows(store: DatasetStore) -> None:
+    upload = DatasetUpload(store, "supervised", [])
+    upload.add({"x": np.ones((4, 3, 1)), "y": np.ones(4)}, 0)
+    with pytest.raises(
+        InvalidArgument, match=r"chunk 1 x has shape \[2, 4, 1\]; the first chunk's rows were \[3, 1\]"
+    ):
+        upload.add({"x": np.ones((2, 4, 1)), "y": np.ones(2)}, 1)
+    with pytest.raises(InvalidArgument, match="x has 2 rows but y has 3"):
+        upload.add({"x": np.ones((2, 3, 1)), "y": np.ones(3)}, 1)
+    with pytest.raises(InvalidArgument, match="chunk 1 has no y"):
+        upload.add({"x": np.ones((2, 3, 1)), "y": None}, 1)
+    with pytest.raises(InvalidArgument, match="chunk 1 sets series"):
+        upload.add({"x": np.ones((2, 3, 1)), "y": np.ones(2), "series": np.ones((2, 1))}, 1)
+    upload.abort()
+
+
+@pytest.mark.parametrize(
+    ("kind", "columns", "message"),
+    [
+        ("", [], "header.kind is required"),
+        ("series", [], "needs columns"),
+        ("series", ["a", "a"], "header.columns[1] 'a' repeats an earlier column"),
+        ("series", ["a b"], "header.columns[0] 'a b' is not valid"),
+        ("supervised", ["a"], "header.columns is for DATASET_SERIES"),
+    ],
+)
+def test_bad_headers_are_refused(store: DatasetStore, kind: str, columns: list[str], message: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        DatasetUpload(store, kind, columns)
+    assert message in str(caught.value)
+    assert not list(store.artifacts.root.glob(".tmp-*"))
+
+
+def test_an_upload_without_rows_is_refused(store: DatasetStore) -> None:
+    upload = DatasetUpload(store, "series", ["a"])
+    upload.add({"series": np.ones((0, 1))}, 0)
+    with pytest.raises(InvalidArgument, match="carried no rows"):
+        upload.finish()
+    assert not list(store.artifacts.root.glob(".tmp-*"))
