@@ -72,6 +72,8 @@ def create_server(
     registry.start_watching(settings.store_poll_seconds)
     runtime = ModelRuntime(registry)
     trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
+    # Datasets live in the same store; the trainer process opens them from there.
+    dataset_store = open_dataset_store(settings)
     servicer = ModelServicer(
         runtime,
         trainer,
@@ -79,9 +81,9 @@ def create_server(
         exporter=ModelExporter(registry),
         importer=ModelImporter(registry, gateway, serving.admission),
         forget_scalers=lambda started: _delete_scalers(gateway, started),
+        datasets=dataset_store,
     )
-    # Datasets live in the same store; the trainer process opens them from there.
-    datasets = DatasetServicer(open_dataset_store(settings))
+    datasets = DatasetServicer(dataset_store)
 
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

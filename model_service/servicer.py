@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 
 from model_service import builder, convert
+from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore
 from model_service.export import ModelExporter
 from model_service.forecasting import backtest
 from model_service.forecasting.forecaster import forecast_async
 from model_service.importing import ModelImporter
 from model_service.runtime import ModelRuntime
+from model_service.serving import ServedModel
 from model_service.spec import resolve
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
@@ -38,7 +41,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         exporter: ModelExporter,
         importer: ModelImporter,
         forget_scalers: Callable[[model_pb2.TrainStarted], None] = lambda started: None,
+        datasets: DatasetStore | None = None,
     ) -> None:
+        self._datasets = datasets
         self._exporter = exporter
         self._importer = importer
         self._runtime = runtime
@@ -98,11 +103,26 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.ForecastRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.ForecastResponse:
         model = self._runtime.resolve(request.model_id, request.version)
-        history = convert.required_tensor(request, "history", "history")
+        if request.dataset_id:
+            if request.HasField("history"):
+                raise InvalidArgument("give history or dataset_id, not both")
+            history = await asyncio.to_thread(self._dataset_tail, model, request.dataset_id)
+        else:
+            history = convert.required_tensor(request, "history", "history")
         forecast = await forecast_async(model, history, request.horizon)
         return convert.forecast_response(
             model.model_id, model.version, forecast, codec.uses_values(request.history)
         )
+
+    def _dataset_tail(self, model: ServedModel, dataset_id: str) -> np.ndarray:
+        if self._datasets is None:
+            raise FailedPrecondition(NEEDS_A_DIRECTORY)
+        if model.record.forecast is None:
+            raise FailedPrecondition(
+                f"model {model.model_id!r} v{model.version} was not trained on a series: it has no window "
+                "to read from a dataset's tail"
+            )
+        return self._datasets.tail(dataset_id, model.record.forecast.window)
 
     @map_errors
     async def Backtest(

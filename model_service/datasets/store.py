@@ -19,7 +19,7 @@ import numpy as np
 
 from model_service.settings import ModelSettings
 from service_common.artifacts import ArtifactDraft, ArtifactStore, Hold, load_signing_key
-from service_common.errors import IntegrityError, InvalidArgument, NotFound, echo
+from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument, NotFound, echo
 from service_common.versioning import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,33 @@ class DatasetStore:
             hold.release()
             raise
         return OpenedDataset(meta, parts, hold)
+
+    def tail(self, dataset_id: str, rows: int) -> np.ndarray:
+        """The last ``rows`` rows of a series dataset, float64 (rows, columns): a forecast's history.
+        Verified like every read; only the parts holding those rows are copied."""
+        opened = self.open(dataset_id)
+        try:
+            meta = opened.meta
+            if meta.kind != SERIES:
+                raise FailedPrecondition(
+                    f"dataset {dataset_id} holds supervised samples; a forecast reads the tail of a series "
+                    "dataset (uploaded with columns)"
+                )
+            if rows > meta.rows:
+                raise InvalidArgument(
+                    f"dataset {dataset_id} has {meta.rows} rows; the model's window needs {rows}"
+                )
+            pieces: builtins.list[np.ndarray] = []
+            needed = rows
+            for part in reversed(opened.parts["series"]):
+                if needed <= 0:
+                    break
+                take = min(needed, part.shape[0])
+                pieces.append(np.asarray(part[part.shape[0] - take :], dtype=np.float64))
+                needed -= take
+            return np.concatenate(pieces[::-1]).reshape(rows, -1)
+        finally:
+            opened.close()
 
     @staticmethod
     def _map_parts(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path]) -> builtins.list[np.ndarray]:

@@ -345,3 +345,11 @@ def test_every_method_retries_unavailable_only_if_it_is_idempotent(unused_addres
     idempotent = {"Transform", "InverseTransform", "GetScaler", "ListScalers", "ValidateSpec", "Predict"}
     idempotent |= {"Evaluate", "GetModel", "ListModels"}
     assert attempts == {name: 3 if name in idempotent else 1 for name in calls}
+
+
+def test_a_forecast_needs_exactly_one_of_history_and_dataset(fake: str, script: Script) -> None:
+    with connect(fake, retry=FAST_RETRY) as client:
+        for kwargs in ({}, {"history": [1.0, 2.0, 3.0], "dataset_id": "ds-" + "0" * 32}):
+            with pytest.raises(ValueError, match="history or dataset_id"):
+                client.model.forecast("m", **kwargs)
+    assert script.calls["Forecast"] == 0

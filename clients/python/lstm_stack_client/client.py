@@ -666,13 +666,25 @@ class ModelClient(_Client):
         )
 
     def forecast(
-        self, model_id: str, history: Any, *, horizon: int = 0, version: int = 0, timeout: float | None = None
+        self,
+        model_id: str,
+        history: Any = None,
+        *,
+        dataset_id: str = "",
+        horizon: int = 0,
+        version: int = 0,
+        timeout: float | None = None,
     ) -> Forecast:
         """The next ``horizon`` steps (0 = the model's) after ``history`` in raw units: (length,),
-        (length, columns), or (series, length, columns) for many series in one call."""
-        request = model_pb2.ForecastRequest(
-            model_id=model_id, version=version, history=encode(history, "history"), horizon=horizon
-        )
+        (length, columns), or (series, length, columns) for many series in one call; or after the last
+        rows of a stored series dataset (``dataset_id``)."""
+        if (history is None) == (not dataset_id):
+            raise ValueError("give history or dataset_id (one of them)")
+        request = model_pb2.ForecastRequest(model_id=model_id, version=version, horizon=horizon)
+        if dataset_id:
+            request.dataset_id = dataset_id
+        else:
+            request.history.CopyFrom(encode(history, "history"))
         response = self._rpc.call(
             "ModelService/Forecast", self._stub.Forecast, request, idempotent=True, timeout=timeout
         )

@@ -4,15 +4,18 @@
 # source: protos/lstm_stack/v1/dataset.proto
 # Protobuf Python Version: 6.31.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 6, 31, 1, "", "protos/lstm_stack/v1/dataset.proto"
+    _runtime_version.Domain.PUBLIC,
+    6,
+    31,
+    1,
+    '',
+    'protos/lstm_stack/v1/dataset.proto'
 )
 # @@protoc_insertion_point(imports)
 
@@ -22,37 +25,35 @@ _sym_db = _symbol_database.Default()
 from protos.lstm_stack.v1 import tensor_pb2 as protos_dot_lstm__stack_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n"protos/lstm_stack/v1/dataset.proto\x12\rlstm_stack.v1\x1a!protos/lstm_stack/v1/tensor.proto"J\n\rDatasetHeader\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.lstm_stack.v1.DatasetKind\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t"\xa7\x01\n\x0c\x44\x61tasetChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.lstm_stack.v1.DatasetHeader\x12 \n\x01x\x18\x02 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12 \n\x01y\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12%\n\x06series\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor"P\n\x0c\x44\x61tasetArray\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.lstm_stack.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03"\xd7\x01\n\x0b\x44\x61tasetInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.lstm_stack.v1.DatasetKind\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\x05\x12+\n\x06\x61rrays\x18\x06 \x03(\x0b\x32\x1b.lstm_stack.v1.DatasetArray\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x0e\n\x06in_use\x18\t \x01(\x08"r\n\rDatasetSource\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\x05\x12\x0e\n\x06stride\x18\x03 \x01(\x05\x12\x16\n\x0etarget_columns\x18\x04 \x03(\t\x12\x15\n\rinput_columns\x18\x05 \x03(\t"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t"]\n\x14ListDatasetsResponse\x12,\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1a.lstm_stack.v1.DatasetInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t"+\n\x15\x44\x65leteDatasetResponse\x12\x12\n\ndataset_id\x18\x01 \x01(\t*W\n\x0b\x44\x61tasetKind\x12\x1c\n\x18\x44\x41TASET_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x41TASET_SUPERVISED\x10\x01\x12\x12\n\x0e\x44\x41TASET_SERIES\x10\x02\x32\xd6\x02\n\x0e\x44\x61tasetService\x12\x43\n\x06Upload\x12\x1b.lstm_stack.v1.DatasetChunk\x1a\x1a.lstm_stack.v1.DatasetInfo(\x01\x12J\n\nGetDataset\x12 .lstm_stack.v1.GetDatasetRequest\x1a\x1a.lstm_stack.v1.DatasetInfo\x12W\n\x0cListDatasets\x12".lstm_stack.v1.ListDatasetsRequest\x1a#.lstm_stack.v1.ListDatasetsResponse\x12Z\n\rDeleteDataset\x12#.lstm_stack.v1.DeleteDatasetRequest\x1a$.lstm_stack.v1.DeleteDatasetResponseb\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/lstm_stack/v1/dataset.proto\x12\rlstm_stack.v1\x1a!protos/lstm_stack/v1/tensor.proto\"J\n\rDatasetHeader\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.lstm_stack.v1.DatasetKind\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\"\xa7\x01\n\x0c\x44\x61tasetChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.lstm_stack.v1.DatasetHeader\x12 \n\x01x\x18\x02 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12 \n\x01y\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12%\n\x06series\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\"P\n\x0c\x44\x61tasetArray\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.lstm_stack.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xd7\x01\n\x0b\x44\x61tasetInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.lstm_stack.v1.DatasetKind\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\x05\x12+\n\x06\x61rrays\x18\x06 \x03(\x0b\x32\x1b.lstm_stack.v1.DatasetArray\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x0e\n\x06in_use\x18\t \x01(\x08\"r\n\rDatasetSource\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\x05\x12\x0e\n\x06stride\x18\x03 \x01(\x05\x12\x16\n\x0etarget_columns\x18\x04 \x03(\t\x12\x15\n\rinput_columns\x18\x05 \x03(\t\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListDatasetsResponse\x12,\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1a.lstm_stack.v1.DatasetInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"+\n\x15\x44\x65leteDatasetResponse\x12\x12\n\ndataset_id\x18\x01 \x01(\t*W\n\x0b\x44\x61tasetKind\x12\x1c\n\x18\x44\x41TASET_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x41TASET_SUPERVISED\x10\x01\x12\x12\n\x0e\x44\x41TASET_SERIES\x10\x02\x32\xd6\x02\n\x0e\x44\x61tasetService\x12\x43\n\x06Upload\x12\x1b.lstm_stack.v1.DatasetChunk\x1a\x1a.lstm_stack.v1.DatasetInfo(\x01\x12J\n\nGetDataset\x12 .lstm_stack.v1.GetDatasetRequest\x1a\x1a.lstm_stack.v1.DatasetInfo\x12W\n\x0cListDatasets\x12\".lstm_stack.v1.ListDatasetsRequest\x1a#.lstm_stack.v1.ListDatasetsResponse\x12Z\n\rDeleteDataset\x12#.lstm_stack.v1.DeleteDatasetRequest\x1a$.lstm_stack.v1.DeleteDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "protos.lstm_stack.v1.dataset_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.lstm_stack.v1.dataset_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_DATASETKIND"]._serialized_start = 1037
-    _globals["_DATASETKIND"]._serialized_end = 1124
-    _globals["_DATASETHEADER"]._serialized_start = 88
-    _globals["_DATASETHEADER"]._serialized_end = 162
-    _globals["_DATASETCHUNK"]._serialized_start = 165
-    _globals["_DATASETCHUNK"]._serialized_end = 332
-    _globals["_DATASETARRAY"]._serialized_start = 334
-    _globals["_DATASETARRAY"]._serialized_end = 414
-    _globals["_DATASETINFO"]._serialized_start = 417
-    _globals["_DATASETINFO"]._serialized_end = 632
-    _globals["_DATASETSOURCE"]._serialized_start = 634
-    _globals["_DATASETSOURCE"]._serialized_end = 748
-    _globals["_GETDATASETREQUEST"]._serialized_start = 750
-    _globals["_GETDATASETREQUEST"]._serialized_end = 789
-    _globals["_LISTDATASETSREQUEST"]._serialized_start = 791
-    _globals["_LISTDATASETSREQUEST"]._serialized_end = 851
-    _globals["_LISTDATASETSRESPONSE"]._serialized_start = 853
-    _globals["_LISTDATASETSRESPONSE"]._serialized_end = 946
-    _globals["_DELETEDATASETREQUEST"]._serialized_start = 948
-    _globals["_DELETEDATASETREQUEST"]._serialized_end = 990
-    _globals["_DELETEDATASETRESPONSE"]._serialized_start = 992
-    _globals["_DELETEDATASETRESPONSE"]._serialized_end = 1035
-    _globals["_DATASETSERVICE"]._serialized_start = 1127
-    _globals["_DATASETSERVICE"]._serialized_end = 1469
+  DESCRIPTOR._loaded_options = None
+  _globals['_DATASETKIND']._serialized_start=1037
+  _globals['_DATASETKIND']._serialized_end=1124
+  _globals['_DATASETHEADER']._serialized_start=88
+  _globals['_DATASETHEADER']._serialized_end=162
+  _globals['_DATASETCHUNK']._serialized_start=165
+  _globals['_DATASETCHUNK']._serialized_end=332
+  _globals['_DATASETARRAY']._serialized_start=334
+  _globals['_DATASETARRAY']._serialized_end=414
+  _globals['_DATASETINFO']._serialized_start=417
+  _globals['_DATASETINFO']._serialized_end=632
+  _globals['_DATASETSOURCE']._serialized_start=634
+  _globals['_DATASETSOURCE']._serialized_end=748
+  _globals['_GETDATASETREQUEST']._serialized_start=750
+  _globals['_GETDATASETREQUEST']._serialized_end=789
+  _globals['_LISTDATASETSREQUEST']._serialized_start=791
+  _globals['_LISTDATASETSREQUEST']._serialized_end=851
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=853
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=946
+  _globals['_DELETEDATASETREQUEST']._serialized_start=948
+  _globals['_DELETEDATASETREQUEST']._serialized_end=990
+  _globals['_DELETEDATASETRESPONSE']._serialized_start=992
+  _globals['_DELETEDATASETRESPONSE']._serialized_end=1035
+  _globals['_DATASETSERVICE']._serialized_start=1127
+  _globals['_DATASETSERVICE']._serialized_end=1469
 # @@protoc_insertion_point(module_scope)

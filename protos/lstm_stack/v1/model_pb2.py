@@ -4,15 +4,18 @@
 # source: protos/lstm_stack/v1/model.proto
 # Protobuf Python Version: 6.31.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 6, 31, 1, "", "protos/lstm_stack/v1/model.proto"
+    _runtime_version.Domain.PUBLIC,
+    6,
+    31,
+    1,
+    '',
+    'protos/lstm_stack/v1/model.proto'
 )
 # @@protoc_insertion_point(imports)
 
@@ -24,131 +27,129 @@ from protos.lstm_stack.v1 import scaler_pb2 as protos_dot_lstm__stack_dot_v1_dot
 from protos.lstm_stack.v1 import tensor_pb2 as protos_dot_lstm__stack_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n protos/lstm_stack/v1/model.proto\x12\rlstm_stack.v1\x1a"protos/lstm_stack/v1/dataset.proto\x1a!protos/lstm_stack/v1/scaler.proto\x1a!protos/lstm_stack/v1/tensor.proto"1\n\nInputShape\x12\x11\n\ttimesteps\x18\x01 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x01(\x05"b\n\tLstmLayer\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x1d\n\x10return_sequences\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x13\n\x11_return_sequences"/\n\nDenseLayer\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t"$\n\x0cReshapeLayer\x12\x14\n\x0ctarget_shape\x18\x01 \x03(\x03"\x1c\n\x0c\x44ropoutLayer\x12\x0c\n\x04rate\x18\x01 \x01(\x01"\xc5\x01\n\x05Layer\x12(\n\x04lstm\x18\x01 \x01(\x0b\x32\x18.lstm_stack.v1.LstmLayerH\x00\x12*\n\x05\x64\x65nse\x18\x02 \x01(\x0b\x32\x19.lstm_stack.v1.DenseLayerH\x00\x12.\n\x07reshape\x18\x03 \x01(\x0b\x32\x1b.lstm_stack.v1.ReshapeLayerH\x00\x12.\n\x07\x64ropout\x18\x04 \x01(\x0b\x32\x1b.lstm_stack.v1.DropoutLayerH\x00\x42\x06\n\x04kind"M\n\x04Head\x12!\n\x04task\x18\x01 \x01(\x0e\x32\x13.lstm_stack.v1.Task\x12\x0f\n\x07outputs\x18\x02 \x01(\x05\x12\x11\n\tn_classes\x18\x03 \x01(\x05"0\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01"\xab\x01\n\tModelSpec\x12(\n\x05input\x18\x01 \x01(\x0b\x32\x19.lstm_stack.v1.InputShape\x12$\n\x06layers\x18\x02 \x03(\x0b\x32\x14.lstm_stack.v1.Layer\x12!\n\x04head\x18\x03 \x01(\x0b\x32\x13.lstm_stack.v1.Head\x12+\n\toptimizer\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.Optimizer"\xa7\x01\n\x0bLayerReport\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x14\n\x0coutput_shape\x18\x04 \x03(\x03\x12\x19\n\x11output_shape_text\x18\x05 \x01(\t\x12\x0e\n\x06params\x18\x06 \x01(\x03\x12\x18\n\x10return_sequences\x18\x07 \x01(\x08\x12\x12\n\nactivation\x18\x08 \x01(\t"=\n\x13ValidateSpecRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec"\x9e\x01\n\x14ValidateSpecResponse\x12*\n\x06layers\x18\x01 \x03(\x0b\x32\x1a.lstm_stack.v1.LayerReport\x12\x13\n\x0binput_shape\x18\x02 \x03(\x03\x12\x14\n\x0ctotal_params\x18\x03 \x01(\x03\x12/\n\rresolved_spec\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec"T\n\x0eSupervisedData\x12 \n\x01x\x18\x01 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12 \n\x01y\x18\x02 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor"\xde\x01\n\nSeriesData\x12%\n\x06series\x18\x01 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x0e\n\x06window\x18\x02 \x01(\x05\x12\x16\n\x0etarget_feature\x18\x03 \x01(\x05\x12\x0f\n\x07horizon\x18\x04 \x01(\x05\x12\x31\n\x08strategy\x18\x05 \x01(\x0e\x32\x1f.lstm_stack.v1.ForecastStrategy\x12\x16\n\x0etarget_columns\x18\x06 \x03(\x05\x12\x0e\n\x06stride\x18\x07 \x01(\x05\x12\x15\n\rinput_columns\x18\x08 \x03(\x05"R\n\rEarlyStopping\x12\x10\n\x08patience\x18\x01 \x01(\x05\x12\x11\n\tmin_delta\x18\x02 \x01(\x01\x12\x1c\n\x14restore_best_weights\x18\x03 \x01(\x08"\xe8\x03\n\x0cTrainRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec\x12\x33\n\nsupervised\x18\x03 \x01(\x0b\x32\x1d.lstm_stack.v1.SupervisedDataH\x00\x12+\n\x06series\x18\x04 \x01(\x0b\x32\x19.lstm_stack.v1.SeriesDataH\x00\x12/\n\x07\x64\x61taset\x18\r \x01(\x0b\x32\x1c.lstm_stack.v1.DatasetSourceH\x00\x12\x1b\n\x13validation_fraction\x18\x05 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x05\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x0f\n\x07shuffle\x18\t \x01(\x08\x12\x34\n\x0e\x65\x61rly_stopping\x18\n \x01(\x0b\x32\x1c.lstm_stack.v1.EarlyStopping\x12,\n\tx_scaling\x18\x0b \x01(\x0b\x32\x19.lstm_stack.v1.ScalerSpec\x12,\n\ty_scaling\x18\x0c \x01(\x0b\x32\x19.lstm_stack.v1.ScalerSpec\x12\x11\n\tquantiles\x18\x14 \x03(\x01\x42\x06\n\x04\x64\x61ta"\xf8\x01\n\nEpochEvent\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x15\n\x08val_loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.lstm_stack.v1.EpochEvent.MetricsEntry\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\x17\n\x0frows_per_second\x18\x07 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_val_loss"\xb0\x01\n\x0cTrainStarted\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07n_train\x18\x03 \x01(\x03\x12\x14\n\x0cn_validation\x18\x04 \x01(\x03\x12*\n\x08x_scaler\x18\x05 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x08y_scaler\x18\x06 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef"\x9b\x01\n\nTrainEvent\x12.\n\x07started\x18\x01 \x01(\x0b\x32\x1b.lstm_stack.v1.TrainStartedH\x00\x12*\n\x05\x65poch\x18\x02 \x01(\x0b\x32\x19.lstm_stack.v1.EpochEventH\x00\x12(\n\x04\x64one\x18\x03 \x01(\x0b\x32\x18.lstm_stack.v1.ModelInfoH\x00\x42\x07\n\x05\x65vent"/\n\tScalerRef\x12\x11\n\tscaler_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r"\xa4\x06\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.lstm_stack.v1.ModelState\x12&\n\x04spec\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec\x12*\n\x06layers\x18\x05 \x03(\x0b\x32\x1a.lstm_stack.v1.LayerReport\x12\x14\n\x0ctotal_params\x18\x06 \x01(\x03\x12*\n\x08x_scaler\x18\x07 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x08y_scaler\x18\x08 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x07history\x18\t \x03(\x0b\x32\x19.lstm_stack.v1.EpochEvent\x12\x45\n\x0fholdout_metrics\x18\n \x03(\x0b\x32,.lstm_stack.v1.ModelInfo.HoldoutMetricsEntry\x12\x0f\n\x07n_train\x18\x0b \x01(\x03\x12\x14\n\x0cn_validation\x18\x0c \x01(\x03\x12\x12\n\nepochs_run\x18\r \x01(\x05\x12\x0c\n\x04seed\x18\x0e \x01(\x03\x12\x12\n\ncreated_at\x18\x0f \x01(\t\x12\x15\n\rtrain_seconds\x18\x10 \x01(\x01\x12\x1a\n\x12tensorboard_logdir\x18( \x01(\t\x12\x0e\n\x06origin\x18) \x01(\t\x12/\n\x08\x66orecast\x18\x14 \x01(\x0b\x32\x1d.lstm_stack.v1.ForecastConfig\x12G\n\x10holdout_coverage\x18\x15 \x03(\x0b\x32-.lstm_stack.v1.ModelInfo.HoldoutCoverageEntry\x12\x12\n\ndataset_id\x18\x1e \x01(\t\x1a\x35\n\x13HoldoutMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14HoldoutCoverageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"\xce\x01\n\x0e\x46orecastConfig\x12\x0e\n\x06window\x18\x01 \x01(\x05\x12\x0f\n\x07horizon\x18\x02 \x01(\x05\x12\x31\n\x08strategy\x18\x03 \x01(\x0e\x32\x1f.lstm_stack.v1.ForecastStrategy\x12\x15\n\rinput_columns\x18\x04 \x03(\x05\x12\x16\n\x0etarget_columns\x18\x05 \x03(\x05\x12\x16\n\x0eseries_columns\x18\x06 \x01(\x05\x12\x0e\n\x06stride\x18\x07 \x01(\x05\x12\x11\n\tquantiles\x18\x08 \x03(\x01"s\n\x0f\x46orecastRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12&\n\x07history\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x0f\n\x07horizon\x18\x04 \x01(\x05J\x04\x08\x05\x10\x06"\xc7\x01\n\x10\x46orecastResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x16\n\x0etarget_columns\x18\x04 \x03(\x05\x12$\n\x05point\x18\x05 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x11\n\tquantiles\x18\x06 \x03(\x01\x12.\n\x0fquantile_values\x18\x07 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor"\xba\x01\n\x0f\x42\x61\x63ktestRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12%\n\x06series\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x0f\n\x07windows\x18\x04 \x01(\x05\x12\x13\n\x0borigin_step\x18\x05 \x01(\x05\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x15\n\rseason_length\x18\x07 \x01(\x05\x12\x0f\n\x07retrain\x18\x08 \x01(\x08"\xe1\x02\n\x0e\x42\x61\x63ktestWindow\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06origin\x18\x02 \x01(\x03\x12;\n\x07metrics\x18\x03 \x03(\x0b\x32*.lstm_stack.v1.BacktestWindow.MetricsEntry\x12\'\n\x08\x66orecast\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12%\n\x06\x61\x63tual\x18\x05 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12$\n\x05lower\x18\x06 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12$\n\x05upper\x18\x07 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x15\n\rmodel_version\x18\x08 \x01(\r\x12\x10\n\x08model_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"\x90\x01\n\x0f\x42\x61\x63ktestSummary\x12\x0f\n\x07windows\x18\x01 \x01(\x05\x12<\n\x07metrics\x18\x02 \x03(\x0b\x32+.lstm_stack.v1.BacktestSummary.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"|\n\rBacktestEvent\x12/\n\x06window\x18\x01 \x01(\x0b\x32\x1d.lstm_stack.v1.BacktestWindowH\x00\x12\x31\n\x07summary\x18\x02 \x01(\x0b\x32\x1e.lstm_stack.v1.BacktestSummaryH\x00\x42\x07\n\x05\x65vent"U\n\x0ePredictRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12 \n\x01x\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor"\xb0\x01\n\x0fPredictResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12%\n\x06values\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12,\n\rprobabilities\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12%\n\x06labels\x18\x05 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor"x\n\x0f\x45valuateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12 \n\x01x\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12 \n\x01y\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor"\xb7\x01\n\x10\x45valuateResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12=\n\x07metrics\x18\x03 \x03(\x0b\x32,.lstm_stack.v1.EvaluateResponse.MetricsEntry\x12\x11\n\tn_samples\x18\x04 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"4\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r"L\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t"W\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.lstm_stack.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t"7\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r"/\n\x13\x44\x65leteModelResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x03(\r"d\n\x12\x45xportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.lstm_stack.v1.ExportFormat"\xd4\x01\n\nExportInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.lstm_stack.v1.ExportFormat\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x12\n\ninput_name\x18\x07 \x01(\t\x12\x14\n\x0coutput_names\x18\x08 \x03(\t\x12\x15\n\rmetadata_json\x18\t \x01(\t"I\n\x10\x45xportModelChunk\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.lstm_stack.v1.ExportInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c"\xf2\x01\n\x0cImportHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12!\n\x04head\x18\x02 \x01(\x0b\x32\x13.lstm_stack.v1.Head\x12(\n\x05input\x18\x03 \x01(\x0b\x32\x19.lstm_stack.v1.InputShape\x12*\n\x08x_scaler\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x08y_scaler\x18\x05 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12+\n\toptimizer\x18\x06 \x01(\x0b\x32\x18.lstm_stack.v1.Optimizer"Y\n\x10ImportModelChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.lstm_stack.v1.ImportHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part*H\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0e\n\nREGRESSION\x10\x01\x12\n\n\x06\x42INARY\x10\x02\x12\x0e\n\nMULTICLASS\x10\x03*P\n\x10\x46orecastStrategy\x12!\n\x1d\x46ORECAST_STRATEGY_UNSPECIFIED\x10\x00\x12\n\n\x06\x44IRECT\x10\x01\x12\r\n\tRECURSIVE\x10\x02*B\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TRAINING\x10\x01\x12\t\n\x05READY\x10\x02*V\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x45XPORT_ONNX\x10\x01\x12\x16\n\x12\x45XPORT_SAVED_MODEL\x10\x02\x32\xea\x06\n\x0cModelService\x12W\n\x0cValidateSpec\x12".lstm_stack.v1.ValidateSpecRequest\x1a#.lstm_stack.v1.ValidateSpecResponse\x12\x41\n\x05Train\x12\x1b.lstm_stack.v1.TrainRequest\x1a\x19.lstm_stack.v1.TrainEvent0\x01\x12H\n\x07Predict\x12\x1d.lstm_stack.v1.PredictRequest\x1a\x1e.lstm_stack.v1.PredictResponse\x12K\n\x08\x45valuate\x12\x1e.lstm_stack.v1.EvaluateRequest\x1a\x1f.lstm_stack.v1.EvaluateResponse\x12\x44\n\x08GetModel\x12\x1e.lstm_stack.v1.GetModelRequest\x1a\x18.lstm_stack.v1.ModelInfo\x12Q\n\nListModels\x12 .lstm_stack.v1.ListModelsRequest\x1a!.lstm_stack.v1.ListModelsResponse\x12T\n\x0b\x44\x65leteModel\x12!.lstm_stack.v1.DeleteModelRequest\x1a".lstm_stack.v1.DeleteModelResponse\x12S\n\x0b\x45xportModel\x12!.lstm_stack.v1.ExportModelRequest\x1a\x1f.lstm_stack.v1.ExportModelChunk0\x01\x12J\n\x0bImportModel\x12\x1f.lstm_stack.v1.ImportModelChunk\x1a\x18.lstm_stack.v1.ModelInfo(\x01\x12K\n\x08\x46orecast\x12\x1e.lstm_stack.v1.ForecastRequest\x1a\x1f.lstm_stack.v1.ForecastResponse\x12J\n\x08\x42\x61\x63ktest\x12\x1e.lstm_stack.v1.BacktestRequest\x1a\x1c.lstm_stack.v1.BacktestEvent0\x01\x62\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/lstm_stack/v1/model.proto\x12\rlstm_stack.v1\x1a\"protos/lstm_stack/v1/dataset.proto\x1a!protos/lstm_stack/v1/scaler.proto\x1a!protos/lstm_stack/v1/tensor.proto\"1\n\nInputShape\x12\x11\n\ttimesteps\x18\x01 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x01(\x05\"b\n\tLstmLayer\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x1d\n\x10return_sequences\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x13\n\x11_return_sequences\"/\n\nDenseLayer\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\"$\n\x0cReshapeLayer\x12\x14\n\x0ctarget_shape\x18\x01 \x03(\x03\"\x1c\n\x0c\x44ropoutLayer\x12\x0c\n\x04rate\x18\x01 \x01(\x01\"\xc5\x01\n\x05Layer\x12(\n\x04lstm\x18\x01 \x01(\x0b\x32\x18.lstm_stack.v1.LstmLayerH\x00\x12*\n\x05\x64\x65nse\x18\x02 \x01(\x0b\x32\x19.lstm_stack.v1.DenseLayerH\x00\x12.\n\x07reshape\x18\x03 \x01(\x0b\x32\x1b.lstm_stack.v1.ReshapeLayerH\x00\x12.\n\x07\x64ropout\x18\x04 \x01(\x0b\x32\x1b.lstm_stack.v1.DropoutLayerH\x00\x42\x06\n\x04kind\"M\n\x04Head\x12!\n\x04task\x18\x01 \x01(\x0e\x32\x13.lstm_stack.v1.Task\x12\x0f\n\x07outputs\x18\x02 \x01(\x05\x12\x11\n\tn_classes\x18\x03 \x01(\x05\"0\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\"\xab\x01\n\tModelSpec\x12(\n\x05input\x18\x01 \x01(\x0b\x32\x19.lstm_stack.v1.InputShape\x12$\n\x06layers\x18\x02 \x03(\x0b\x32\x14.lstm_stack.v1.Layer\x12!\n\x04head\x18\x03 \x01(\x0b\x32\x13.lstm_stack.v1.Head\x12+\n\toptimizer\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.Optimizer\"\xa7\x01\n\x0bLayerReport\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x14\n\x0coutput_shape\x18\x04 \x03(\x03\x12\x19\n\x11output_shape_text\x18\x05 \x01(\t\x12\x0e\n\x06params\x18\x06 \x01(\x03\x12\x18\n\x10return_sequences\x18\x07 \x01(\x08\x12\x12\n\nactivation\x18\x08 \x01(\t\"=\n\x13ValidateSpecRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec\"\x9e\x01\n\x14ValidateSpecResponse\x12*\n\x06layers\x18\x01 \x03(\x0b\x32\x1a.lstm_stack.v1.LayerReport\x12\x13\n\x0binput_shape\x18\x02 \x03(\x03\x12\x14\n\x0ctotal_params\x18\x03 \x01(\x03\x12/\n\rresolved_spec\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec\"T\n\x0eSupervisedData\x12 \n\x01x\x18\x01 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12 \n\x01y\x18\x02 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\"\xde\x01\n\nSeriesData\x12%\n\x06series\x18\x01 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x0e\n\x06window\x18\x02 \x01(\x05\x12\x16\n\x0etarget_feature\x18\x03 \x01(\x05\x12\x0f\n\x07horizon\x18\x04 \x01(\x05\x12\x31\n\x08strategy\x18\x05 \x01(\x0e\x32\x1f.lstm_stack.v1.ForecastStrategy\x12\x16\n\x0etarget_columns\x18\x06 \x03(\x05\x12\x0e\n\x06stride\x18\x07 \x01(\x05\x12\x15\n\rinput_columns\x18\x08 \x03(\x05\"R\n\rEarlyStopping\x12\x10\n\x08patience\x18\x01 \x01(\x05\x12\x11\n\tmin_delta\x18\x02 \x01(\x01\x12\x1c\n\x14restore_best_weights\x18\x03 \x01(\x08\"\xe8\x03\n\x0cTrainRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec\x12\x33\n\nsupervised\x18\x03 \x01(\x0b\x32\x1d.lstm_stack.v1.SupervisedDataH\x00\x12+\n\x06series\x18\x04 \x01(\x0b\x32\x19.lstm_stack.v1.SeriesDataH\x00\x12/\n\x07\x64\x61taset\x18\r \x01(\x0b\x32\x1c.lstm_stack.v1.DatasetSourceH\x00\x12\x1b\n\x13validation_fraction\x18\x05 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x05\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x0f\n\x07shuffle\x18\t \x01(\x08\x12\x34\n\x0e\x65\x61rly_stopping\x18\n \x01(\x0b\x32\x1c.lstm_stack.v1.EarlyStopping\x12,\n\tx_scaling\x18\x0b \x01(\x0b\x32\x19.lstm_stack.v1.ScalerSpec\x12,\n\ty_scaling\x18\x0c \x01(\x0b\x32\x19.lstm_stack.v1.ScalerSpec\x12\x11\n\tquantiles\x18\x14 \x03(\x01\x42\x06\n\x04\x64\x61ta\"\xf8\x01\n\nEpochEvent\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x15\n\x08val_loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.lstm_stack.v1.EpochEvent.MetricsEntry\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\x17\n\x0frows_per_second\x18\x07 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_val_loss\"\xb0\x01\n\x0cTrainStarted\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07n_train\x18\x03 \x01(\x03\x12\x14\n\x0cn_validation\x18\x04 \x01(\x03\x12*\n\x08x_scaler\x18\x05 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x08y_scaler\x18\x06 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\"\x9b\x01\n\nTrainEvent\x12.\n\x07started\x18\x01 \x01(\x0b\x32\x1b.lstm_stack.v1.TrainStartedH\x00\x12*\n\x05\x65poch\x18\x02 \x01(\x0b\x32\x19.lstm_stack.v1.EpochEventH\x00\x12(\n\x04\x64one\x18\x03 \x01(\x0b\x32\x18.lstm_stack.v1.ModelInfoH\x00\x42\x07\n\x05\x65vent\"/\n\tScalerRef\x12\x11\n\tscaler_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xa4\x06\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.lstm_stack.v1.ModelState\x12&\n\x04spec\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.ModelSpec\x12*\n\x06layers\x18\x05 \x03(\x0b\x32\x1a.lstm_stack.v1.LayerReport\x12\x14\n\x0ctotal_params\x18\x06 \x01(\x03\x12*\n\x08x_scaler\x18\x07 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x08y_scaler\x18\x08 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x07history\x18\t \x03(\x0b\x32\x19.lstm_stack.v1.EpochEvent\x12\x45\n\x0fholdout_metrics\x18\n \x03(\x0b\x32,.lstm_stack.v1.ModelInfo.HoldoutMetricsEntry\x12\x0f\n\x07n_train\x18\x0b \x01(\x03\x12\x14\n\x0cn_validation\x18\x0c \x01(\x03\x12\x12\n\nepochs_run\x18\r \x01(\x05\x12\x0c\n\x04seed\x18\x0e \x01(\x03\x12\x12\n\ncreated_at\x18\x0f \x01(\t\x12\x15\n\rtrain_seconds\x18\x10 \x01(\x01\x12\x1a\n\x12tensorboard_logdir\x18( \x01(\t\x12\x0e\n\x06origin\x18) \x01(\t\x12/\n\x08\x66orecast\x18\x14 \x01(\x0b\x32\x1d.lstm_stack.v1.ForecastConfig\x12G\n\x10holdout_coverage\x18\x15 \x03(\x0b\x32-.lstm_stack.v1.ModelInfo.HoldoutCoverageEntry\x12\x12\n\ndataset_id\x18\x1e \x01(\t\x1a\x35\n\x13HoldoutMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14HoldoutCoverageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xce\x01\n\x0e\x46orecastConfig\x12\x0e\n\x06window\x18\x01 \x01(\x05\x12\x0f\n\x07horizon\x18\x02 \x01(\x05\x12\x31\n\x08strategy\x18\x03 \x01(\x0e\x32\x1f.lstm_stack.v1.ForecastStrategy\x12\x15\n\rinput_columns\x18\x04 \x03(\x05\x12\x16\n\x0etarget_columns\x18\x05 \x03(\x05\x12\x16\n\x0eseries_columns\x18\x06 \x01(\x05\x12\x0e\n\x06stride\x18\x07 \x01(\x05\x12\x11\n\tquantiles\x18\x08 \x03(\x01\"\x81\x01\n\x0f\x46orecastRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12&\n\x07history\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x0f\n\x07horizon\x18\x04 \x01(\x05\x12\x12\n\ndataset_id\x18\x05 \x01(\t\"\xc7\x01\n\x10\x46orecastResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x16\n\x0etarget_columns\x18\x04 \x03(\x05\x12$\n\x05point\x18\x05 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x11\n\tquantiles\x18\x06 \x03(\x01\x12.\n\x0fquantile_values\x18\x07 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\"\xba\x01\n\x0f\x42\x61\x63ktestRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12%\n\x06series\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x0f\n\x07windows\x18\x04 \x01(\x05\x12\x13\n\x0borigin_step\x18\x05 \x01(\x05\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x15\n\rseason_length\x18\x07 \x01(\x05\x12\x0f\n\x07retrain\x18\x08 \x01(\x08\"\xe1\x02\n\x0e\x42\x61\x63ktestWindow\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06origin\x18\x02 \x01(\x03\x12;\n\x07metrics\x18\x03 \x03(\x0b\x32*.lstm_stack.v1.BacktestWindow.MetricsEntry\x12\'\n\x08\x66orecast\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12%\n\x06\x61\x63tual\x18\x05 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12$\n\x05lower\x18\x06 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12$\n\x05upper\x18\x07 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12\x15\n\rmodel_version\x18\x08 \x01(\r\x12\x10\n\x08model_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x90\x01\n\x0f\x42\x61\x63ktestSummary\x12\x0f\n\x07windows\x18\x01 \x01(\x05\x12<\n\x07metrics\x18\x02 \x03(\x0b\x32+.lstm_stack.v1.BacktestSummary.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"|\n\rBacktestEvent\x12/\n\x06window\x18\x01 \x01(\x0b\x32\x1d.lstm_stack.v1.BacktestWindowH\x00\x12\x31\n\x07summary\x18\x02 \x01(\x0b\x32\x1e.lstm_stack.v1.BacktestSummaryH\x00\x42\x07\n\x05\x65vent\"U\n\x0ePredictRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12 \n\x01x\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\"\xb0\x01\n\x0fPredictResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12%\n\x06values\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12,\n\rprobabilities\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12%\n\x06labels\x18\x05 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\"x\n\x0f\x45valuateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12 \n\x01x\x18\x03 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\x12 \n\x01y\x18\x04 \x01(\x0b\x32\x15.lstm_stack.v1.Tensor\"\xb7\x01\n\x10\x45valuateResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12=\n\x07metrics\x18\x03 \x03(\x0b\x32,.lstm_stack.v1.EvaluateResponse.MetricsEntry\x12\x11\n\tn_samples\x18\x04 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"4\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"L\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\"W\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.lstm_stack.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"/\n\x13\x44\x65leteModelResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x03(\r\"d\n\x12\x45xportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.lstm_stack.v1.ExportFormat\"\xd4\x01\n\nExportInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.lstm_stack.v1.ExportFormat\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x12\n\ninput_name\x18\x07 \x01(\t\x12\x14\n\x0coutput_names\x18\x08 \x03(\t\x12\x15\n\rmetadata_json\x18\t \x01(\t\"I\n\x10\x45xportModelChunk\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.lstm_stack.v1.ExportInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf2\x01\n\x0cImportHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12!\n\x04head\x18\x02 \x01(\x0b\x32\x13.lstm_stack.v1.Head\x12(\n\x05input\x18\x03 \x01(\x0b\x32\x19.lstm_stack.v1.InputShape\x12*\n\x08x_scaler\x18\x04 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12*\n\x08y_scaler\x18\x05 \x01(\x0b\x32\x18.lstm_stack.v1.ScalerRef\x12+\n\toptimizer\x18\x06 \x01(\x0b\x32\x18.lstm_stack.v1.Optimizer\"Y\n\x10ImportModelChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.lstm_stack.v1.ImportHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part*H\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0e\n\nREGRESSION\x10\x01\x12\n\n\x06\x42INARY\x10\x02\x12\x0e\n\nMULTICLASS\x10\x03*P\n\x10\x46orecastStrategy\x12!\n\x1d\x46ORECAST_STRATEGY_UNSPECIFIED\x10\x00\x12\n\n\x06\x44IRECT\x10\x01\x12\r\n\tRECURSIVE\x10\x02*B\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0c\n\x08TRAINING\x10\x01\x12\t\n\x05READY\x10\x02*V\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x45XPORT_ONNX\x10\x01\x12\x16\n\x12\x45XPORT_SAVED_MODEL\x10\x02\x32\xea\x06\n\x0cModelService\x12W\n\x0cValidateSpec\x12\".lstm_stack.v1.ValidateSpecRequest\x1a#.lstm_stack.v1.ValidateSpecResponse\x12\x41\n\x05Train\x12\x1b.lstm_stack.v1.TrainRequest\x1a\x19.lstm_stack.v1.TrainEvent0\x01\x12H\n\x07Predict\x12\x1d.lstm_stack.v1.PredictRequest\x1a\x1e.lstm_stack.v1.PredictResponse\x12K\n\x08\x45valuate\x12\x1e.lstm_stack.v1.EvaluateRequest\x1a\x1f.lstm_stack.v1.EvaluateResponse\x12\x44\n\x08GetModel\x12\x1e.lstm_stack.v1.GetModelRequest\x1a\x18.lstm_stack.v1.ModelInfo\x12Q\n\nListModels\x12 .lstm_stack.v1.ListModelsRequest\x1a!.lstm_stack.v1.ListModelsResponse\x12T\n\x0b\x44\x65leteModel\x12!.lstm_stack.v1.DeleteModelRequest\x1a\".lstm_stack.v1.DeleteModelResponse\x12S\n\x0b\x45xportModel\x12!.lstm_stack.v1.ExportModelRequest\x1a\x1f.lstm_stack.v1.ExportModelChunk0\x01\x12J\n\x0bImportModel\x12\x1f.lstm_stack.v1.ImportModelChunk\x1a\x18.lstm_stack.v1.ModelInfo(\x01\x12K\n\x08\x46orecast\x12\x1e.lstm_stack.v1.ForecastRequest\x1a\x1f.lstm_stack.v1.ForecastResponse\x12J\n\x08\x42\x61\x63ktest\x12\x1e.lstm_stack.v1.BacktestRequest\x1a\x1c.lstm_stack.v1.BacktestEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "protos.lstm_stack.v1.model_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.lstm_stack.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_EPOCHEVENT_METRICSENTRY"]._loaded_options = None
-    _globals["_EPOCHEVENT_METRICSENTRY"]._serialized_options = b"8\001"
-    _globals["_MODELINFO_HOLDOUTMETRICSENTRY"]._loaded_options = None
-    _globals["_MODELINFO_HOLDOUTMETRICSENTRY"]._serialized_options = b"8\001"
-    _globals["_MODELINFO_HOLDOUTCOVERAGEENTRY"]._loaded_options = None
-    _globals["_MODELINFO_HOLDOUTCOVERAGEENTRY"]._serialized_options = b"8\001"
-    _globals["_BACKTESTWINDOW_METRICSENTRY"]._loaded_options = None
-    _globals["_BACKTESTWINDOW_METRICSENTRY"]._serialized_options = b"8\001"
-    _globals["_BACKTESTSUMMARY_METRICSENTRY"]._loaded_options = None
-    _globals["_BACKTESTSUMMARY_METRICSENTRY"]._serialized_options = b"8\001"
-    _globals["_EVALUATERESPONSE_METRICSENTRY"]._loaded_options = None
-    _globals["_EVALUATERESPONSE_METRICSENTRY"]._serialized_options = b"8\001"
-    _globals["_TASK"]._serialized_start = 6627
-    _globals["_TASK"]._serialized_end = 6699
-    _globals["_FORECASTSTRATEGY"]._serialized_start = 6701
-    _globals["_FORECASTSTRATEGY"]._serialized_end = 6781
-    _globals["_MODELSTATE"]._serialized_start = 6783
-    _globals["_MODELSTATE"]._serialized_end = 6849
-    _globals["_EXPORTFORMAT"]._serialized_start = 6851
-    _globals["_EXPORTFORMAT"]._serialized_end = 6937
-    _globals["_INPUTSHAPE"]._serialized_start = 157
-    _globals["_INPUTSHAPE"]._serialized_end = 206
-    _globals["_LSTMLAYER"]._serialized_start = 208
-    _globals["_LSTMLAYER"]._serialized_end = 306
-    _globals["_DENSELAYER"]._serialized_start = 308
-    _globals["_DENSELAYER"]._serialized_end = 355
-    _globals["_RESHAPELAYER"]._serialized_start = 357
-    _globals["_RESHAPELAYER"]._serialized_end = 393
-    _globals["_DROPOUTLAYER"]._serialized_start = 395
-    _globals["_DROPOUTLAYER"]._serialized_end = 423
-    _globals["_LAYER"]._serialized_start = 426
-    _globals["_LAYER"]._serialized_end = 623
-    _globals["_HEAD"]._serialized_start = 625
-    _globals["_HEAD"]._serialized_end = 702
-    _globals["_OPTIMIZER"]._serialized_start = 704
-    _globals["_OPTIMIZER"]._serialized_end = 752
-    _globals["_MODELSPEC"]._serialized_start = 755
-    _globals["_MODELSPEC"]._serialized_end = 926
-    _globals["_LAYERREPORT"]._serialized_start = 929
-    _globals["_LAYERREPORT"]._serialized_end = 1096
-    _globals["_VALIDATESPECREQUEST"]._serialized_start = 1098
-    _globals["_VALIDATESPECREQUEST"]._serialized_end = 1159
-    _globals["_VALIDATESPECRESPONSE"]._serialized_start = 1162
-    _globals["_VALIDATESPECRESPONSE"]._serialized_end = 1320
-    _globals["_SUPERVISEDDATA"]._serialized_start = 1322
-    _globals["_SUPERVISEDDATA"]._serialized_end = 1406
-    _globals["_SERIESDATA"]._serialized_start = 1409
-    _globals["_SERIESDATA"]._serialized_end = 1631
-    _globals["_EARLYSTOPPING"]._serialized_start = 1633
-    _globals["_EARLYSTOPPING"]._serialized_end = 1715
-    _globals["_TRAINREQUEST"]._serialized_start = 1718
-    _globals["_TRAINREQUEST"]._serialized_end = 2206
-    _globals["_EPOCHEVENT"]._serialized_start = 2209
-    _globals["_EPOCHEVENT"]._serialized_end = 2457
-    _globals["_EPOCHEVENT_METRICSENTRY"]._serialized_start = 2398
-    _globals["_EPOCHEVENT_METRICSENTRY"]._serialized_end = 2444
-    _globals["_TRAINSTARTED"]._serialized_start = 2460
-    _globals["_TRAINSTARTED"]._serialized_end = 2636
-    _globals["_TRAINEVENT"]._serialized_start = 2639
-    _globals["_TRAINEVENT"]._serialized_end = 2794
-    _globals["_SCALERREF"]._serialized_start = 2796
-    _globals["_SCALERREF"]._serialized_end = 2843
-    _globals["_MODELINFO"]._serialized_start = 2846
-    _globals["_MODELINFO"]._serialized_end = 3650
-    _globals["_MODELINFO_HOLDOUTMETRICSENTRY"]._serialized_start = 3541
-    _globals["_MODELINFO_HOLDOUTMETRICSENTRY"]._serialized_end = 3594
-    _globals["_MODELINFO_HOLDOUTCOVERAGEENTRY"]._serialized_start = 3596
-    _globals["_MODELINFO_HOLDOUTCOVERAGEENTRY"]._serialized_end = 3650
-    _globals["_FORECASTCONFIG"]._serialized_start = 3653
-    _globals["_FORECASTCONFIG"]._serialized_end = 3859
-    _globals["_FORECASTREQUEST"]._serialized_start = 3861
-    _globals["_FORECASTREQUEST"]._serialized_end = 3976
-    _globals["_FORECASTRESPONSE"]._serialized_start = 3979
-    _globals["_FORECASTRESPONSE"]._serialized_end = 4178
-    _globals["_BACKTESTREQUEST"]._serialized_start = 4181
-    _globals["_BACKTESTREQUEST"]._serialized_end = 4367
-    _globals["_BACKTESTWINDOW"]._serialized_start = 4370
-    _globals["_BACKTESTWINDOW"]._serialized_end = 4723
-    _globals["_BACKTESTWINDOW_METRICSENTRY"]._serialized_start = 2398
-    _globals["_BACKTESTWINDOW_METRICSENTRY"]._serialized_end = 2444
-    _globals["_BACKTESTSUMMARY"]._serialized_start = 4726
-    _globals["_BACKTESTSUMMARY"]._serialized_end = 4870
-    _globals["_BACKTESTSUMMARY_METRICSENTRY"]._serialized_start = 2398
-    _globals["_BACKTESTSUMMARY_METRICSENTRY"]._serialized_end = 2444
-    _globals["_BACKTESTEVENT"]._serialized_start = 4872
-    _globals["_BACKTESTEVENT"]._serialized_end = 4996
-    _globals["_PREDICTREQUEST"]._serialized_start = 4998
-    _globals["_PREDICTREQUEST"]._serialized_end = 5083
-    _globals["_PREDICTRESPONSE"]._serialized_start = 5086
-    _globals["_PREDICTRESPONSE"]._serialized_end = 5262
-    _globals["_EVALUATEREQUEST"]._serialized_start = 5264
-    _globals["_EVALUATEREQUEST"]._serialized_end = 5384
-    _globals["_EVALUATERESPONSE"]._serialized_start = 5387
-    _globals["_EVALUATERESPONSE"]._serialized_end = 5570
-    _globals["_EVALUATERESPONSE_METRICSENTRY"]._serialized_start = 2398
-    _globals["_EVALUATERESPONSE_METRICSENTRY"]._serialized_end = 2444
-    _globals["_GETMODELREQUEST"]._serialized_start = 5572
-    _globals["_GETMODELREQUEST"]._serialized_end = 5624
-    _globals["_LISTMODELSREQUEST"]._serialized_start = 5626
-    _globals["_LISTMODELSREQUEST"]._serialized_end = 5702
-    _globals["_LISTMODELSRESPONSE"]._serialized_start = 5704
-    _globals["_LISTMODELSRESPONSE"]._serialized_end = 5791
-    _globals["_DELETEMODELREQUEST"]._serialized_start = 5793
-    _globals["_DELETEMODELREQUEST"]._serialized_end = 5848
-    _globals["_DELETEMODELRESPONSE"]._serialized_start = 5850
-    _globals["_DELETEMODELRESPONSE"]._serialized_end = 5897
-    _globals["_EXPORTMODELREQUEST"]._serialized_start = 5899
-    _globals["_EXPORTMODELREQUEST"]._serialized_end = 5999
-    _globals["_EXPORTINFO"]._serialized_start = 6002
-    _globals["_EXPORTINFO"]._serialized_end = 6214
-    _globals["_EXPORTMODELCHUNK"]._serialized_start = 6216
-    _globals["_EXPORTMODELCHUNK"]._serialized_end = 6289
-    _globals["_IMPORTHEADER"]._serialized_start = 6292
-    _globals["_IMPORTHEADER"]._serialized_end = 6534
-    _globals["_IMPORTMODELCHUNK"]._serialized_start = 6536
-    _globals["_IMPORTMODELCHUNK"]._serialized_end = 6625
-    _globals["_MODELSERVICE"]._serialized_start = 6940
-    _globals["_MODELSERVICE"]._serialized_end = 7814
+  DESCRIPTOR._loaded_options = None
+  _globals['_EPOCHEVENT_METRICSENTRY']._loaded_options = None
+  _globals['_EPOCHEVENT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELINFO_HOLDOUTMETRICSENTRY']._loaded_options = None
+  _globals['_MODELINFO_HOLDOUTMETRICSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELINFO_HOLDOUTCOVERAGEENTRY']._loaded_options = None
+  _globals['_MODELINFO_HOLDOUTCOVERAGEENTRY']._serialized_options = b'8\001'
+  _globals['_BACKTESTWINDOW_METRICSENTRY']._loaded_options = None
+  _globals['_BACKTESTWINDOW_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_BACKTESTSUMMARY_METRICSENTRY']._loaded_options = None
+  _globals['_BACKTESTSUMMARY_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._loaded_options = None
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_TASK']._serialized_start=6642
+  _globals['_TASK']._serialized_end=6714
+  _globals['_FORECASTSTRATEGY']._serialized_start=6716
+  _globals['_FORECASTSTRATEGY']._serialized_end=6796
+  _globals['_MODELSTATE']._serialized_start=6798
+  _globals['_MODELSTATE']._serialized_end=6864
+  _globals['_EXPORTFORMAT']._serialized_start=6866
+  _globals['_EXPORTFORMAT']._serialized_end=6952
+  _globals['_INPUTSHAPE']._serialized_start=157
+  _globals['_INPUTSHAPE']._serialized_end=206
+  _globals['_LSTMLAYER']._serialized_start=208
+  _globals['_LSTMLAYER']._serialized_end=306
+  _globals['_DENSELAYER']._serialized_start=308
+  _globals['_DENSELAYER']._serialized_end=355
+  _globals['_RESHAPELAYER']._serialized_start=357
+  _globals['_RESHAPELAYER']._serialized_end=393
+  _globals['_DROPOUTLAYER']._serialized_start=395
+  _globals['_DROPOUTLAYER']._serialized_end=423
+  _globals['_LAYER']._serialized_start=426
+  _globals['_LAYER']._serialized_end=623
+  _globals['_HEAD']._serialized_start=625
+  _globals['_HEAD']._serialized_end=702
+  _globals['_OPTIMIZER']._serialized_start=704
+  _globals['_OPTIMIZER']._serialized_end=752
+  _globals['_MODELSPEC']._serialized_start=755
+  _globals['_MODELSPEC']._serialized_end=926
+  _globals['_LAYERREPORT']._serialized_start=929
+  _globals['_LAYERREPORT']._serialized_end=1096
+  _globals['_VALIDATESPECREQUEST']._serialized_start=1098
+  _globals['_VALIDATESPECREQUEST']._serialized_end=1159
+  _globals['_VALIDATESPECRESPONSE']._serialized_start=1162
+  _globals['_VALIDATESPECRESPONSE']._serialized_end=1320
+  _globals['_SUPERVISEDDATA']._serialized_start=1322
+  _globals['_SUPERVISEDDATA']._serialized_end=1406
+  _globals['_SERIESDATA']._serialized_start=1409
+  _globals['_SERIESDATA']._serialized_end=1631
+  _globals['_EARLYSTOPPING']._serialized_start=1633
+  _globals['_EARLYSTOPPING']._serialized_end=1715
+  _globals['_TRAINREQUEST']._serialized_start=1718
+  _globals['_TRAINREQUEST']._serialized_end=2206
+  _globals['_EPOCHEVENT']._serialized_start=2209
+  _globals['_EPOCHEVENT']._serialized_end=2457
+  _globals['_EPOCHEVENT_METRICSENTRY']._serialized_start=2398
+  _globals['_EPOCHEVENT_METRICSENTRY']._serialized_end=2444
+  _globals['_TRAINSTARTED']._serialized_start=2460
+  _globals['_TRAINSTARTED']._serialized_end=2636
+  _globals['_TRAINEVENT']._serialized_start=2639
+  _globals['_TRAINEVENT']._serialized_end=2794
+  _globals['_SCALERREF']._serialized_start=2796
+  _globals['_SCALERREF']._serialized_end=2843
+  _globals['_MODELINFO']._serialized_start=2846
+  _globals['_MODELINFO']._serialized_end=3650
+  _globals['_MODELINFO_HOLDOUTMETRICSENTRY']._serialized_start=3541
+  _globals['_MODELINFO_HOLDOUTMETRICSENTRY']._serialized_end=3594
+  _globals['_MODELINFO_HOLDOUTCOVERAGEENTRY']._serialized_start=3596
+  _globals['_MODELINFO_HOLDOUTCOVERAGEENTRY']._serialized_end=3650
+  _globals['_FORECASTCONFIG']._serialized_start=3653
+  _globals['_FORECASTCONFIG']._serialized_end=3859
+  _globals['_FORECASTREQUEST']._serialized_start=3862
+  _globals['_FORECASTREQUEST']._serialized_end=3991
+  _globals['_FORECASTRESPONSE']._serialized_start=3994
+  _globals['_FORECASTRESPONSE']._serialized_end=4193
+  _globals['_BACKTESTREQUEST']._serialized_start=4196
+  _globals['_BACKTESTREQUEST']._serialized_end=4382
+  _globals['_BACKTESTWINDOW']._serialized_start=4385
+  _globals['_BACKTESTWINDOW']._serialized_end=4738
+  _globals['_BACKTESTWINDOW_METRICSENTRY']._serialized_start=2398
+  _globals['_BACKTESTWINDOW_METRICSENTRY']._serialized_end=2444
+  _globals['_BACKTESTSUMMARY']._serialized_start=4741
+  _globals['_BACKTESTSUMMARY']._serialized_end=4885
+  _globals['_BACKTESTSUMMARY_METRICSENTRY']._serialized_start=2398
+  _globals['_BACKTESTSUMMARY_METRICSENTRY']._serialized_end=2444
+  _globals['_BACKTESTEVENT']._serialized_start=4887
+  _globals['_BACKTESTEVENT']._serialized_end=5011
+  _globals['_PREDICTREQUEST']._serialized_start=5013
+  _globals['_PREDICTREQUEST']._serialized_end=5098
+  _globals['_PREDICTRESPONSE']._serialized_start=5101
+  _globals['_PREDICTRESPONSE']._serialized_end=5277
+  _globals['_EVALUATEREQUEST']._serialized_start=5279
+  _globals['_EVALUATEREQUEST']._serialized_end=5399
+  _globals['_EVALUATERESPONSE']._serialized_start=5402
+  _globals['_EVALUATERESPONSE']._serialized_end=5585
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_start=2398
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_end=2444
+  _globals['_GETMODELREQUEST']._serialized_start=5587
+  _globals['_GETMODELREQUEST']._serialized_end=5639
+  _globals['_LISTMODELSREQUEST']._serialized_start=5641
+  _globals['_LISTMODELSREQUEST']._serialized_end=5717
+  _globals['_LISTMODELSRESPONSE']._serialized_start=5719
+  _globals['_LISTMODELSRESPONSE']._serialized_end=5806
+  _globals['_DELETEMODELREQUEST']._serialized_start=5808
+  _globals['_DELETEMODELREQUEST']._serialized_end=5863
+  _globals['_DELETEMODELRESPONSE']._serialized_start=5865
+  _globals['_DELETEMODELRESPONSE']._serialized_end=5912
+  _globals['_EXPORTMODELREQUEST']._serialized_start=5914
+  _globals['_EXPORTMODELREQUEST']._serialized_end=6014
+  _globals['_EXPORTINFO']._serialized_start=6017
+  _globals['_EXPORTINFO']._serialized_end=6229
+  _globals['_EXPORTMODELCHUNK']._serialized_start=6231
+  _globals['_EXPORTMODELCHUNK']._serialized_end=6304
+  _globals['_IMPORTHEADER']._serialized_start=6307
+  _globals['_IMPORTHEADER']._serialized_end=6549
+  _globals['_IMPORTMODELCHUNK']._serialized_start=6551
+  _globals['_IMPORTMODELCHUNK']._serialized_end=6640
+  _globals['_MODELSERVICE']._serialized_start=6955
+  _globals['_MODELSERVICE']._serialized_end=7829
 # @@protoc_insertion_point(module_scope)

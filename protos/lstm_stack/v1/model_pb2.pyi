@@ -992,11 +992,16 @@ class ForecastRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     HORIZON_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     version: _builtins.int
     """0 = latest ready version"""
     horizon: _builtins.int
     """Steps ahead: 0 = the model's horizon; direct models up to it, recursive ones up to 1000."""
+    dataset_id: _builtins.str
+    """Instead of history: a stored series dataset (DatasetService) whose last rows are the history, as
+    many as the model's window. Its columns must be the ones the model was trained on.
+    """
     @_builtins.property
     def history(self) -> _tensor_pb2.Tensor:
         """Raw units, the columns the model was trained on: (length,) or (length, columns) for one series,
@@ -1010,10 +1015,11 @@ class ForecastRequest(_message.Message):
         version: _builtins.int = ...,
         history: _tensor_pb2.Tensor | None = ...,
         horizon: _builtins.int = ...,
+        dataset_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["history", b"history"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "model_id", b"model_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "history", b"history", "horizon", b"horizon", "model_id", b"model_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

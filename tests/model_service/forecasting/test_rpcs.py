@@ -11,9 +11,10 @@ import pytest
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as oip_grpc
-from protos.lstm_stack.v1 import model_pb2, scaler_pb2
+from protos.lstm_stack.v1 import dataset_pb2_grpc, model_pb2, scaler_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle
+from tests.model_service.datasets.helpers import series_chunks, supervised_chunks, upload
 from tests.model_service.helpers import lstm, make_spec, scaler, seed_example, status_of, train, train_request
 from tests.scaler_service.harness import ScalerServerHandle
 
@@ -336,3 +337,41 @@ def test_retraining_backtests_train_on_the_rows_before_each_origin_and_leave_not
     assert not [m.id for m in listed if m.id.startswith("backtest-")]
     found = shared_scaler.stub.ListScalers(scaler_pb2.ListScalersRequest(page_size=1000), timeout=10).scalers
     assert not [s.id for s in found if s.id.startswith("backtest-")]
+
+
+def test_a_forecast_can_read_its_history_from_a_stored_series_dataset(
+    model_server: ModelServerHandle, direct: model_pb2.ModelInfo
+) -> None:
+    datasets = dataset_pb2_grpc.DatasetServiceStub(model_server.channel)
+    # Chunks of 7 rows: the model's window (8) spans two parts of the stored dataset.
+    info = upload(datasets, series_chunks(SEASONAL[:80, None], ["y"], rows_per_chunk=7))
+    by_dataset = model_server.stub.Forecast(
+        model_pb2.ForecastRequest(model_id=direct.id, dataset_id=info.id), timeout=30
+    )
+    by_history = forecast(model_server.stub, direct.id, SEASONAL[:80])
+    np.testing.assert_array_equal(codec.to_numpy(by_dataset.point), codec.to_numpy(by_history.point))
+
+
+def test_a_bad_forecast_dataset_is_refused(
+    model_server: ModelServerHandle, direct: model_pb2.ModelInfo
+) -> None:
+    datasets = dataset_pb2_grpc.DatasetServiceStub(model_server.channel)
+    short = upload(datasets, series_chunks(SEASONAL[:5, None], ["y"], rows_per_chunk=5))
+    x, y = seed_example()
+    samples = upload(datasets, supervised_chunks(x, y, rows_per_chunk=13))
+    cases = [
+        (model_pb2.ForecastRequest(model_id=direct.id, dataset_id="ds-" + "0" * 32), grpc.StatusCode.NOT_FOUND,
+         "is not stored"),
+        (model_pb2.ForecastRequest(model_id=direct.id, dataset_id=short.id),
+         grpc.StatusCode.INVALID_ARGUMENT, "has 5 rows; the model's window needs 8"),
+        (model_pb2.ForecastRequest(model_id=direct.id, dataset_id=samples.id),
+         grpc.StatusCode.FAILED_PRECONDITION, "holds supervised samples"),
+        (model_pb2.ForecastRequest(model_id=direct.id, dataset_id=short.id,
+                                   history=codec.from_numpy(SEASONAL[:80])),
+         grpc.StatusCode.INVALID_ARGUMENT, "give history or dataset_id, not both"),
+    ]  # fmt: skip
+    for request, code, fragment in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            model_server.stub.Forecast(request, timeout=30)
+        assert caught.value.code() == code and fragment in (caught.value.details() or ""), caught.value
+    assert model_server.health() == "SERVING"
