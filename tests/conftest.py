@@ -16,9 +16,26 @@ from tests.scaler_service.harness import ScalerServerHandle, running_scaler_serv
 os.environ["LSTM_MODEL_WORKERS"] = "1"
 os.environ["LSTM_SCALER_WORKERS"] = "1"
 
-# tests/cluster (SeaweedFS, Envoy, replicas: minutes each) runs from .ci/run via scripts/cluster_checks.sh,
-# not in `make test`; without the switch pytest does not collect it at all (nothing is skipped or counted).
-collect_ignore = [] if os.environ.get("LSTM_CLUSTER_TESTS") == "1" else ["cluster"]
+# `make test` (the README's command) runs the suite that fits in about ten minutes on two cores. The long
+# checks, which start several real processes or train real models for minutes, run from .ci/run through
+# scripts/system_checks.sh, which sets LSTM_LONG_CHECKS=1; without it pytest does not collect them at all
+# (nothing is skipped or counted). tests/cluster also needs SeaweedFS and Envoy (LSTM_CLUSTER_TESTS=1).
+LONG_CHECKS = [
+    "system",
+    "clients/test_demo.py",
+    "clients/test_node_client.py",
+    "model_service/datasets/test_streamed_jobs.py",
+    "model_service/datasets/test_train_by_reference.py",
+    "model_service/forecasting/test_rpcs.py",
+    "model_service/test_export.py",
+    "model_service/test_importing.py",
+    "model_service/test_restart.py",
+    "model_service/test_shared_store.py",
+    "model_service/test_trainer.py",
+]
+collect_ignore = [] if os.environ.get("LSTM_LONG_CHECKS") == "1" else list(LONG_CHECKS)
+if os.environ.get("LSTM_CLUSTER_TESTS") != "1":
+    collect_ignore.append("cluster")
 
 
 @pytest.fixture
