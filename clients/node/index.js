@@ -5,6 +5,7 @@
 // client always speaks the current contract. Tensors cross the wire as dtype + shape + little-endian raw
 // bytes, exactly like the Python codec (service_common/codec.py).
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const { once } = require('node:events');

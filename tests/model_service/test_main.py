@@ -87,7 +87,14 @@ def test_module_entry_point_serves_both_protocols_and_stops_on_sigterm(
         output = "".join(_drain(lines))
         assert "model service stopped" in output
         version_dir = tmp_path / "store" / "models" / "cli" / "1"
-        assert sorted(p.name for p in version_dir.iterdir()) == ["SIGNATURE", "meta.json", "model.keras"]
+        names = sorted(p.name for p in version_dir.iterdir())
+        # A trained version also holds its TensorBoard events (signed like the rest).
+        assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
+            "SIGNATURE",
+            "meta.json",
+            "model.keras",
+        ]
+        assert len(names) == 4
     finally:
         if process.poll() is None:
             process.kill()

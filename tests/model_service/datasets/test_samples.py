@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_service import data
 from model_service.datasets.samples import ChunkedArray, DatasetSamples, Windowing
 from model_service.datasets.store import ArrayInfo, DatasetMeta, OpenedDataset
+from model_service.forecasting.windowing import forecast_windows
 from model_service.spec import Head, Lstm, ModelSpec, Task
 
 
@@ -44,14 +44,14 @@ def test_chunked_rows_come_back_whole_across_part_boundaries() -> None:
 def test_series_windows_are_those_of_series_data_whatever_the_parts_and_blocks() -> None:
     series = np.random.default_rng(0).normal(size=(97, 2))
     spec = ModelSpec(5, 2, (Lstm(4),), Head(Task.REGRESSION))
-    x_all, y_all = data.windows(series, 5, 1, spec)
+    x_all, y_all = forecast_windows(series, 5, 1, 1, (0, 1), (1,))
     opened = _opened_series(series, [10, 1, 40, 46])
     samples = DatasetSamples(opened, Windowing(5, 1, 1, (0, 1), (1,)))
     assert samples.n == len(x_all) == 92
     blocks = [samples.block(lo, hi) for lo, hi in samples.ranges(0, samples.n, 7)]
     np.testing.assert_array_equal(np.concatenate([x for x, _ in blocks]), x_all)
-    np.testing.assert_array_equal(np.concatenate([y for _, y in blocks]).reshape(-1), y_all)
-    np.testing.assert_array_equal(samples.targets_block(3, 50).reshape(-1), y_all[3:50])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in blocks]).reshape(-1), y_all.reshape(-1))
+    np.testing.assert_array_equal(samples.targets_block(3, 50).reshape(-1), y_all[3:50].reshape(-1))
 
 
 @pytest.mark.parametrize(("stride", "horizon"), [(3, 1), (2, 4), (1, 3)])
