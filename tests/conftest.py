@@ -22,11 +22,15 @@ os.environ["LSTM_SCALER_WORKERS"] = "1"
 # (nothing is skipped or counted). tests/cluster also needs SeaweedFS and Envoy (LSTM_CLUSTER_TESTS=1).
 LONG_CHECKS = [
     "system",
+    "clients/test_cli_datasets.py",
+    "clients/test_cli_forecast.py",
+    "clients/test_cli_model_export.py",
     "clients/test_demo.py",
     "clients/test_node_client.py",
     "model_service/datasets/test_streamed_jobs.py",
     "model_service/datasets/test_train_by_reference.py",
     "model_service/forecasting/test_rpcs.py",
+    "model_service/test_control.py",
     "model_service/test_export.py",
     "model_service/test_importing.py",
     "model_service/test_restart.py",
