@@ -8,7 +8,6 @@ import pytest
 from model_service.datasets.samples import ChunkedArray, DatasetSamples, Windowing
 from model_service.datasets.store import ArrayInfo, DatasetMeta, OpenedDataset
 from model_service.forecasting.windowing import forecast_windows
-from model_service.spec import Head, Lstm, ModelSpec, Task
 
 
 class _NoHold:
@@ -43,7 +42,6 @@ def test_chunked_rows_come_back_whole_across_part_boundaries() -> None:
 
 def test_series_windows_are_those_of_series_data_whatever_the_parts_and_blocks() -> None:
     series = np.random.default_rng(0).normal(size=(97, 2))
-    spec = ModelSpec(5, 2, (Lstm(4),), Head(Task.REGRESSION))
     x_all, y_all = forecast_windows(series, 5, 1, 1, (0, 1), (1,))
     opened = _opened_series(series, [10, 1, 40, 46])
     samples = DatasetSamples(opened, Windowing(5, 1, 1, (0, 1), (1,)))
