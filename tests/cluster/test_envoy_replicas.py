@@ -26,7 +26,7 @@ from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
 from service_common.artifacts import RESERVATIONS_DIR, ArtifactStore, load_signing_key
-from service_common.security import open_channel
+from service_common.channels import open_channel
 from tests.cluster.envoy_proc import EnvoyProcess
 from tests.system import workloads
 from tests.system.procs import CHANNEL_OPTIONS, ServiceProcess, scaler_process
