@@ -58,7 +58,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from bench_model import HEALTH_CHECK, PREDICT, free_port, percentiles, seed_data, seed_spec, service_process
+from bench_model import HEALTH_CHECK, PREDICT, free_port, percentiles, seed_spec, service_process
 from grpc_h2load import (
     H2loadReport,
     check_sample,
@@ -70,6 +70,7 @@ from grpc_h2load import (
 )
 from grpc_health.v1 import health_pb2
 
+from demo.seed_examples import example1_windows
 from protos.inference import grpc_service_pb2 as oip
 from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
@@ -128,7 +129,7 @@ def realistic_data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bench_models() -> list[BenchModel]:
-    seed_x, seed_y = seed_data()
+    seed_x, seed_y = example1_windows()
     real_x, real_y = realistic_data(256)
     query = np.random.default_rng(1).normal(size=(1, 48, 4)).astype(np.float32)
     return [
