@@ -24,8 +24,8 @@ from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import dataset_pb2, dataset_pb2_grpc, model_pb2, model_pb2_grpc
-from service_common.interceptors import RpcObserver
 from service_common.metrics import ServiceMetrics
+from service_common.observers import RpcObserver
 from service_common.server import ManagedServer, build_server
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,8 @@ Under heavy load the requests that arrive while a pass runs form the next batch,
 follows the load by itself.
 
 Two ways in. ``submit_async`` (the servers' event loop) always hands the rows to the worker thread, so
-the forward pass never runs on the loop; the result comes back through ``call_soon_threadsafe``.
+the forward pass never runs on the loop; the results of a batch come back through one
+``call_soon_threadsafe`` per loop.
 ``submit`` (plain threads: scoring a holdout, Evaluate on the executor) runs an idle request straight
 away in the caller's thread, whatever max_wait says, since a thread hop would only add latency there.
 """
@@ -30,24 +31,49 @@ Forward = Callable[[np.ndarray], np.ndarray]
 
 
 class _Pending:
-    __slots__ = ("x", "rows", "result", "error", "notify")
+    __slots__ = ("x", "rows", "result", "error", "notify", "future")
 
-    def __init__(self, x: np.ndarray, notify: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        x: np.ndarray,
+        notify: Callable[[], None] | None = None,
+        future: asyncio.Future[np.ndarray] | None = None,
+    ) -> None:
         self.x = x
         self.rows = int(x.shape[0])
         self.result: np.ndarray | None = None
         self.error: BaseException | None = None
-        # Called once, from the worker thread, when result or error is set.
+        # A thread's request: called once, from the worker thread, when result or error is set.
         self.notify = notify
+        # A coroutine's request: settled on its loop (see _hand_back).
+        self.future = future
 
 
-def _settle(future: asyncio.Future[np.ndarray], pending: _Pending) -> None:
-    if future.cancelled():  # the caller went away meanwhile
-        return
-    if pending.error is not None:
-        future.set_exception(pending.error)
-    else:
-        future.set_result(pending.result)  # type: ignore[arg-type]
+def _settle_all(batch: list[_Pending]) -> None:
+    """On the loop: every coroutine of one batch gets its rows (or the error)."""
+    for pending in batch:
+        future = pending.future
+        assert future is not None
+        if future.cancelled():  # the caller went away meanwhile
+            continue
+        if pending.error is not None:
+            future.set_exception(pending.error)
+        else:
+            future.set_result(pending.result)  # type: ignore[arg-type]
+
+
+def _hand_back(batch: list[_Pending]) -> None:
+    """From the worker thread: wake the threads, and each loop once for all of its callers in the batch
+    (one wake-up of the loop per batch rather than one per request)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+    for pending in batch:
+        if pending.future is None:
+            assert pending.notify is not None
+            pending.notify()
+        else:
+            by_loop.setdefault(pending.future.get_loop(), []).append(pending)
+    for loop, settled in by_loop.items():
+        loop.call_soon_threadsafe(_settle_all, settled)
 
 
 class AdaptiveBatcher:
@@ -80,14 +106,8 @@ class AdaptiveBatcher:
 
     async def submit_async(self, x: np.ndarray) -> np.ndarray:
         """Like ``submit``, from a coroutine: the pass runs on the worker thread, never on the loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-
-        def notify() -> None:
-            loop.call_soon_threadsafe(_settle, future, pending)
-
-        pending = _Pending(x, notify)
-        self._enqueue(pending)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Pending(x, future=future))
         return await future
 
     def _enqueue(self, pending: _Pending) -> None:
@@ -178,5 +198,4 @@ class AdaptiveBatcher:
                     log.exception("batch of %d request(s) on %s failed", len(batch), self.name)
                     for pending in batch:
                         pending.error = exc
-            for pending in batch:
-                pending.notify()
+            _hand_back(batch)

@@ -10,8 +10,8 @@ from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
 from scaler_service.registry import ScalerRegistry
 from scaler_service.servicer import ScalerServicer
 from scaler_service.settings import ScalerSettings
-from service_common.interceptors import RpcObserver
 from service_common.metrics import ServiceMetrics
+from service_common.observers import RpcObserver
 from service_common.server import ManagedServer, build_server
 from service_common.stores import open_artifact_store
 

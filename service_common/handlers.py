@@ -1,8 +1,9 @@
-"""The two handler rebuilds every grpc.aio interceptor here needs: run hooks around a call, or refuse it.
+"""The two handler rebuilds the server needs: run hooks around a call (the call pipeline), or refuse it
+(auth).
 
-A method handler comes in four kinds (unary/stream request x unary/stream response); interceptors
-that wrap or replace behaviour must hand back a handler of the same kind, with the same
-(de)serializers. These two helpers are the only places that know the four kinds.
+A method handler comes in four kinds (unary/stream request x unary/stream response); whoever wraps or
+replaces behaviour must hand back a handler of the same kind, with the same (de)serializers. These two
+helpers are the only places that know the four kinds.
 """
 
 from __future__ import annotations
@@ -16,17 +17,29 @@ import grpc
 
 
 class CallHook(Protocol):
-    """``started`` runs when the handler starts; ``finished`` once it ended, however it ended."""
+    """``started`` runs when the handler starts; ``refusal`` then says whether to abort the call with
+    a (code, message) instead of running it; ``finished`` once it ended, however it ended."""
 
     def started(self, context: grpc.aio.ServicerContext) -> Any: ...
+
+    def refusal(self) -> tuple[grpc.StatusCode, str] | None: ...
 
     def finished(
         self, token: Any, context: grpc.aio.ServicerContext, error: BaseException | None
     ) -> None: ...
 
 
+def is_async(behaviour: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
+
+
+def behaviour_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    """The function a handler calls, whatever its kind."""
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
 def _require_async(behaviour: Callable[..., Any]) -> None:
-    if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
+    if not is_async(behaviour):
         raise TypeError(
             f"{getattr(behaviour, '__qualname__', behaviour)!r} is not a coroutine or async generator "
             "function; grpc.aio servicer methods must be `async def`"
@@ -43,6 +56,8 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
             token = hook.started(context)
             error: BaseException | None = None
             try:
+                if (refused := hook.refusal()) is not None:
+                    await context.abort(*refused)
                 result = await behaviour(request, context)
                 if streamed_requests:
                     await _let_a_cancellation_land()
@@ -62,6 +77,8 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
             token = hook.started(context)
             error: BaseException | None = None
             try:
+                if (refused := hook.refusal()) is not None:
+                    await context.abort(*refused)
                 if inspect.isasyncgenfunction(behaviour):
                     async for item in behaviour(request, context):
                         yield item

@@ -1,7 +1,7 @@
 """Prometheus metrics for one server: RPCs by method and status code, plus gauges the services feed.
 
 Each server owns its own ``CollectorRegistry`` (never the process-global one), so several servers in
-one process, as in the tests, keep separate figures. ``observe_rpc`` plugs into ObservingInterceptor;
+one process, as in the tests, keep separate figures. ``observe_rpc`` is one of the call pipeline's observers;
 ``serve_http`` exposes the registry at ``http://host:port/metrics``.
 """
 
@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -79,16 +80,23 @@ class ServiceMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._tracking = threading.Event()
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
-    # ---- fed by the interceptor ----
+    # ---- fed by the call pipeline ----
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        service, name = split_method(method)
-        self.rpcs.labels(service, name, code).inc()
-        self.latency.labels(service, name, code).observe(seconds)
+        # labels() takes a lock and builds a key on every call: its children are looked up once per
+        # (method, code), which the registered methods and the status codes bound.
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            service, name = split_method(method)
+            children = (self.rpcs.labels(service, name, code), self.latency.labels(service, name, code))
+            self._rpc_children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     # ---- fed by the services ----
 

@@ -75,9 +75,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with ``authorization: Bearer <token>`` for one of ``tokens``."""
 
     def __init__(
-        self, tokens: Iterable[str], exempt_prefixes: Sequence[str] = EXEMPT_METHOD_PREFIXES
+        self,
+        tokens: Iterable[str],
+        exempt_prefixes: Sequence[str] = EXEMPT_METHOD_PREFIXES,
+        refused: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] | None = None,
     ) -> None:
+        """``refused(method, handler)`` wraps each refusing handler (the server observes refusals)."""
         self._tokens = [t.encode() for t in tokens]
+        self._refused = refused
         if not self._tokens:
             raise ValueError("AuthInterceptor needs at least one token")
         self._exempt = tuple(exempt_prefixes)
@@ -106,9 +111,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         else:
             message = f"{shown}: the bearer token is not valid"
         log.warning("refused %s: %s", shown, message.split(": ", 1)[1])
-        return refusing_handler(
-            await continuation(handler_call_details), grpc.StatusCode.UNAUTHENTICATED, message
-        )
+        handler = await continuation(handler_call_details)
+        refusal = refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+        # Only refusals of real methods are observed: an unknown path is the caller's choice, and
+        # would add a metrics label per path it invents.
+        if handler is None or self._refused is None:
+            return refusal
+        return self._refused(method, refusal)
 
 
 def read_file(path: str | Path, what: str) -> bytes:

@@ -1,4 +1,4 @@
-"""One server bootstrap for both services: a grpc.aio server with health, reflection, interceptors,
+"""One server bootstrap for both services: a grpc.aio server with health, reflection, the call pipeline,
 limits and graceful shutdown, on an event loop of its own.
 
 The server runs on a dedicated event-loop thread, so whoever builds it (``python -m``, a test, a
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import signal
 import threading
@@ -25,15 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service_common.channels import message_size_options
-from service_common.handlers import refusing_handler, wrap_behaviour
-from service_common.interceptors import ObservingInterceptor, RpcObserver, log_rpc
 from service_common.metrics import ServiceMetrics
+from service_common.observers import RpcObserver, log_rpc
+from service_common.pipeline import CallPipeline
 from service_common.security import AuthInterceptor, load_tokens, server_credentials
 from service_common.settings import ServerSettings
+from service_common.shutdown import ShutdownGate
 
 log = logging.getLogger("lstm_stack.server")
 
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Past grace, grpc.aio's stop cancels what still runs; this much more is allowed for the cancellations
 # to unwind before stop gives up waiting (it never hangs).
 STOP_MARGIN_SECONDS = 5.0
@@ -67,92 +66,6 @@ class EventLoopThread:
             log.warning("blocking work still running at shutdown; leaving it to the process exit")
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=STOP_MARGIN_SECONDS)
-
-
-class ShutdownGate(grpc.aio.ServerInterceptor):
-    """Counts running calls; once closed, answers new ones UNAVAILABLE (health still answers).
-
-    grpc.aio's stop() cancels every call that has reached the server but is not yet handed to a
-    handler, and any that arrives before the client reads the GOAWAY: those clients see CANCELLED,
-    which they do not retry. So the port is closed only once in-flight calls are done and no call has
-    arrived for QUIET_SECONDS; until then new calls get a clean, retryable UNAVAILABLE. Lives on the
-    server's loop: every method is called from it.
-    """
-
-    QUIET_SECONDS = 0.1
-
-    def __init__(self) -> None:
-        self._closed = False
-        self._active = 0
-        self._last_arrival = time.monotonic()
-        self._changed: asyncio.Event | None = None
-
-    def close(self) -> None:
-        self._closed = True
-
-    def _event(self) -> asyncio.Event:
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        return self._changed
-
-    async def wait_quiet(self, timeout: float) -> bool:
-        """Until nothing runs and nothing arrived for QUIET_SECONDS; False when ``timeout`` ran out first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            if self._active == 0:
-                quiet_for = now - self._last_arrival
-                if quiet_for >= self.QUIET_SECONDS:
-                    return True
-                wait = self.QUIET_SECONDS - quiet_for
-            else:
-                wait = deadline - now
-            event = self._event()
-            event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(wait, deadline - now))
-
-    def _enter(self) -> None:
-        self._active += 1
-
-    def _leave(self) -> None:
-        self._active -= 1
-        if self._active == 0 and self._changed is not None:
-            self._changed.set()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        self._last_arrival = time.monotonic()
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
-            return handler
-        if self._closed:
-            return refusing_handler(
-                handler,
-                grpc.StatusCode.UNAVAILABLE,
-                "the server is shutting down; retry on another instance",
-            )
-        return wrap_behaviour(handler, _Counting(self._enter, self._leave))
-
-
-class _Counting:
-    """Around-hook for wrap_behaviour: counts a call as running from its start to its end."""
-
-    def __init__(self, enter: Callable[[], None], leave: Callable[[], None]) -> None:
-        self.enter = enter
-        self.leave = leave
-
-    def started(self, _context: Any) -> Any:
-        self.enter()
-        return None
-
-    def finished(self, _token: Any, _context: Any, _error: BaseException | None) -> None:
-        self.leave()
 
 
 class ManagedServer:
@@ -288,20 +201,20 @@ async def _build(
     tokens: list[str],
     credentials: grpc.ServerCredentials | None,
 ) -> tuple[ManagedServer, int]:
-    # Observing first, so refused calls (UNAUTHENTICATED, UNAVAILABLE) are logged and counted too.
+    # Every handler, health and reflection included, is wrapped by the pipeline as it is registered;
+    # auth refusals too, so refused calls (UNAUTHENTICATED, UNAVAILABLE) are logged and counted.
     gate = ShutdownGate()
-    all_interceptors: list[grpc.aio.ServerInterceptor] = [
-        ObservingInterceptor([log_rpc, metrics.observe_rpc, *observers]),
-        gate,
-    ]
+    pipeline = CallPipeline([log_rpc, metrics.observe_rpc, *observers], gate)
+    all_interceptors: list[grpc.aio.ServerInterceptor] = []
     if tokens:
-        all_interceptors.append(AuthInterceptor(tokens))
+        all_interceptors.append(AuthInterceptor(tokens, refused=pipeline.refused))
     all_interceptors.extend(interceptors)
-    server = grpc.aio.server(
-        interceptors=all_interceptors,
+    raw_server = grpc.aio.server(
+        interceptors=all_interceptors or None,
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
+    server = pipeline.server(raw_server)
     services = list(register(server))
     health_servicer = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -315,7 +228,7 @@ async def _build(
         port = server.add_secure_port(settings.address, credentials)
     if port == 0:
         raise OSError(f"could not bind {settings.address}")
-    managed = ManagedServer(loop, server, health_servicer, services, metrics, gate)
+    managed = ManagedServer(loop, raw_server, health_servicer, services, metrics, gate)
     if settings.metrics_port >= 0:
         managed.metrics_port = metrics.serve_http(settings.metrics_host, settings.metrics_port)
     log.info(

@@ -12,8 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service_common.server import ShutdownGate, build_server
+from service_common.server import build_server
 from service_common.settings import ServerSettings
+from service_common.shutdown import ShutdownGate
 from tests.service_common import echo
 
 
