@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model_service.forecasting.config import ForecastConfig, Strategy, check_history, check_horizon
-from model_service.forecasting.quantiles import coverage, sorted_levels
+from model_service.forecasting.quantiles import coverage, median_of, sorted_levels
 from model_service.serving import ServedModel
 from service_common.errors import FailedPrecondition
 
@@ -43,7 +43,7 @@ def head_to_steps(values: np.ndarray, config: ForecastConfig) -> tuple[np.ndarra
     if not config.quantiles:
         return values.reshape(n, config.horizon, config.targets), None
     quantiles = sorted_levels(values, config.levels).reshape(n, config.horizon, config.targets, config.levels)
-    return quantiles[..., config.median_index], quantiles
+    return median_of(quantiles, config.quantiles), quantiles
 
 
 def _inputs(rows: np.ndarray, config: ForecastConfig) -> np.ndarray:

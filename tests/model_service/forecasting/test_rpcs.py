@@ -375,3 +375,31 @@ def test_a_bad_forecast_dataset_is_refused(
             model_server.stub.Forecast(request, timeout=30)
         assert caught.value.code() == code and fragment in (caught.value.details() or ""), caught.value
     assert model_server.health() == "SERVING"
+
+
+# ---- the point answer of a quantile model --------------------------------------------------------
+
+
+def test_predict_evaluate_and_oip_values_answer_a_quantile_models_median(
+    model_server: ModelServerHandle, quantile: model_pb2.ModelInfo
+) -> None:
+    windows = np.stack([NOISY[i : i + PERIOD] for i in range(0, 60, 3)])[..., None]
+    actual = np.stack([NOISY[i + PERIOD : i + PERIOD + 2] for i in range(0, 60, 3)])
+    median = codec.to_numpy(forecast(model_server.stub, quantile.id, windows).point)[..., 0]  # (20, 2)
+    predicted = model_server.stub.Predict(
+        model_pb2.PredictRequest(model_id=quantile.id, x=codec.from_numpy(windows)), timeout=30
+    )
+    np.testing.assert_allclose(codec.to_numpy(predicted.values), median)  # not the (20, 6) raw head
+    evaluated = model_server.stub.Evaluate(
+        model_pb2.EvaluateRequest(
+            model_id=quantile.id, x=codec.from_numpy(windows), y=codec.from_numpy(actual)
+        ),
+        timeout=30,
+    )
+    assert evaluated.metrics["mae"] == pytest.approx(float(np.mean(np.abs(median - actual))), rel=1e-6)
+    values = output(oip_infer(model_server, quantile.id, windows, ["values"]), "values")
+    np.testing.assert_allclose(values, median)
+    metadata = oip_grpc.GRPCInferenceServiceStub(model_server.channel).ModelMetadata(
+        pb.ModelMetadataRequest(name=quantile.id), timeout=10
+    )
+    assert {o.name: list(o.shape) for o in metadata.outputs}["values"] == [-1, 2]
