@@ -15,6 +15,7 @@ from model_service import builder, convert
 from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore
 from model_service.export import ModelExporter
 from model_service.forecasting import backtest, point
+from model_service.forecasting.config import ForecastConfig
 from model_service.forecasting.forecaster import config_of, forecast_async
 from model_service.forecasting.point import check_point, point_prediction
 from model_service.importing import ModelImporter
@@ -140,7 +141,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                     "(trained before they were kept); retrain it, or backtest with retrain=false"
                 )
             for index in range(len(plan.origins)):
-                window = await self._retrained_window(model.record.recipe, plan, index, context)
+                window = await self._retrained_window(
+                    model.record.recipe, model.record.forecast, plan, index, context
+                )
                 metrics.append(window.metrics)
                 yield convert.backtest_window_to_proto(window, as_values)
         else:
@@ -150,12 +153,22 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         yield convert.backtest_summary_to_proto(len(metrics), backtest.aggregate(metrics))
 
     async def _retrained_window(
-        self, recipe: bytes, plan: backtest.BacktestPlan, index: int, context: grpc.aio.ServicerContext
+        self,
+        recipe: bytes,
+        config: ForecastConfig | None,
+        plan: backtest.BacktestPlan,
+        index: int,
+        context: grpc.aio.ServicerContext,
     ) -> backtest.BacktestWindow:
         """Window ``index`` forecast by a scratch version trained (in the trainer process, like Train) on
         the rows before its origin only; the scratch model and its scalers are deleted afterwards."""
         origin = plan.origins[index]
         request = convert.retrain_request(recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin])
+        if config is not None and model_pb2.TrainRequest.FromString(recipe).WhichOneof("data") == "dataset":
+            # Trained on a series dataset (columns by name): the rows come inline, windowed the same way.
+            request.series.window, request.series.stride = config.window, config.stride
+            request.series.input_columns[:] = config.input_columns
+            request.series.target_columns[:] = config.target_columns
         started = done = None
         try:
             with self._track_training():

@@ -28,6 +28,14 @@ class Forecast:
 
 def config_of(model: ServedModel) -> ForecastConfig:
     config = model.record.forecast
+    if config is None and model.record.dataset_id:
+        raise FailedPrecondition(
+            f"model {model.model_id!r} v{model.version} was trained on stored dataset "
+            f"{model.record.dataset_id} of pre-made (x, y) samples: nothing says how those windows were cut "
+            "from a series (which rows and columns make x, which later rows y), so no next window can be "
+            "built from a history; Forecast and Backtest need a model trained on a series "
+            "(TrainRequest.series, or a DATASET_SERIES dataset)"
+        )
     if config is None:
         raise FailedPrecondition(
             f"model {model.model_id!r} v{model.version} was trained on supervised (x, y) data; Forecast and "

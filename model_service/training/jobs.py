@@ -293,7 +293,14 @@ class TrainingJob:
         progress = Progress(self, options.epochs, n_train)
         model = fit_model_on(spec, options, make_sets, n_train, p.n_validation, progress)
         self._check_cancelled()
-        record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler, dataset_id=p.dataset_id)
+        record = replace(
+            self._record,
+            x_scaler=x_scaler,
+            y_scaler=y_scaler,
+            dataset_id=p.dataset_id,
+            forecast=p.forecast,
+            recipe=self._request.recipe,
+        )
         holdout_blocks = (
             (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
         )

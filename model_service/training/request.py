@@ -13,7 +13,7 @@ import numpy as np
 
 from model_service import data
 from model_service.cost import Admission, Estimate, ModelCost
-from model_service.datasets.samples import DatasetSamples, windowing_for
+from model_service.datasets.samples import DatasetSamples, series_config, windowing_for
 from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore, OpenedDataset
 from model_service.forecasting.config import ForecastConfig, SeriesRequest, as_rows, resolve_series
 from model_service.forecasting.windowing import forecast_windows
@@ -189,6 +189,7 @@ class StreamedPrepared:
     n_train: int
     dataset_options: DatasetOptions
     estimate: Estimate | None = None
+    forecast: ForecastConfig | None = None  # series datasets: what Forecast and Backtest need
 
     @property
     def n_validation(self) -> int:
@@ -280,4 +281,5 @@ def prepare_streamed(
     except BaseException:
         opened.close()
         raise
-    return StreamedPrepared(spec, options, samples, opened, n_train, dataset_options, estimate)
+    forecast = None if windowing is None else series_config(windowing, len(opened.meta.columns))
+    return StreamedPrepared(spec, options, samples, opened, n_train, dataset_options, estimate, forecast)
