@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model_service.forecasting.calibration import widen
 from model_service.forecasting.config import ForecastConfig, Strategy, check_history, check_horizon
 from model_service.forecasting.quantiles import coverage, median_of, sorted_levels
 from model_service.serving import ServedModel
@@ -50,7 +51,8 @@ def head_to_steps(values: np.ndarray, config: ForecastConfig) -> tuple[np.ndarra
     n = values.shape[0]
     if not config.quantiles:
         return values.reshape(n, config.horizon, config.targets), None
-    quantiles = sorted_levels(values, config.levels).reshape(n, config.horizon, config.targets, config.levels)
+    quantiles = widen(sorted_levels(values, config.levels), config)
+    quantiles = quantiles.reshape(n, config.horizon, config.targets, config.levels)
     return median_of(quantiles, config.quantiles), quantiles
 
 
