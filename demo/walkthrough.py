@@ -49,18 +49,20 @@ SCALER_KINDS = ("minmax", "standard", "robust")
 # loss is monitored.
 EXAMPLE2_PATIENCE = 50
 
-# Example 3: the sunspot cycle is about 11 years; WINDOW years in, five years out. A window of one
-# cycle trained better than two in the measurements of docs/forecasting.md (22 years: backtest MAE 32-34
-# against the seasonal-naive 25.7; 11 and 16 years: 20-25), and trains in half the time.
+# Example 3: the sunspot cycle is about 11 years; WINDOW years in, five years out. 16 years fitted
+# better than two cycles in the measurements of docs/forecasting.md (22 years: backtest MAE 32, band
+# coverage 45 %; 16 years: MAE 16.5-20.0 and coverage 68-72 % over three seeds, against the
+# seasonal-naive 25.7), in about half the time.
 EXAMPLE3_WINDOW = 16
 EXAMPLE3_HORIZON = 5
 EXAMPLE3_SEASON = 11
 EXAMPLE3_QUANTILES = (0.1, 0.5, 0.9)
 EXAMPLE3_LAYERS = "lstm:32,lstm:16"
-# The pinball loss alone left the q0.1-q0.9 band covering 42-45% of the unseen years: the service
-# calibrates it (conformalized quantile regression) on the last CALIBRATION share of the training
-# windows, which the model is then not fitted on; the holdout and the backtest years stay unseen.
-EXAMPLE3_CALIBRATION = 0.2
+# Conformal calibration of the band (TrainRequest.calibration_fraction) is off here: on this series the
+# last training windows (the low cycles of about 1890-1930) over-covered, so it narrowed the band and
+# kept those windows out of the fit, and both coverage and MAE came out worse (docs/forecasting.md).
+# Set a share (e.g. 0.2) to see it.
+EXAMPLE3_CALIBRATION = 0.0
 # The last TEST_YEARS are held back from training (and from every scaler fit) and backtested.
 EXAMPLE3_TEST_YEARS = 40
 
@@ -377,9 +379,7 @@ def example3(client: LstmStackClient, settings: Settings, say: Printer, results:
     )
     say(
         f"{EXAMPLE3_LAYERS}: {EXAMPLE3_WINDOW} years in, {EXAMPLE3_HORIZON} years out (direct), quantiles "
-        f"{', '.join(f'{q:g}' for q in EXAMPLE3_QUANTILES)} (pinball loss); the service sizes the head and "
-        f"calibrates the band on the last {EXAMPLE3_CALIBRATION:.0%} of the training windows (conformal, "
-        "kept out of the fit)"
+        f"{', '.join(f'{q:g}' for q in EXAMPLE3_QUANTILES)} (pinball loss); the service sizes the head"
     )
     model_id, version, _ = _train(
         client,
@@ -401,15 +401,18 @@ def example3(client: LstmStackClient, settings: Settings, say: Printer, results:
     )
     info = client.model.get(model_id, version=version)
     results.example3_coverage = dict(info.holdout_coverage)
-    widening = ", ".join(f"{w:+.1f}" for w in info.forecast.interval_widening)
-    say(
-        f"calibration: {info.forecast.calibration_windows} windows before the holdout moved the band out by "
-        f"[{widening}] per step (sunspot numbers)"
-    )
+    calibrated = info.forecast.calibration_windows > 0
+    if calibrated:
+        widening = ", ".join(f"{w:+.1f}" for w in info.forecast.interval_widening)
+        say(
+            f"calibration: {info.forecast.calibration_windows} windows before the holdout moved the band out "
+            f"by [{widening}] per step (sunspot numbers)"
+        )
     if info.holdout_coverage:
         say(
             f"holdout (last 15% of the training windows): {info.holdout_coverage['interval']:.0%} of the actual "
-            f"values inside the calibrated q0.1-q0.9 band (nominal {info.holdout_coverage['nominal']:.0%})"
+            f"values inside the {'calibrated ' if calibrated else ''}q0.1-q0.9 band (nominal "
+            f"{info.holdout_coverage['nominal']:.0%})"
         )
     windows = EXAMPLE3_TEST_YEARS // EXAMPLE3_HORIZON
     backtest = client.model.backtest(

@@ -71,8 +71,7 @@ def test_python_m_demo_runs_the_walkthrough_with_its_own_services(tmp_path: Path
     # Example 3: sunspots, a quantile head, a backtest against the seasonal-naive forecast.
     assert "yearly sunspots (statsmodels)" in printed and "example 3: model " in printed
     assert "seasonal-naive MAE" in printed and "after 2008: 2009: " in printed
-    # its band calibrated on windows before the holdout, and the comparison said whichever way it went
-    assert re.search(r"^calibration: \d+ windows before the holdout moved the band", printed, re.MULTILINE)
+    # the comparison is said whichever way it went
     assert re.search(
         r"^the LSTM (beat|did not beat) the seasonal-naive forecast on these years: MAE ",
         printed,
