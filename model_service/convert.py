@@ -182,6 +182,9 @@ def forecast_config_to_proto(config: ForecastConfig) -> model_pb2.ForecastConfig
         series_columns=config.series_columns,
         stride=config.stride,
         quantiles=list(config.quantiles),
+        calibration_fraction=config.calibration_fraction,
+        interval_widening=list(config.widening),
+        calibration_windows=config.calibration_windows,
     )
 
 
@@ -225,6 +228,11 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
         y_scaling=request.y_scaling if request.HasField("y_scaling") else None,
     )
     which = request.WhichOneof("data")
+    if which != "series" and request.calibration_fraction:
+        raise InvalidArgument(
+            f"calibration_fraction {request.calibration_fraction:g} calibrates a quantile head: it is for "
+            "series training with quantiles"
+        )
     if which != "series" and request.quantiles:
         raise InvalidArgument(
             f"quantiles {list(request.quantiles)} are for series training: send series {{series, window, "
@@ -257,6 +265,7 @@ def train_input(request: model_pb2.TrainRequest) -> TrainInput:
                 stride=series.stride,
                 input_columns=tuple(series.input_columns),
                 quantiles=tuple(request.quantiles),
+                calibration_fraction=request.calibration_fraction,
             ),
         )
     if which == "dataset":

@@ -14,8 +14,10 @@ import numpy as np
 from model_service import builder, convert
 from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore
 from model_service.export import ModelExporter
-from model_service.forecasting import backtest
-from model_service.forecasting.forecaster import forecast_async
+from model_service.forecasting import backtest, point
+from model_service.forecasting.config import ForecastConfig
+from model_service.forecasting.forecaster import config_of, forecast_async
+from model_service.forecasting.point import check_point, point_prediction
 from model_service.importing import ModelImporter
 from model_service.runtime import ModelRuntime
 from model_service.serving import ServedModel
@@ -81,7 +83,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> model_pb2.PredictResponse:
         model = self._runtime.resolve(request.model_id, request.version)
         x = convert.required_tensor(request, "x", "x")
-        prediction = await model.infer_async(x)
+        check_point(model)  # before the pass: a quantile head without a median is refused outright
+        prediction = point_prediction(model, await model.infer_async(x))
         return convert.predict_response(
             model.model_id, model.version, prediction, codec.uses_values(request.x)
         )
@@ -93,7 +96,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         model = self._runtime.resolve(request.model_id, request.version)
         x = convert.required_tensor(request, "x", "x")
         y = convert.required_tensor(request, "y", "y")
-        metrics = await asyncio.to_thread(model.evaluate, x, y)
+        metrics = await asyncio.to_thread(point.evaluate, model, x, y)
         return model_pb2.EvaluateResponse(
             model_id=model.model_id, version=model.version, metrics=metrics, n_samples=int(x.shape[0])
         )
@@ -117,12 +120,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     def _dataset_tail(self, model: ServedModel, dataset_id: str) -> np.ndarray:
         if self._datasets is None:
             raise FailedPrecondition(NEEDS_A_DIRECTORY)
-        if model.record.forecast is None:
-            raise FailedPrecondition(
-                f"model {model.model_id!r} v{model.version} was not trained on a series: it has no window "
-                "to read from a dataset's tail"
-            )
-        return self._datasets.tail(dataset_id, model.record.forecast.window)
+        return self._datasets.tail(dataset_id, config_of(model).window)
 
     @map_errors
     async def Backtest(
@@ -143,7 +141,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                     "(trained before they were kept); retrain it, or backtest with retrain=false"
                 )
             for index in range(len(plan.origins)):
-                window = await self._retrained_window(model.record.recipe, plan, index, context)
+                window = await self._retrained_window(
+                    model.record.recipe, model.record.forecast, plan, index, context
+                )
                 metrics.append(window.metrics)
                 yield convert.backtest_window_to_proto(window, as_values)
         else:
@@ -153,12 +153,22 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         yield convert.backtest_summary_to_proto(len(metrics), backtest.aggregate(metrics))
 
     async def _retrained_window(
-        self, recipe: bytes, plan: backtest.BacktestPlan, index: int, context: grpc.aio.ServicerContext
+        self,
+        recipe: bytes,
+        config: ForecastConfig | None,
+        plan: backtest.BacktestPlan,
+        index: int,
+        context: grpc.aio.ServicerContext,
     ) -> backtest.BacktestWindow:
         """Window ``index`` forecast by a scratch version trained (in the trainer process, like Train) on
         the rows before its origin only; the scratch model and its scalers are deleted afterwards."""
         origin = plan.origins[index]
         request = convert.retrain_request(recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin])
+        if config is not None and model_pb2.TrainRequest.FromString(recipe).WhichOneof("data") == "dataset":
+            # Trained on a series dataset (columns by name): the rows come inline, windowed the same way.
+            request.series.window, request.series.stride = config.window, config.stride
+            request.series.input_columns[:] = config.input_columns
+            request.series.target_columns[:] = config.target_columns
         started = done = None
         try:
             with self._track_training():

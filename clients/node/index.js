@@ -478,6 +478,86 @@ class LstmStackClient {
     };
   }
 
+  /**
+   * The next `horizon` steps (0 = the model's) after `history` in raw units — (length,), (length,
+   * columns) or (series, length, columns) for many series in one call — or after the last rows of a
+   * stored series dataset (`datasetId`). Resolves with { model_id, version, horizon, target_columns,
+   * point (series x horizon x targets), levels, quantiles (series x horizon x targets x levels, or null) }.
+   */
+  async forecast(modelId, history, { datasetId = '', horizon = 0, version = 0, shape, deadlineMs } = {}) {
+    if ((history === undefined || history === null) === !datasetId) {
+      throw new Error('give history or datasetId (one of them)');
+    }
+    const request = { model_id: modelId, version, horizon };
+    if (datasetId) request.dataset_id = datasetId;
+    else request.history = encodeTensor(history, { shape });
+    const response = await this.call('model', 'Forecast', request, { deadlineMs });
+    const quantiles = response.quantile_values && response.quantile_values.dtype !== 'DTYPE_UNSPECIFIED'
+      ? toNested(response.quantile_values)
+      : null;
+    return {
+      model_id: response.model_id,
+      version: response.version,
+      horizon: response.horizon,
+      target_columns: response.target_columns,
+      point: toNested(response.point),
+      levels: response.quantiles,
+      quantiles,
+    };
+  }
+
+  /**
+   * A rolling-origin backtest of `windows` origins on `series` (raw units), the stream read to its end.
+   * Resolves with { windows: [{ index, origin, metrics, forecast, actual, lower, upper, model_id,
+   * model_version }], summary: { windows, metrics } }; forecast/actual are horizon x targets, lower and
+   * upper the outermost quantiles (null for point models). `retrain` trains the version's settings on
+   * the rows before every origin (scratch versions, deleted afterwards): give it a long deadline.
+   */
+  backtest(modelId, series, {
+    windows = 5, originStep = 0, horizon = 0, seasonLength = 0, retrain = false, version = 0, shape,
+    deadlineMs = retrain ? this.trainDeadlineMs : this.deadlineMs,
+  } = {}) {
+    const client = this._client('model');
+    const request = {
+      model_id: modelId,
+      version,
+      series: encodeTensor(series, { shape }),
+      windows,
+      origin_step: originStep,
+      horizon,
+      season_length: seasonLength,
+      retrain,
+    };
+    const decode = (tensor) => (tensor && tensor.dtype !== 'DTYPE_UNSPECIFIED' ? toNested(tensor) : null);
+    return new Promise((resolve, reject) => {
+      const result = { windows: [], summary: null };
+      const call = client.Backtest(request, this._metadata(), { deadline: new Date(Date.now() + deadlineMs) });
+      call.on('data', (event) => {
+        if (event.event === 'window') {
+          const w = event.window;
+          result.windows.push({
+            index: w.index,
+            origin: Number(w.origin),
+            metrics: w.metrics,
+            forecast: decode(w.forecast),
+            actual: decode(w.actual),
+            lower: decode(w.lower),
+            upper: decode(w.upper),
+            model_id: w.model_id,
+            model_version: w.model_version,
+          });
+        } else if (event.event === 'summary') {
+          result.summary = { windows: event.summary.windows, metrics: event.summary.metrics };
+        }
+      });
+      call.on('error', reject);
+      call.on('end', () => {
+        if (result.summary) resolve(result);
+        else reject(new Error('the Backtest stream ended without its summary'));
+      });
+    });
+  }
+
   getModel(modelId, { version = 0, deadlineMs } = {}) {
     return this.call('model', 'GetModel', { model_id: modelId, version }, { deadlineMs });
   }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model_service.datasets.store import SERIES, OpenedDataset
+from model_service.forecasting.config import ForecastConfig, Strategy
 from model_service.spec import ModelSpec
 from service_common.errors import InvalidArgument, echo
 
@@ -127,6 +128,20 @@ class DatasetSamples:
     def blocks(self, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for lo, hi in self.ranges(start, stop):
             yield self.block(lo, hi)
+
+
+def series_config(windowing: Windowing, series_columns: int) -> ForecastConfig:
+    """How a model trained on a series dataset's windows forecasts: the same windows read from a
+    history of the dataset's columns (by index, in the dataset's order), one direct pass."""
+    return ForecastConfig(
+        window=windowing.window,
+        horizon=windowing.horizon,
+        strategy=Strategy.DIRECT,
+        input_columns=windowing.inputs,
+        target_columns=windowing.targets,
+        series_columns=series_columns,
+        stride=windowing.stride,
+    )
 
 
 def _column_indices(names: Sequence[str], columns: tuple[str, ...], what: str) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ import builtins
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -148,6 +149,11 @@ class OpenedDataset:
 class DatasetStore:
     def __init__(self, artifacts: ArtifactStore) -> None:
         self.artifacts = artifacts
+        # Datasets verified for tail(), by id: the version directory's identity when it verified, its
+        # metadata and files. A committed dataset never changes in place; a delete and re-upload makes a
+        # new directory (another identity), which is verified again.
+        self._verified: dict[str, tuple[tuple[int, int], DatasetMeta, dict[str, Path]]] = {}
+        self._verified_lock = threading.Lock()
 
     def draft(self) -> ArtifactDraft:
         """Where an upload writes its parts as they arrive (nothing is listed until ``commit``)."""
@@ -219,12 +225,37 @@ class DatasetStore:
             raise
         return OpenedDataset(meta, parts, hold)
 
+    def _directory_identity(self, dataset_id: str) -> tuple[int, int]:
+        stat = self._path(dataset_id).stat()
+        return stat.st_ino, stat.st_ctime_ns
+
+    def _verified_once(self, dataset_id: str) -> tuple[DatasetMeta, dict[str, Path]]:
+        """The dataset's metadata and files, every signature checked the first time it is asked for
+        (hashing the whole dataset) and remembered while its directory is the same one."""
+        identity = self._directory_identity(dataset_id)
+        with self._verified_lock:
+            cached = self._verified.get(dataset_id)
+        if cached is not None and cached[0] == identity:
+            return cached[1], cached[2]
+        files = self.artifacts.verified_files(dataset_id, VERSION)
+        meta = DatasetMeta.from_json(files[META_FILE].read_bytes(), dataset_id)
+        with self._verified_lock:
+            self._verified[dataset_id] = (identity, meta, files)
+        return meta, files
+
     def tail(self, dataset_id: str, rows: int) -> np.ndarray:
         """The last ``rows`` rows of a series dataset, float64 (rows, columns): a forecast's history.
-        Verified like every read; only the parts holding those rows are copied."""
-        opened = self.open(dataset_id)
+        The dataset is verified on its first tail (cached: _verified_once), held while read, and only
+        the parts holding those rows are opened and copied."""
+        check_dataset_id(dataset_id)
         try:
-            meta = opened.meta
+            hold = self.artifacts.hold(dataset_id)
+        except FileNotFoundError:
+            raise NotFound(
+                f"dataset {dataset_id!r} is not stored; upload it first (DatasetService.Upload)"
+            ) from None
+        try:
+            meta, files = self._verified_once(dataset_id)
             if meta.kind != SERIES:
                 raise FailedPrecondition(
                     f"dataset {dataset_id} holds supervised samples; a forecast reads the tail of a series "
@@ -234,33 +265,38 @@ class DatasetStore:
                 raise InvalidArgument(
                     f"dataset {dataset_id} has {meta.rows} rows; the model's window needs {rows}"
                 )
+            info = meta.array("series")
             pieces: builtins.list[np.ndarray] = []
             needed = rows
-            for part in reversed(opened.parts["series"]):
-                if needed <= 0:
-                    break
+            index = len(meta.part_rows)
+            while needed > 0:
+                index -= 1
+                part = self._map_part(meta, info, files, index)
                 take = min(needed, part.shape[0])
                 pieces.append(np.asarray(part[part.shape[0] - take :], dtype=np.float64))
                 needed -= take
             return np.concatenate(pieces[::-1]).reshape(rows, -1)
         finally:
-            opened.close()
+            hold.release()
 
     @staticmethod
     def _map_parts(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path]) -> builtins.list[np.ndarray]:
-        parts = []
-        for index, rows in enumerate(meta.part_rows):
-            name = part_name(info.name, index)
-            if name not in files:
-                raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is missing")
-            try:
-                part = np.load(files[name], mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is unreadable ({exc})") from exc
-            if part.dtype.str != info.dtype or part.shape != (rows, *info.shape[1:]):
-                raise IntegrityError(
-                    f"dataset {meta.dataset_id}: part {name} is {part.dtype.str} {list(part.shape)}, its "
-                    f"metadata says {info.dtype} {[rows, *info.shape[1:]]}"
-                )
-            parts.append(part)
-        return parts
+        return [DatasetStore._map_part(meta, info, files, index) for index in range(len(meta.part_rows))]
+
+    @staticmethod
+    def _map_part(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path], index: int) -> np.ndarray:
+        """Part ``index`` of array ``info``, memory-mapped, its dtype and shape checked."""
+        rows = meta.part_rows[index]
+        name = part_name(info.name, index)
+        if name not in files:
+            raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is missing")
+        try:
+            part = np.load(files[name], mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is unreadable ({exc})") from exc
+        if part.dtype.str != info.dtype or part.shape != (rows, *info.shape[1:]):
+            raise IntegrityError(
+                f"dataset {meta.dataset_id}: part {name} is {part.dtype.str} {list(part.shape)}, its "
+                f"metadata says {info.dtype} {[rows, *info.shape[1:]]}"
+            )
+        return part

@@ -39,6 +39,12 @@ class ForecastConfig:
     series_columns: int
     stride: int = 1
     quantiles: tuple[float, ...] = ()
+    # Conformalized intervals (forecasting/calibration.py): the share of the training split's windows
+    # kept for calibration, and what it measured: per interval pair and (step, target), how far the
+    # pair is moved out (negative: in), in original units; empty until calibrated.
+    calibration_fraction: float = 0.0
+    widening: tuple[float, ...] = ()
+    calibration_windows: int = 0
 
     @property
     def targets(self) -> int:
@@ -71,6 +77,9 @@ class ForecastConfig:
             "series_columns": self.series_columns,
             "stride": self.stride,
             "quantiles": list(self.quantiles),
+            "calibration_fraction": self.calibration_fraction,
+            "widening": list(self.widening),
+            "calibration_windows": self.calibration_windows,
         }
 
     @classmethod
@@ -84,6 +93,10 @@ class ForecastConfig:
             series_columns=int(data["series_columns"]),
             stride=int(data["stride"]),
             quantiles=tuple(float(q) for q in data["quantiles"]),
+            # Absent from versions stored before calibration existed.
+            calibration_fraction=float(data.get("calibration_fraction", 0.0)),
+            widening=tuple(float(w) for w in data.get("widening", ())),
+            calibration_windows=int(data.get("calibration_windows", 0)),
         )
 
 
@@ -99,6 +112,7 @@ class SeriesRequest:
     stride: int = 0
     input_columns: tuple[int, ...] = ()
     quantiles: tuple[float, ...] = ()
+    calibration_fraction: float = 0.0
 
 
 def as_rows(series: np.ndarray, name: str = "series") -> np.ndarray:
@@ -197,8 +211,17 @@ def resolve_series(
                 f"are not among target_columns {list(targets)}; predict every input column or use DIRECT"
             )
     quantiles = _quantiles(request.quantiles, strategy)
+    fraction = request.calibration_fraction
+    if fraction and not quantiles:
+        raise InvalidArgument(
+            f"calibration_fraction {fraction:g} calibrates a quantile head's intervals; set quantiles too"
+        )
+    if not (math.isfinite(fraction) and 0.0 <= fraction < 1.0):
+        raise InvalidArgument(f"calibration_fraction must be in [0, 1) (0 = no calibration), got {fraction}")
     step = 1 if strategy is Strategy.RECURSIVE else horizon
-    config = ForecastConfig(window, step, strategy, inputs, targets, columns, stride, quantiles)
+    config = ForecastConfig(
+        window, step, strategy, inputs, targets, columns, stride, quantiles, calibration_fraction=fraction
+    )
     if declared_outputs not in (0, config.head_outputs):
         raise InvalidArgument(
             f"head.outputs is {declared_outputs} but this series model predicts {config.head_outputs} "

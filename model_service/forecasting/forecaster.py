@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model_service.forecasting.calibration import widen
 from model_service.forecasting.config import ForecastConfig, Strategy, check_history, check_horizon
-from model_service.forecasting.quantiles import coverage, sorted_levels
+from model_service.forecasting.quantiles import coverage, median_of, sorted_levels
 from model_service.serving import ServedModel
 from service_common.errors import FailedPrecondition
 
@@ -28,6 +29,14 @@ class Forecast:
 
 def config_of(model: ServedModel) -> ForecastConfig:
     config = model.record.forecast
+    if config is None and model.record.dataset_id:
+        raise FailedPrecondition(
+            f"model {model.model_id!r} v{model.version} was trained on stored dataset "
+            f"{model.record.dataset_id} of pre-made (x, y) samples: nothing says how those windows were cut "
+            "from a series (which rows and columns make x, which later rows y), so no next window can be "
+            "built from a history; Forecast and Backtest need a model trained on a series "
+            "(TrainRequest.series, or a DATASET_SERIES dataset)"
+        )
     if config is None:
         raise FailedPrecondition(
             f"model {model.model_id!r} v{model.version} was trained on supervised (x, y) data; Forecast and "
@@ -42,8 +51,9 @@ def head_to_steps(values: np.ndarray, config: ForecastConfig) -> tuple[np.ndarra
     n = values.shape[0]
     if not config.quantiles:
         return values.reshape(n, config.horizon, config.targets), None
-    quantiles = sorted_levels(values, config.levels).reshape(n, config.horizon, config.targets, config.levels)
-    return quantiles[..., config.median_index], quantiles
+    quantiles = widen(sorted_levels(values, config.levels), config)
+    quantiles = quantiles.reshape(n, config.horizon, config.targets, config.levels)
+    return median_of(quantiles, config.quantiles), quantiles
 
 
 def _inputs(rows: np.ndarray, config: ForecastConfig) -> np.ndarray:

@@ -48,3 +48,17 @@ def coverage(actual: np.ndarray, quantiles: np.ndarray, levels: Sequence[float])
     result["interval"] = float(np.mean(inside))
     result["nominal"] = float(levels[-1] - levels[0])
     return result
+
+
+def median_of(quantiles: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """The point forecast of sorted ``quantiles`` (..., q) at ``levels``: the 0.5 level. A head without
+    one (possible only for versions stored by hand; training requires 0.5) gets the quantile function
+    interpolated linearly at 0.5 between its neighbouring levels (the nearest level beyond them)."""
+    if 0.5 in levels:
+        return quantiles[..., list(levels).index(0.5)]
+    above = int(np.searchsorted(np.asarray(levels), 0.5))
+    if above == 0 or above == len(levels):
+        return quantiles[..., min(above, len(levels) - 1)]
+    lo, hi = levels[above - 1], levels[above]
+    weight = (0.5 - lo) / (hi - lo)
+    return quantiles[..., above - 1] + weight * (quantiles[..., above] - quantiles[..., above - 1])

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from model_service.forecasting.forecaster import forecast_async
+from model_service.forecasting.point import check_point, point_prediction
 from model_service.inference_protocol import codec
 from model_service.inference_protocol.statistics import Duration, InferenceStatistics, SuccessTiming
 from protos.inference import grpc_service_pb2 as pb
@@ -105,6 +106,8 @@ def output_specs(signature: Any, record: Any = None) -> dict[str, TensorSpec]:
     config = getattr(record, "forecast", None)
     if config is not None:
         f64 = np.dtype(np.float64)
+        if config.quantiles:  # "values" is the median of each (step, target): forecasting/point.py
+            specs["values"] = TensorSpec("values", "FP64", (-1, config.horizon * config.targets), f64)
         specs[FORECAST] = TensorSpec(FORECAST, "FP64", (-1, -1, config.targets), f64)
         if config.quantiles:
             shape = (-1, -1, config.targets, config.levels)
@@ -236,8 +239,11 @@ async def infer(runtime: Any, request: Any, statistics: InferenceStatistics) -> 
         horizon = horizon_parameter(request.parameters)
         x = decode_input(request, model.signature)
         decoded = time.perf_counter_ns()
+        names = {spec.name for spec in outputs}
+        if "values" in names:
+            check_point(model)
         prediction = await model.infer_async(x)
-        arrays = _prediction_arrays(prediction)
+        arrays = _prediction_arrays(point_prediction(model, prediction) if "values" in names else prediction)
         if any(spec.name in (FORECAST, FORECAST_QUANTILES) for spec in outputs):
             arrays.update(await _forecast_arrays(model, x, horizon))
         predicted = time.perf_counter_ns()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 import keras
 import numpy as np
 
+from model_service.forecasting import calibration
 from model_service.forecasting.forecaster import holdout_scores
+from model_service.forecasting.quantiles import sorted_levels
 from model_service.records import ModelRecord
 from model_service.serving import ServedModel, ServingOptions, predictor_for
 
@@ -72,3 +75,20 @@ def score_holdout_blocks(
     if "mse" in metrics:
         metrics["rmse"] = math.sqrt(metrics["mse"])
     return metrics
+
+
+def calibrate(
+    record: ModelRecord, model: keras.Model, serving: ServingOptions, x: np.ndarray, y: np.ndarray
+) -> ModelRecord:
+    """``record`` with its quantile intervals calibrated (forecasting/calibration.py) on raw-unit
+    calibration windows (x, y) the model was not fitted on, scored through the serving path."""
+    config = record.forecast
+    assert config is not None and config.quantiles and not config.widening
+    scorer = _scorer(record, model, serving)
+    try:
+        values = scorer.infer(x, reply=False).values
+    finally:
+        scorer.close("the calibration slice is scored")
+    assert values is not None  # series models are regressions
+    quantiles = sorted_levels(values, config.levels)
+    return replace(record, forecast=calibration.calibrated(config, y.reshape(quantiles.shape[:2]), quantiles))

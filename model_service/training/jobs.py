@@ -22,6 +22,7 @@ from model_service import data
 from model_service.cost import Reservation
 from model_service.datasets.pipeline import sample_set
 from model_service.datasets.store import DatasetStore
+from model_service.forecasting import calibration
 from model_service.forecasting.quantiles import PinballLoss
 from model_service.records import ModelRecord
 from model_service.scaling import ScalerFitter, ScalerRef
@@ -29,7 +30,7 @@ from model_service.serving import ServingOptions
 from model_service.spec import Task
 from model_service.training import fitting, tensorboard
 from model_service.training.fitting import Progress, Sets, fit_model, fit_model_on
-from model_service.training.holdout import score_holdout, score_holdout_blocks
+from model_service.training.holdout import calibrate, score_holdout, score_holdout_blocks
 from model_service.training.publish import publish
 from model_service.training.request import (
     DatasetOptions,
@@ -189,10 +190,21 @@ class TrainingJob:
                 y_scaler.ref if y_scaler else None,
             )
         )
-        progress = Progress(self, options.epochs, n_train)
+        # A calibrated quantile model is fitted on the split's first windows only (calibration.split).
+        cut = calibration.split(n_train, p.forecast) if p.forecast else None
+        fitted = cut.fit if cut else n_train
+        progress = Progress(self, options.epochs, fitted)
         quantiles = p.forecast.quantiles if p.forecast else ()
         loss = PinballLoss(quantiles) if quantiles else None
-        model = fit_model(spec, options, (x_train, y_train), (x_val, y_val), progress, fitting.dataset, loss)
+        model = fit_model(
+            spec,
+            options,
+            (x_train[:fitted], y_train[:fitted]),
+            (x_val, y_val),
+            progress,
+            fitting.dataset,
+            loss,
+        )
         self._check_cancelled()
         record = replace(
             self._record,
@@ -201,6 +213,11 @@ class TrainingJob:
             forecast=p.forecast,
             recipe=self._request.recipe,
         )
+        if cut is not None:
+            record = calibrate(
+                record, model, self._serving, p.x[cut.start : n_train], p.y[cut.start : n_train]
+            )
+            self._check_cancelled()
         holdout, coverage = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
         events = tensorboard.event_files(record, model, progress.history, options)
         return publish(
@@ -293,7 +310,14 @@ class TrainingJob:
         progress = Progress(self, options.epochs, n_train)
         model = fit_model_on(spec, options, make_sets, n_train, p.n_validation, progress)
         self._check_cancelled()
-        record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler, dataset_id=p.dataset_id)
+        record = replace(
+            self._record,
+            x_scaler=x_scaler,
+            y_scaler=y_scaler,
+            dataset_id=p.dataset_id,
+            forecast=p.forecast,
+            recipe=self._request.recipe,
+        )
         holdout_blocks = (
             (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
         )

@@ -13,8 +13,9 @@ import numpy as np
 
 from model_service import data
 from model_service.cost import Admission, Estimate, ModelCost
-from model_service.datasets.samples import DatasetSamples, windowing_for
+from model_service.datasets.samples import DatasetSamples, series_config, windowing_for
 from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore, OpenedDataset
+from model_service.forecasting import calibration
 from model_service.forecasting.config import ForecastConfig, SeriesRequest, as_rows, resolve_series
 from model_service.forecasting.windowing import forecast_windows
 from model_service.records import EpochProgress, ModelRecord
@@ -167,6 +168,8 @@ def prepare(request: TrainInput, max_work: int, admission: Admission | None = No
     # A quantile head has one output per (value, level); y holds the values.
     y = data.targets(y, x.shape[0], spec) if forecast is None or not forecast.quantiles else y
     n_train = x.shape[0] - data.holdout_size(x.shape[0], options.validation_fraction)
+    if forecast is not None:
+        calibration.split(n_train, forecast)  # refuses a slice too small to calibrate, before any job
     if request.y_scaling is not None and spec.task is not Task.REGRESSION:
         raise InvalidArgument(
             f"y_scaling is for REGRESSION only; a {spec.task.value} model predicts class labels"
@@ -189,6 +192,7 @@ class StreamedPrepared:
     n_train: int
     dataset_options: DatasetOptions
     estimate: Estimate | None = None
+    forecast: ForecastConfig | None = None  # series datasets: what Forecast and Backtest need
 
     @property
     def n_validation(self) -> int:
@@ -280,4 +284,5 @@ def prepare_streamed(
     except BaseException:
         opened.close()
         raise
-    return StreamedPrepared(spec, options, samples, opened, n_train, dataset_options, estimate)
+    forecast = None if windowing is None else series_config(windowing, len(opened.meta.columns))
+    return StreamedPrepared(spec, options, samples, opened, n_train, dataset_options, estimate, forecast)

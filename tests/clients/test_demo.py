@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,13 @@ def test_python_m_demo_runs_the_walkthrough_with_its_own_services(tmp_path: Path
     # Example 3: sunspots, a quantile head, a backtest against the seasonal-naive forecast.
     assert "yearly sunspots (statsmodels)" in printed and "example 3: model " in printed
     assert "seasonal-naive MAE" in printed and "after 2008: 2009: " in printed
+    # the comparison is said whichever way it went
+    assert re.search(
+        r"^the LSTM (beat|did not beat) the seasonal-naive forecast on these years: MAE ",
+        printed,
+        re.MULTILINE,
+    )
+    assert re.search(r"^example 1 [\d.]+s, .*, example 3 [\d.]+s$", printed, re.MULTILINE)
     for name in PLOTS:
         assert_png(output / name)
         assert f"wrote {output / name}" in printed

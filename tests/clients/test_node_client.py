@@ -159,9 +159,17 @@ def test_node_test_suite_passes_against_live_services(node: str, services: dict[
     assert passed and failed and skipped, f"no TAP summary in the output:\n{output}"
     assert failed.group(1) == "0", output
     assert skipped.group(1) == "0", output
-    # The codec file has 6 tests; the live file has 1 parent + 6 subtests.
-    assert int(passed.group(1)) >= 13, output
-    for name in ("Fit MinMax matches", "Train a tiny stacked LSTM", "an unknown model is NOT_FOUND"):
+    # The codec file has 6 tests; the live file has 1 parent + 6 subtests; forecast 1 parent + 3.
+    assert int(passed.group(1)) >= 17, output
+    names = (
+        "Fit MinMax matches",
+        "Train a tiny stacked LSTM",
+        "an unknown model is NOT_FOUND",
+        "forecast returns the point and sorted quantiles of every series",
+        "backtest streams every window, each forecast from the rows before its origin",
+        "bad forecasts and backtests are refused with a precise status",
+    )
+    for name in names:
         assert re.search(rf"^\s*ok \d+ - {re.escape(name)}", result.stdout, flags=re.MULTILINE), output
 
 

@@ -552,6 +552,7 @@ class ModelClient(_Client):
         input_columns: Iterable[int] | Iterable[str] = (),
         stride: int = 0,
         quantiles: Iterable[float] = (),
+        calibration_fraction: float = 0.0,
         dataset: str = "",
         model_id: str = "",
         epochs: int = 0,
@@ -571,7 +572,8 @@ class ModelClient(_Client):
         ``input_columns`` and ``target_columns``); returns a TrainRun to iterate.
 
         A series model forecasts ``horizon`` steps of ``target_columns`` (``strategy`` "direct" or
-        "recursive"), with ``quantiles`` (e.g. 0.1, 0.5, 0.9) for intervals. Never retried: each Train
+        "recursive"), with ``quantiles`` (e.g. 0.1, 0.5, 0.9) for intervals, conformally calibrated on
+        the last ``calibration_fraction`` of the training windows when it is set. Never retried: each Train
         call creates a model version.
         """
         request = model_pb2.TrainRequest(
@@ -612,6 +614,7 @@ class ModelClient(_Client):
                 )
             )
             request.quantiles.extend(float(q) for q in quantiles)
+            request.calibration_fraction = calibration_fraction
         else:
             if x is None or y is None:
                 raise ValueError("training needs x and y (or series)")

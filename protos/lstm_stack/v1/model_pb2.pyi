@@ -576,6 +576,7 @@ class TrainRequest(_message.Message):
     X_SCALING_FIELD_NUMBER: _builtins.int
     Y_SCALING_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
+    CALIBRATION_FRACTION_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Empty: a new id. Existing: a new version of it."""
     validation_fraction: _builtins.float
@@ -587,6 +588,10 @@ class TrainRequest(_message.Message):
     seed: _builtins.int
     shuffle: _builtins.bool
     """shuffle within the training split"""
+    calibration_fraction: _builtins.float
+    """With quantiles: keep this last share of the training split's windows (time order) out of the fit
+    to calibrate the intervals (conformalized quantile regression); the holdout is never used. 0: none.
+    """
     @_builtins.property
     def spec(self) -> Global___ModelSpec: ...
     @_builtins.property
@@ -630,10 +635,11 @@ class TrainRequest(_message.Message):
         x_scaling: _scaler_pb2.ScalerSpec | None = ...,
         y_scaling: _scaler_pb2.ScalerSpec | None = ...,
         quantiles: _abc.Iterable[_builtins.float] | None = ...,
+        calibration_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dataset", b"dataset", "early_stopping", b"early_stopping", "series", b"series", "spec", b"spec", "supervised", b"supervised", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "data", b"data", "dataset", b"dataset", "early_stopping", b"early_stopping", "epochs", b"epochs", "model_id", b"model_id", "quantiles", b"quantiles", "seed", b"seed", "series", b"series", "shuffle", b"shuffle", "spec", b"spec", "supervised", b"supervised", "validation_fraction", b"validation_fraction", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "calibration_fraction", b"calibration_fraction", "data", b"data", "dataset", b"dataset", "early_stopping", b"early_stopping", "epochs", b"epochs", "model_id", b"model_id", "quantiles", b"quantiles", "seed", b"seed", "series", b"series", "shuffle", b"shuffle", "spec", b"spec", "supervised", b"supervised", "validation_fraction", b"validation_fraction", "x_scaling", b"x_scaling", "y_scaling", b"y_scaling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["supervised", "series", "dataset"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
@@ -949,6 +955,9 @@ class ForecastConfig(_message.Message):
     SERIES_COLUMNS_FIELD_NUMBER: _builtins.int
     STRIDE_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
+    CALIBRATION_FRACTION_FIELD_NUMBER: _builtins.int
+    INTERVAL_WIDENING_FIELD_NUMBER: _builtins.int
+    CALIBRATION_WINDOWS_FIELD_NUMBER: _builtins.int
     window: _builtins.int
     horizon: _builtins.int
     """steps the head predicts (1 for recursive)"""
@@ -956,6 +965,10 @@ class ForecastConfig(_message.Message):
     series_columns: _builtins.int
     """columns a history must have"""
     stride: _builtins.int
+    calibration_fraction: _builtins.float
+    """as trained (TrainRequest.calibration_fraction)"""
+    calibration_windows: _builtins.int
+    """windows the widening was measured on"""
     @_builtins.property
     def input_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -963,6 +976,12 @@ class ForecastConfig(_message.Message):
     @_builtins.property
     def quantiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """empty: point forecasts only"""
+
+    @_builtins.property
+    def interval_widening(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Conformal calibration: per interval pair (widest first, lo < 0.5 < hi) and (step, target), how far
+        the pair's levels are moved out (negative: in), original units; applied to every forecast.
+        """
 
     def __init__(
         self,
@@ -975,10 +994,13 @@ class ForecastConfig(_message.Message):
         series_columns: _builtins.int = ...,
         stride: _builtins.int = ...,
         quantiles: _abc.Iterable[_builtins.float] | None = ...,
+        calibration_fraction: _builtins.float = ...,
+        interval_widening: _abc.Iterable[_builtins.float] | None = ...,
+        calibration_windows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "input_columns", b"input_columns", "quantiles", b"quantiles", "series_columns", b"series_columns", "strategy", b"strategy", "stride", b"stride", "target_columns", b"target_columns", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration_fraction", b"calibration_fraction", "calibration_windows", b"calibration_windows", "horizon", b"horizon", "input_columns", b"input_columns", "interval_widening", b"interval_widening", "quantiles", b"quantiles", "series_columns", b"series_columns", "strategy", b"strategy", "stride", b"stride", "target_columns", b"target_columns", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,6 +72,36 @@ def test_a_series_dataset_trains_as_the_same_series_sent_inline(
     )
     info = model_server.stub.GetModel(model_pb2.GetModelRequest(model_id=done.id), timeout=10)
     assert info.dataset_id == series_id
+    # It forecasts as the inline model does: the same windows, read from a history of the dataset's
+    # columns or from the dataset's own tail.
+    assert info.forecast == inline_done.forecast and list(info.forecast.target_columns) == [1]
+    by_history = model_server.stub.Forecast(
+        model_pb2.ForecastRequest(model_id=done.id, history=codec.from_numpy(SERIES)), timeout=30
+    )
+    by_tail = model_server.stub.Forecast(
+        model_pb2.ForecastRequest(model_id=done.id, dataset_id=series_id), timeout=30
+    )
+    inline_forecast = model_server.stub.Forecast(
+        model_pb2.ForecastRequest(model_id=inline_done.id, history=codec.from_numpy(SERIES)), timeout=30
+    )
+    assert codec.to_numpy(by_history.point).shape == (1, 1, 1)
+    np.testing.assert_array_equal(codec.to_numpy(by_tail.point), codec.to_numpy(by_history.point))
+    np.testing.assert_allclose(
+        codec.to_numpy(by_history.point), codec.to_numpy(inline_forecast.point), rtol=1e-4, atol=1e-4
+    )
+    backtest = model_server.stub.Backtest(
+        model_pb2.BacktestRequest(model_id=done.id, series=codec.from_numpy(SERIES), windows=3), timeout=60
+    )
+    assert list(backtest)[-1].summary.windows == 3
+    # Retrained on the rows before the origin, windowed as the dataset was: the target is column 1.
+    retrained = model_server.stub.Backtest(
+        model_pb2.BacktestRequest(model_id=done.id, series=codec.from_numpy(SERIES), windows=1, retrain=True),
+        timeout=TRAIN_TIMEOUT,
+    )
+    window = next(e.window for e in retrained if e.HasField("window"))
+    assert window.model_id.startswith("backtest-") and window.origin == 299
+    np.testing.assert_array_equal(codec.to_numpy(window.actual), SERIES[299:, [1]])
+    assert np.isfinite(codec.to_numpy(window.forecast)).all()
 
 
 def test_a_supervised_dataset_trains_with_shuffling_and_a_robust_scaler_within_the_limit(
@@ -92,6 +122,14 @@ def test_a_supervised_dataset_trains_with_shuffling_and_a_robust_scaler_within_t
     assert (done.n_train, done.n_validation, done.dataset_id) == (150, 50, dataset_id)
     assert set(done.holdout_metrics) == {"accuracy", "log_loss"}
     assert sum(1 for e in events if e.HasField("epoch")) == 2
+    # Pre-made samples say nothing of the series they came from: no forecast, and the status says why.
+    code, details = status_of(
+        model_server.stub.Forecast,
+        model_pb2.ForecastRequest(model_id=done.id, history=codec.from_numpy(np.zeros((5, 1)))),
+        timeout=30,
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"stored dataset {dataset_id} of pre-made (x, y) samples" in details, details
 
 
 @pytest.mark.parametrize(

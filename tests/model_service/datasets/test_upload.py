@@ -60,6 +60,41 @@ def test_parts_are_read_back_memory_mapped_and_equal_to_what_was_sent(store: Dat
     assert not store.get(meta.dataset_id).in_use
 
 
+def test_a_tail_verifies_the_dataset_once_and_opens_only_the_parts_it_reads(
+    store: DatasetStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    series = np.random.default_rng(2).normal(size=(50, 2))
+    meta = _upload(store, series, 7)  # 8 parts: 7 x 7 rows and 1
+    verified: list[str] = []
+    loaded: list[str] = []
+    real_verify, real_load = store.artifacts.verified_files, np.load
+
+    def counting_verify(artifact_id: str, version: int) -> dict[str, Path]:
+        verified.append(artifact_id)
+        return real_verify(artifact_id, version)
+
+    def counting_load(path: Path, *args: object, **kwargs: object) -> np.ndarray:
+        loaded.append(Path(path).name)
+        return real_load(path, *args, **kwargs)  # type: ignore[no-any-return, arg-type]
+
+    monkeypatch.setattr(store.artifacts, "verified_files", counting_verify)
+    monkeypatch.setattr(np, "load", counting_load)
+    np.testing.assert_array_equal(store.tail(meta.dataset_id, 9), series[-9:])
+    np.testing.assert_array_equal(store.tail(meta.dataset_id, 3), series[-3:])
+    assert verified == [meta.dataset_id]  # the second tail trusted the first's verification
+    # each tail opened only the parts holding its rows (the last part has 1 row, the others 7)
+    assert loaded == ["series-00007.npy", "series-00006.npy", "series-00005.npy"] + [
+        "series-00007.npy",
+        "series-00006.npy",
+    ]
+    assert not store.get(meta.dataset_id).in_use  # the hold is released
+    # Deleted and uploaded again: a new directory, verified again.
+    store.delete(meta.dataset_id)
+    assert _upload(store, series, 7).dataset_id == meta.dataset_id
+    np.testing.assert_array_equal(store.tail(meta.dataset_id, 2), series[-2:])
+    assert verified == [meta.dataset_id, meta.dataset_id]
+
+
 @pytest.mark.parametrize("failing", ["part", "commit"])
 def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(
     store: DatasetStore, monkeypatch: pytest.MonkeyPatch, failing: str

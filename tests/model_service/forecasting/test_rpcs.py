@@ -375,3 +375,76 @@ def test_a_bad_forecast_dataset_is_refused(
             model_server.stub.Forecast(request, timeout=30)
         assert caught.value.code() == code and fragment in (caught.value.details() or ""), caught.value
     assert model_server.health() == "SERVING"
+
+
+# ---- the point answer of a quantile model --------------------------------------------------------
+
+
+def test_predict_evaluate_and_oip_values_answer_a_quantile_models_median(
+    model_server: ModelServerHandle, quantile: model_pb2.ModelInfo
+) -> None:
+    windows = np.stack([NOISY[i : i + PERIOD] for i in range(0, 60, 3)])[..., None]
+    actual = np.stack([NOISY[i + PERIOD : i + PERIOD + 2] for i in range(0, 60, 3)])
+    median = codec.to_numpy(forecast(model_server.stub, quantile.id, windows).point)[..., 0]  # (20, 2)
+    predicted = model_server.stub.Predict(
+        model_pb2.PredictRequest(model_id=quantile.id, x=codec.from_numpy(windows)), timeout=30
+    )
+    np.testing.assert_allclose(codec.to_numpy(predicted.values), median)  # not the (20, 6) raw head
+    evaluated = model_server.stub.Evaluate(
+        model_pb2.EvaluateRequest(
+            model_id=quantile.id, x=codec.from_numpy(windows), y=codec.from_numpy(actual)
+        ),
+        timeout=30,
+    )
+    assert evaluated.metrics["mae"] == pytest.approx(float(np.mean(np.abs(median - actual))), rel=1e-6)
+    values = output(oip_infer(model_server, quantile.id, windows, ["values"]), "values")
+    np.testing.assert_allclose(values, median)
+    metadata = oip_grpc.GRPCInferenceServiceStub(model_server.channel).ModelMetadata(
+        pb.ModelMetadataRequest(name=quantile.id), timeout=10
+    )
+    assert {o.name: list(o.shape) for o in metadata.outputs}["values"] == [-1, 2]
+
+
+# ---- conformal calibration ---------------------------------------------------------------------
+
+
+def test_a_calibrated_quantile_model_reports_its_slice_and_widens_every_forecast(
+    model_server: ModelServerHandle,
+) -> None:
+    request = series_request(NOISY, PERIOD, 15, (0.1, 0.5, 0.9), horizon=2)
+    request.calibration_fraction = 0.25
+    info = train(model_server.stub, request, timeout=300)[1]
+    config = info.forecast
+    assert config.calibration_fraction == pytest.approx(0.25)
+    assert config.calibration_windows == int(info.n_train * 0.25)  # 1 window skipped (horizon 2) before it
+    assert len(config.interval_widening) == 2  # one pair, two steps
+    coverage = dict(info.holdout_coverage)
+    assert 0.65 <= coverage["interval"] <= 0.95, coverage
+    windows = np.stack([NOISY[i : i + 50] for i in range(20)])[..., None]
+    response = forecast(model_server.stub, info.id, windows)
+    values = codec.to_numpy(response.quantile_values)
+    assert (np.diff(values, axis=-1) >= 0).all()
+    # the served band is the head's band moved out by the widening (Predict's median is unmoved)
+    predicted = codec.to_numpy(
+        model_server.stub.Predict(
+            model_pb2.PredictRequest(model_id=info.id, x=codec.from_numpy(windows[:, -PERIOD:])), timeout=30
+        ).values
+    )
+    np.testing.assert_allclose(predicted, values[..., 0, 1])
+
+
+@pytest.mark.parametrize(
+    ("quantiles", "fraction", "fragment"),
+    [
+        ((), 0.2, "set quantiles too"),
+        ((0.1, 0.5, 0.9), 1.5, "calibration_fraction must be in [0, 1)"),
+        ((0.1, 0.5, 0.9), 0.005, "intervals need at least 4 calibration windows"),
+    ],
+)
+def test_bad_calibration_is_refused(
+    model_server: ModelServerHandle, quantiles: tuple[float, ...], fraction: float, fragment: str
+) -> None:
+    request = series_request(SEASONAL, PERIOD, 1, quantiles)
+    request.calibration_fraction = fraction
+    code, details = status_of(model_server.stub.Train, request, timeout=30)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, details
