@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import keras
 import numpy as np
 
 from model_service import data
@@ -24,7 +25,7 @@ from model_service.datasets.pipeline import sample_set
 from model_service.datasets.store import DatasetStore
 from model_service.forecasting.quantiles import PinballLoss
 from model_service.records import ModelRecord
-from model_service.scaling import ScalerFitter, ScalerRef
+from model_service.scaling import AffineScaler, ScalerFitter, ScalerRef
 from model_service.serving import ServingOptions
 from model_service.spec import Task
 from model_service.training import fitting, tensorboard
@@ -179,21 +180,11 @@ class TrainingJob:
         if spec.task is not Task.MULTICLASS:
             scaled = " (scaled by the y scaler)" if y_scaler else ""
             y_train, y_val = data.narrowed(y_train, f"y{scaled}"), data.narrowed(y_val, f"y{scaled}")
-        self.emit(
-            TrainStarted(
-                self.model_id,
-                self.version,
-                n_train,
-                p.n_validation,
-                x_scaler.ref if x_scaler else None,
-                y_scaler.ref if y_scaler else None,
-            )
-        )
+        self._started(n_train, p.n_validation, x_scaler, y_scaler)
         progress = Progress(self, options.epochs, n_train)
         quantiles = p.forecast.quantiles if p.forecast else ()
         loss = PinballLoss(quantiles) if quantiles else None
         model = fit_model(spec, options, (x_train, y_train), (x_val, y_val), progress, fitting.dataset, loss)
-        self._check_cancelled()
         record = replace(
             self._record,
             x_scaler=x_scaler,
@@ -201,8 +192,47 @@ class TrainingJob:
             forecast=p.forecast,
             recipe=self._request.recipe,
         )
-        holdout, coverage = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
-        events = tensorboard.event_files(record, model, progress.history, options)
+        return self._finish(
+            record,
+            model,
+            progress,
+            lambda: score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:]),
+            n_train,
+            p.n_validation,
+            started,
+        )
+
+    def _started(
+        self, n_train: int, n_validation: int, x_scaler: AffineScaler | None, y_scaler: AffineScaler | None
+    ) -> None:
+        """The TrainStarted event, once the splits are known and the scalers fitted."""
+        self.emit(
+            TrainStarted(
+                self.model_id,
+                self.version,
+                n_train,
+                n_validation,
+                x_scaler.ref if x_scaler else None,
+                y_scaler.ref if y_scaler else None,
+            )
+        )
+
+    def _finish(
+        self,
+        record: ModelRecord,
+        model: keras.Model,
+        progress: Progress,
+        score: Callable[[], tuple[dict[str, float], dict[str, float]]],
+        n_train: int,
+        n_validation: int,
+        started: float,
+    ) -> ModelRecord:
+        """The steps after the model is fitted, for both kinds of job: the holdout scored (``score()``:
+        metrics and a quantile model's coverage), the TensorBoard event files written, the version
+        published (nothing once the job is cancelled)."""
+        self._check_cancelled()
+        holdout, coverage = score()
+        events = tensorboard.event_files(record, model, progress.history, self._prepared.options)
         return publish(
             self._registry,
             record,
@@ -210,14 +240,14 @@ class TrainingJob:
             progress.history,
             holdout,
             n_train,
-            p.n_validation,
+            n_validation,
             time.perf_counter() - started,
             self._check_cancelled,
             extra_files=events,
             coverage=coverage,
         )
 
-    def _fit_scaler_streamed(self, p: StreamedPrepared, which: str, spec: object) -> Any:
+    def _fit_scaler_streamed(self, p: StreamedPrepared, which: str, spec: object) -> AffineScaler:
         """A scaler fitted on the training split's x (or y) read block by block."""
         samples = p.samples
 
@@ -257,16 +287,7 @@ class TrainingJob:
             x_scaler = self._fit_scaler_streamed(p, "x", self._request.x_scaling)
         if self._request.y_scaling is not None:
             y_scaler = self._fit_scaler_streamed(p, "y", self._request.y_scaling)
-        self.emit(
-            TrainStarted(
-                self.model_id,
-                self.version,
-                n_train,
-                p.n_validation,
-                x_scaler.ref if x_scaler else None,
-                y_scaler.ref if y_scaler else None,
-            )
-        )
+        self._started(n_train, p.n_validation, x_scaler, y_scaler)
         classes = spec.task is Task.MULTICLASS
         y_shape: tuple[int, ...] = () if classes else (1,) if spec.task is Task.BINARY else (spec.head.units,)
         y_dtype = np.dtype(np.int64 if classes else np.float32)
@@ -292,25 +313,17 @@ class TrainingJob:
 
         progress = Progress(self, options.epochs, n_train)
         model = fit_model_on(spec, options, make_sets, n_train, p.n_validation, progress)
-        self._check_cancelled()
         record = replace(self._record, x_scaler=x_scaler, y_scaler=y_scaler, dataset_id=p.dataset_id)
-        holdout_blocks = (
-            (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
-        )
-        holdout = score_holdout_blocks(record, model, self._serving, holdout_blocks) if n > n_train else {}
-        events = tensorboard.event_files(record, model, progress.history, options)
-        return publish(
-            self._registry,
-            record,
-            model,
-            progress.history,
-            holdout,
-            n_train,
-            p.n_validation,
-            time.perf_counter() - started,
-            self._check_cancelled,
-            extra_files=events,
-        )
+
+        def score() -> tuple[dict[str, float], dict[str, float]]:
+            if n == n_train:
+                return {}, {}
+            blocks = (
+                (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
+            )
+            return score_holdout_blocks(record, model, self._serving, blocks), {}
+
+        return self._finish(record, model, progress, score, n_train, p.n_validation, started)
 
 
 class TrainingManager:
