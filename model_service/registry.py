@@ -244,7 +244,8 @@ class ModelRegistry:
 
     def _load(self, load: _Load, warm: bool) -> _Entry | None:
         """The version's entry, or None when it is refused (logged; not read again until deleted)."""
-        return self._refused.attempt(load.key, self._store.location(*load.key), lambda: self._read(load, warm))
+        location = self._store.location(*load.key)
+        return self._refused.attempt(load.key, location, lambda: self._read(load, warm))
 
     def _read(self, load: _Load, warm: bool) -> _Entry:
         model_id, version = load.key

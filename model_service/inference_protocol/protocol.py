@@ -1,4 +1,4 @@
-"""Open Inference Protocol semantics on top of the served models (registry.ServedModels); protocol messages in, messages out.
+"""Open Inference Protocol semantics on registry.ServedModels; protocol messages in, messages out.
 
 Model name = model id, version string = model version ("" = the latest ready one). One input "x",
 FP32 or FP64, shape [batch, timesteps, features], from raw_input_contents or typed contents. Outputs are
