@@ -1,4 +1,4 @@
-"""Wiring: settings -> signed store -> registry/runtime -> trainer -> servicers -> a ManagedServer (not started)."""
+"""Wiring: settings -> signed store -> registry -> trainer -> servicers -> a ManagedServer (not started)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from model_service.importing import ModelImporter
 from model_service.inference_protocol import add_inference_protocol
 from model_service.model_store import open_model_store
 from model_service.registry import ModelRegistry
-from model_service.runtime import ModelRuntime
 from model_service.scaler_gateway import ScalerGateway
 from model_service.scaling import ScalerRef
 from model_service.servicer import ModelServicer
@@ -66,16 +65,15 @@ def create_server(
     def observe_batch(rows: int) -> None:
         metrics.observe_batch("predict", rows)
 
-    serving = serving_options(settings, observe_batch)
-    registry = ModelRegistry(store, serving)
+    serving = serving_options(settings)
+    registry = ModelRegistry(store, serving, observe_batch)
     registry.load_all()
     registry.start_watching(settings.store_poll_seconds)
-    runtime = ModelRuntime(registry)
     trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
     # Datasets live in the same store; the trainer process opens them from there.
     dataset_store = open_dataset_store(settings)
     servicer = ModelServicer(
-        runtime,
+        registry,
         trainer,
         metrics.training_job,
         exporter=ModelExporter(registry),
@@ -88,7 +86,7 @@ def create_server(
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
         dataset_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, server)
-        return [SERVICE_NAME, DATASET_SERVICE_NAME, *add_inference_protocol(server, runtime)]
+        return [SERVICE_NAME, DATASET_SERVICE_NAME, *add_inference_protocol(server, registry)]
 
     managed, port = build_server(settings, register, observers=observers, metrics=metrics)
     managed.metrics.track_artifacts("model", registry.count)

@@ -12,7 +12,7 @@ what came:
 3. Keras loads it with safe_mode=True;
 4. the input is rank 3 with fixed timesteps and features (and those the caller declared, if any), every
    layer's settings are ones the served model reproduces, and the head matches the declared task;
-5. the spec read off it resolves like a declared one (spec.resolve: shapes, sizes, parameter count);
+5. the spec read off it is completed like a declared one (spec.with_defaults: shapes, sizes, parameter count);
 6. the service builds its own model from that spec (builder.build), copies the weights over, and the
    two must compute the same outputs on a probe batch (this catches branching or shared layers).
 
@@ -54,8 +54,8 @@ from model_service.spec import (
     Optimizer,
     Reshape,
     Task,
-    resolve,
     shape_text,
+    with_defaults,
 )
 from service_common.errors import InvalidArgument, echo
 
@@ -287,7 +287,7 @@ def spec_of(model: keras.Model, request: ImportRequest) -> ModelSpec:
         raise InvalidArgument("the model has no layers besides its input")
     _head(layers[-1], request.head, len(layers) - 1)
     body = tuple(_layer_spec(index, layer) for index, layer in enumerate(layers[:-1]))
-    return resolve(ModelSpec(timesteps, features, body, request.head, request.optimizer))
+    return with_defaults(ModelSpec(timesteps, features, body, request.head, request.optimizer))
 
 
 def _check_scalers(spec: ModelSpec, request: ImportRequest) -> None:

@@ -7,6 +7,12 @@ versions: numbers are allocated under the store's lock, a version being trained 
 store (listed as TRAINING by everyone, never on disk until committed whole), and unloads are markers on
 the store. ``refresh()`` (run by the watcher every ``store_poll_seconds``) loads what appeared, drops
 what went; ``sync(id)`` does it for one id at once (on a cache miss, and after a commit).
+
+Serving code (the Predict RPC, the Open Inference Protocol) asks for what it needs through
+``ServedModels``: ``served(id, version)`` for a model to infer with, ``index()``, ``load`` and ``unload``.
+One registry per server, built in app.create_server and handed to both servicers.
+
+Domain code only: no grpc here.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 from model_service import builder
 from model_service.model_store import (
@@ -26,19 +33,21 @@ from model_service.model_store import (
     reserved_record,
 )
 from model_service.records import ModelRecord
-from model_service.serving import ServedModel, ServingOptions, make_served
+from model_service.serving import BatchObserver, ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
 from service_common.artifacts import StoredArtifacts
-from service_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from service_common.errors import FailedPrecondition, NotFound
 from service_common.memory import release_unused_soon
-from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
+from service_common.versioning import (
+    Key,
+    Page,
+    RefusedVersions,
+    StoreWatcher,
+    delete_versions,
+    no_such_version,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
-
-Key = tuple[str, int]
 
 
 class VersionState(enum.StrEnum):
@@ -56,7 +65,8 @@ class _Entry:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One version for the repository index: READY, UNAVAILABLE (unloaded) or TRAINING."""
+    """One version for the repository index: READY, UNAVAILABLE (reason "unloaded") or TRAINING
+    (reason "training")."""
 
     model_id: str
     version: int
@@ -78,15 +88,30 @@ class _Load:
     serve: bool
 
 
+class ServedModels(Protocol):
+    """What serving code needs of the registry (ModelRegistry implements it)."""
+
+    def served(self, model_id: str, version: int = 0) -> ServedModel: ...
+
+    def index(self) -> builtins.list[ModelEntry]: ...
+
+    def load(self, model_id: str) -> None: ...
+
+    def unload(self, model_id: str) -> None: ...
+
+
 class ModelRegistry:
-    def __init__(self, store: StoredArtifacts, options: ServingOptions) -> None:
+    def __init__(
+        self, store: StoredArtifacts, options: ServingOptions, observe_batch: BatchObserver | None = None
+    ) -> None:
         self._store = store
         self.publisher = ModelPublisher(store)
         self._options = options
+        self._observe_batch = observe_batch  # every served version's batcher reports to it
         self._lock = threading.RLock()  # guards _entries; never held while loading
         self._sync_lock = threading.Lock()  # one refresh at a time, so no version is loaded twice
         self._entries: dict[str, dict[int, _Entry]] = {}
-        self._refused: set[Key] = set()  # artifacts that failed to verify or load: not retried
+        self._refused = RefusedVersions("model")
         self._generation: object = None
         self._watcher: StoreWatcher | None = None
         self._closed = threading.Event()
@@ -161,11 +186,8 @@ class ModelRegistry:
             if full:
                 stored = {(ref.artifact_id, ref.version) for ref in self._store.scan(only)}
                 unloaded = self._store.unloaded_ids()
-                # A refused artifact stays refused (it is immutable) until it is deleted.
-                self._refused = {
-                    key for key in self._refused if key in stored or (only is not None and key[0] != only)
-                }
-                for key in sorted(stored - self._refused):
+                self._refused.keep_stored(stored, only)
+                for key in sorted(key for key in stored if key not in self._refused):
                     have = states.get(key)
                     want_served = unloaded.get(key[0], 0) < key[1]
                     if have in (None, VersionState.TRAINING) or (
@@ -187,8 +209,7 @@ class ModelRegistry:
             loaded: dict[Key, _Entry] = {}
             for load in loads:
                 entry = self._load(load, warm)
-                if entry is None:
-                    self._refused.add(load.key)
+                if entry is None:  # refused
                     gone.append(load.key)  # e.g. a TRAINING entry whose commit cannot be served
                 else:
                     loaded[load.key] = entry
@@ -222,20 +243,19 @@ class ModelRegistry:
         return len(loaded), len(loads) - len(loaded)
 
     def _load(self, load: _Load, warm: bool) -> _Entry | None:
+        """The version's entry, or None when it is refused (logged; not read again until deleted)."""
+        location = self._store.location(*load.key)
+        return self._refused.attempt(load.key, location, lambda: self._read(load, warm))
+
+    def _read(self, load: _Load, warm: bool) -> _Entry:
         model_id, version = load.key
-        try:
-            record, keras_bytes = read_version(self._store, model_id, version)  # verifies the signature
-            if not load.serve:
-                return _Entry(record, VersionState.UNAVAILABLE)
-            model = builder.from_keras_bytes(keras_bytes, record.spec, f"{model_id} v{version}")
-            served = make_served(record, model, self._options)
-            if warm:
-                served.warm()  # traced before it is published: no request pays for it
-        except FileNotFoundError:
-            return None  # deleted while we looked; the next refresh no longer lists it
-        except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
-            log.error("skipping model artifact %s: %s", self._store.location(model_id, version), exc)
-            return None
+        record, keras_bytes = read_version(self._store, model_id, version)  # verifies the signature
+        if not load.serve:
+            return _Entry(record, VersionState.UNAVAILABLE)
+        model = builder.from_keras_bytes(keras_bytes, record.spec, f"{model_id} v{version}")
+        served = make_served(record, model, self._options, self._observe_batch)
+        if warm:
+            served.warm()  # traced before it is published: no request pays for it
         return _Entry(record, VersionState.READY, served)
 
     # ---- versions ------------------------------------------------------------------------------
@@ -270,8 +290,7 @@ class ModelRegistry:
     def _entry(self, model_id: str, version: int) -> _Entry:
         versions = self._versions(model_id)
         if version not in versions:
-            known = ", ".join(str(v) for v in sorted(versions))
-            raise NotFound(f"model {model_id!r} has no version {version}; it has versions {known}")
+            raise no_such_version("model", model_id, version, list(versions))
         return versions[version]
 
     def _cached(self, model_id: str, version: int) -> None:
@@ -296,24 +315,14 @@ class ModelRegistry:
         self, model_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[VersionView], str]:
         """One page in (id, version) order and the token of the next page ('' on the last)."""
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {page_size}")
         if model_id:
             check_model_id(model_id)
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token, "ListModels") if page_token else None
+        page = Page.of(page_size, page_token, "ListModels")
         with self._lock:
             ids = [model_id] if model_id else sorted(self._entries)
-            keys = [(i, v) for i in ids for v in sorted(self._entries.get(i, {}))]
-            if after is not None:
-                keys = [key for key in keys if key > after]
-            page = [
-                VersionView(self._entries[i][v].record, self._entries[i][v].state) for i, v in keys[:size]
-            ]
-        next_token = (
-            encode_page_token(page[-1].record.model_id, page[-1].record.version) if len(keys) > size else ""
-        )
-        return page, next_token
+            keys, next_token = page.take([(i, v) for i in ids for v in sorted(self._entries.get(i, {}))])
+            views = [VersionView(self._entries[i][v].record, self._entries[i][v].state) for i, v in keys]
+        return views, next_token
 
     def delete(self, model_id: str, version: int = 0) -> builtins.list[int]:
         """Delete one version, or every version when ``version`` is 0, for the whole store; returns
@@ -328,12 +337,7 @@ class ModelRegistry:
                         f"model {model_id!r} version {number} is still training; cancel its Train call "
                         "first, or delete the ready versions one by one"
                     )
-        # The store covers each number with its high-water mark before it goes: never reused.
-        removed = [number for number in chosen if self._store.delete(model_id, number)]
-        self.sync(model_id)
-        if not removed:
-            # Another process deleted them between our look and ours.
-            raise NotFound(f"model {model_id!r} version {', '.join(map(str, chosen))} not found")
+        removed = delete_versions(self._store, "model", model_id, chosen, self.sync)
         release_unused_soon()  # the models' memory goes back to the system, not only to malloc
         return removed
 
@@ -369,18 +373,18 @@ class ModelRegistry:
 
     # ---- serving -------------------------------------------------------------------------------
 
-    def resolve(self, model_id: str, version: int = 0) -> ServedModel:
-        """The served model (0 = the latest READY version). NotFound for unknown id/version;
-        FailedPrecondition while training or when unloaded."""
+    def served(self, model_id: str, version: int = 0) -> ServedModel:
+        """The model serving ``model_id`` ``version`` (0 = the latest stored version). NotFound for an
+        unknown id/version; FailedPrecondition while that version is training or when it is unloaded."""
         try:
-            return self._resolve_cached(model_id, version)
+            return self._served_cached(model_id, version)
         except (NotFound, FailedPrecondition):
             # Unknown, training or unloaded as far as this cache knows: another process may have
             # committed, loaded or unloaded it since the last poll, so look at the store before refusing.
             self.sync(model_id)
-            return self._resolve_cached(model_id, version)
+            return self._served_cached(model_id, version)
 
-    def _resolve_cached(self, model_id: str, version: int) -> ServedModel:
+    def _served_cached(self, model_id: str, version: int) -> ServedModel:
         with self._lock:
             versions = self._versions(model_id)
             if version == 0:
@@ -405,6 +409,7 @@ class ModelRegistry:
             return entry.served
 
     def index(self) -> builtins.list[ModelEntry]:
+        """Every version this process knows of, in (id, version) order, with its state."""
         reasons = {VersionState.TRAINING: "training", VersionState.UNAVAILABLE: "unloaded"}
         with self._lock:
             return [

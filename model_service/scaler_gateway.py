@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
-from model_service.scaling import PER_COLUMN, PER_FEATURE, AffineScaler, FitOutcome, ScalerRef
+from model_service.scaling import PER_COLUMN, PER_FEATURE, AffineScaler, ScalerRef
 from model_service.settings import ModelSettings
 from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
 from service_common import codec
@@ -114,30 +114,6 @@ class ScalerGateway:
             return kind(f"scaler service rejected {what}: {details}")
         name = code.name if code is not None else "no status"
         return Unavailable(f"scaler service at {self.address} is unavailable for {what} ({name}: {details})")
-
-    def fit_transform(
-        self, scaler_id: str, spec: scaler_pb2.ScalerSpec, train: np.ndarray, others: dict[str, np.ndarray]
-    ) -> FitOutcome:
-        what = f"scaler {scaler_id!r}"
-        request = scaler_pb2.FitTransformRequest(
-            scaler_id=scaler_id,
-            spec=spec,
-            train=codec.from_numpy(np.ascontiguousarray(train, dtype=np.float64)),
-            others={
-                name: codec.from_numpy(np.ascontiguousarray(data, dtype=np.float64))
-                for name, data in others.items()
-            },
-        )
-        try:
-            reply = self._stub.FitTransform(request, timeout=self.timeout_seconds)
-        except grpc.RpcError as exc:
-            raise self._error(exc, what) from None
-        transformed = {name: codec.to_numpy(t, name).astype(np.float64) for name, t in reply.others.items()}
-        return FitOutcome(
-            to_affine(reply.scaler),
-            codec.to_numpy(reply.train, "train").astype(np.float64).reshape(train.shape),
-            {name: data.reshape(others[name].shape) for name, data in transformed.items()},
-        )
 
     def get(self, ref: ScalerRef) -> AffineScaler:
         """A fitted scaler version (0 = the latest) in affine form."""

@@ -81,19 +81,9 @@ class AffineScaler:
         )
 
 
-@dataclass(frozen=True)
-class FitOutcome:
-    scaler: AffineScaler
-    train: np.ndarray  # transformed by the scaler service
-    others: dict[str, np.ndarray]
-
-
 class ScalerFitter(Protocol):
-    """The scaler service as training sees it. ``spec`` is passed through untouched (the request's)."""
-
-    def fit_transform(
-        self, scaler_id: str, spec: Any, train: np.ndarray, others: dict[str, np.ndarray]
-    ) -> FitOutcome: ...
+    """The scaler service as training sees it: it fits, training transforms with the affine form
+    (training/scalers.py says why). ``spec`` is passed through untouched (the request's)."""
 
     def fit_stream(self, scaler_id: str, spec: Any, chunks: Iterator[np.ndarray]) -> AffineScaler:
         """Fit with partial_fit on chunks streamed one by one (FitStream); nothing is transformed."""

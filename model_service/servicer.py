@@ -19,9 +19,9 @@ from model_service.forecasting.config import ForecastConfig
 from model_service.forecasting.forecaster import config_of, forecast_async
 from model_service.forecasting.point import check_point, point_prediction
 from model_service.importing import ModelImporter
-from model_service.runtime import ModelRuntime
+from model_service.registry import ModelRegistry
 from model_service.serving import ServedModel
-from model_service.spec import resolve
+from model_service.spec import with_defaults
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
@@ -36,7 +36,7 @@ EXPORT_CHUNK_BYTES = 1024 * 1024
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     def __init__(
         self,
-        runtime: ModelRuntime,
+        registry: ModelRegistry,
         trainer: TrainerLink,
         track_training: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
         *,
@@ -48,8 +48,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self._datasets = datasets
         self._exporter = exporter
         self._importer = importer
-        self._runtime = runtime
-        self._registry = runtime.registry
+        self._registry = registry
         self._trainer = trainer
         self._track_training = track_training
         # Deletes the scalers a job fitted (Backtest's scratch versions are not kept).
@@ -60,7 +59,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.ValidateSpecRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.ValidateSpecResponse:
         # Building the Keras model to describe it is blocking work.
-        plan = await asyncio.to_thread(builder.describe, resolve(convert.spec_from_proto(request.spec)))
+        plan = await asyncio.to_thread(builder.describe, with_defaults(convert.spec_from_proto(request.spec)))
         return convert.validate_response(plan)
 
     @map_errors
@@ -81,7 +80,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Predict(
         self, request: model_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.PredictResponse:
-        model = self._runtime.resolve(request.model_id, request.version)
+        model = self._registry.served(request.model_id, request.version)
         x = convert.required_tensor(request, "x", "x")
         check_point(model)  # before the pass: a quantile head without a median is refused outright
         prediction = point_prediction(model, await model.infer_async(x))
@@ -93,7 +92,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Evaluate(
         self, request: model_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.EvaluateResponse:
-        model = self._runtime.resolve(request.model_id, request.version)
+        model = self._registry.served(request.model_id, request.version)
         x = convert.required_tensor(request, "x", "x")
         y = convert.required_tensor(request, "y", "y")
         metrics = await asyncio.to_thread(point.evaluate, model, x, y)
@@ -105,7 +104,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Forecast(
         self, request: model_pb2.ForecastRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.ForecastResponse:
-        model = self._runtime.resolve(request.model_id, request.version)
+        model = self._registry.served(request.model_id, request.version)
         if request.dataset_id:
             if request.HasField("history"):
                 raise InvalidArgument("give history or dataset_id, not both")
@@ -126,7 +125,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Backtest(
         self, request: model_pb2.BacktestRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.BacktestEvent]:
-        model = self._runtime.resolve(request.model_id, request.version)
+        model = self._registry.served(request.model_id, request.version)
         series = convert.required_tensor(request, "series", "series")
         plan = await asyncio.to_thread(
             backtest.plan, model, series, request.windows, request.origin_step, request.horizon,
@@ -180,7 +179,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             if done is None:
                 raise FailedPrecondition(f"retraining for backtest window {index} ended without a model")
             await asyncio.to_thread(self._registry.sync, done.id)
-            scratch = self._runtime.resolve(done.id, done.version)
+            scratch = self._registry.served(done.id, done.version)
             return (await backtest.score(scratch, plan, [index]))[0]
         finally:
             if done is not None:

@@ -28,34 +28,38 @@ LOG_LOSS_EPSILON = 1e-7
 
 @dataclass(frozen=True)
 class ServingOptions:
+    """How versions are served (configuration only; the batch-size observer is passed on its own)."""
+
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_batch_wait_seconds: float = 0.0
     jit_compile: bool = True
     flat_call: bool = True
-    observe_batch: Callable[[int], None] | None = None
     # Memory budget and reply limit (cost.py); None admits everything and computes in one pass.
     admission: Admission | None = None
 
 
-def serving_options(
-    settings: ModelSettings, observe_batch: Callable[[int], None] | None = None
-) -> ServingOptions:
+def serving_options(settings: ModelSettings) -> ServingOptions:
     """The serving options the settings ask for: batching, XLA, the memory budget and reply limit."""
     return ServingOptions(
         max_batch_size=settings.max_batch_size,
         max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
         jit_compile=settings.jit_compile,
         flat_call=settings.flat_call,
-        observe_batch=observe_batch,
         admission=Admission.from_settings(settings.memory_budget_mb, settings.max_message_bytes),
     )
 
 
+# Told the rows of every forward pass the batcher runs (the batch-size histogram).
+BatchObserver = Callable[[int], None]
+
+
 @dataclass(frozen=True)
 class ModelSignature:
+    """What a served version takes and gives: x is (batch, timesteps, features)."""
+
     timesteps: int
     features: int
-    task: str  # "regression" | "binary" | "multiclass"
+    task: Task
     outputs: int  # regression: targets per sample; binary: 1; multiclass: n_classes
 
 
@@ -82,6 +86,8 @@ class InferTiming:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One infer() result; the fields a task does not have are None."""
+
     values: np.ndarray | None  # regression: (batch, outputs) float64, original units
     probabilities: np.ndarray | None  # binary: (batch, 1) P(class 1); multiclass: (batch, n_classes)
     labels: np.ndarray | None  # classification: (batch,) int64
@@ -100,13 +106,23 @@ class _PassOutput(np.ndarray):
 
 
 class ServedModel:
-    def __init__(self, record: ModelRecord, predictor: CompiledPredictor, options: ServingOptions) -> None:
+    """One version being served: ``infer`` takes raw units, goes through the adaptive batcher, the
+    train-fitted x scaler and the inverse y scaler; ``max_batch_size`` is the rows per forward pass.
+    ``observe_batch`` (when given) is told the rows of each forward pass."""
+
+    def __init__(
+        self,
+        record: ModelRecord,
+        predictor: CompiledPredictor,
+        options: ServingOptions,
+        observe_batch: BatchObserver | None = None,
+    ) -> None:
         spec = record.spec
         self.model_id = record.model_id
         self.version = record.version
         self.record = record
         self.task = spec.task
-        self.signature = ModelSignature(spec.timesteps, spec.features, spec.task.value, spec.head.units)
+        self.signature = ModelSignature(spec.timesteps, spec.features, spec.task, spec.head.units)
         self.predictor = predictor
         self.cost = ModelCost.of(record.plan)
         self._admission = options.admission
@@ -119,7 +135,7 @@ class ServedModel:
             options.max_batch_size,
             options.max_batch_wait_seconds,
             f"{record.model_id}-v{record.version}",
-            options.observe_batch,
+            observe_batch,
         )
 
     @property
@@ -262,6 +278,8 @@ def predictor_for(record: ModelRecord, model: Any, options: ServingOptions) -> C
     )
 
 
-def make_served(record: ModelRecord, model: Any, options: ServingOptions) -> ServedModel:
+def make_served(
+    record: ModelRecord, model: Any, options: ServingOptions, observe_batch: BatchObserver | None = None
+) -> ServedModel:
     """Wrap a Keras model (trained here, or loaded from a verified artifact) for serving."""
-    return ServedModel(record, predictor_for(record, model, options), options)
+    return ServedModel(record, predictor_for(record, model, options), options, observe_batch)

@@ -1,6 +1,6 @@
 """Model specs: defaults, derived return_sequences and shape arithmetic. No Keras, no grpc.
 
-``resolve`` turns what a caller declared into a complete, checked spec; ``plan`` walks the tensor
+``with_defaults`` turns what a caller declared into a complete, checked spec; ``plan`` walks the tensor
 shape through it layer by layer. Both work out every shape and parameter count themselves, so an
 impossible spec is refused with a message that names the layer, its kind and the shapes involved,
 before Keras is ever asked (builder.py then builds the model and confirms the same figures).
@@ -150,7 +150,7 @@ class ModelSpec:
 
     @property
     def task(self) -> Task:
-        assert self.head.task is not None, "resolve() the spec first"
+        assert self.head.task is not None, "with_defaults() the spec first"
         return self.head.task
 
     # ---- JSON (model metadata) ----
@@ -210,7 +210,7 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class SpecPlan:
-    spec: ModelSpec  # resolved
+    spec: ModelSpec  # with defaults (with_defaults)
     input_shape: Shape
     layers: tuple[LayerPlan, ...]
 
@@ -255,7 +255,7 @@ def _derived_return_sequences(layers: tuple[LayerSpec, ...], index: int) -> bool
     return False
 
 
-def _resolve_layer(index: int, layer: LayerSpec, layers: tuple[LayerSpec, ...]) -> LayerSpec:
+def _layer_with_defaults(index: int, layer: LayerSpec, layers: tuple[LayerSpec, ...]) -> LayerSpec:
     where = _where(index, layer)
     if isinstance(layer, Lstm):
         _check_count(layer.units, 1, MAX_UNITS, f"{where}: units")
@@ -291,7 +291,7 @@ def _resolve_layer(index: int, layer: LayerSpec, layers: tuple[LayerSpec, ...]) 
     raise InvalidArgument(f"layers[{index}]: no layer kind set (lstm, dense, reshape or dropout)")
 
 
-def _resolve_head(head: Head) -> Head:
+def _head_with_defaults(head: Head) -> Head:
     """The head is the output layer; every refusal names it, its task and the output shape that task gives."""
     if head.task is None:
         raise InvalidArgument("head.task is required: REGRESSION, BINARY or MULTICLASS")
@@ -325,7 +325,7 @@ def _resolve_head(head: Head) -> Head:
     return Head(Task.MULTICLASS, head.n_classes, head.n_classes)
 
 
-def _resolve_optimizer(optimizer: Optimizer) -> Optimizer:
+def _optimizer_with_defaults(optimizer: Optimizer) -> Optimizer:
     name = (optimizer.name or DEFAULT_OPTIMIZER).strip().lower()
     if name not in OPTIMIZERS:
         raise InvalidArgument(
@@ -337,7 +337,7 @@ def _resolve_optimizer(optimizer: Optimizer) -> Optimizer:
     return Optimizer(name, rate)
 
 
-def resolve(spec: ModelSpec) -> ModelSpec:
+def with_defaults(spec: ModelSpec) -> ModelSpec:
     """The spec with defaults filled in and return_sequences derived; InvalidArgument if impossible."""
     _check_count(spec.timesteps, 1, MAX_TIMESTEPS, "input.timesteps")
     _check_count(spec.features, 1, MAX_FEATURES, "input.features")
@@ -349,9 +349,9 @@ def resolve(spec: ModelSpec) -> ModelSpec:
         raise InvalidArgument(
             "spec has no LSTM layer; the model service builds recurrent models, add at least one lstm layer"
         )
-    layers = tuple(_resolve_layer(i, layer, spec.layers) for i, layer in enumerate(spec.layers))
+    layers = tuple(_layer_with_defaults(i, layer, spec.layers) for i, layer in enumerate(spec.layers))
     resolved = ModelSpec(
-        spec.timesteps, spec.features, layers, _resolve_head(spec.head), _resolve_optimizer(spec.optimizer)
+        spec.timesteps, spec.features, layers, _head_with_defaults(spec.head), _optimizer_with_defaults(spec.optimizer)
     )
     plan(resolved)  # shape arithmetic: raises when the tensor cannot flow through
     return resolved
@@ -381,7 +381,7 @@ def _reshape(index: int, layer: Reshape, shape: Shape) -> Shape:
 
 
 def plan(spec: ModelSpec) -> SpecPlan:
-    """Walk the shape through a resolved spec; InvalidArgument naming the layer when it cannot flow."""
+    """Walk the shape through a spec with defaults; InvalidArgument naming the layer when it cannot flow."""
     input_shape: Shape = (None, spec.timesteps, spec.features)
     shape = input_shape
     origin = "the input"

@@ -8,6 +8,7 @@ cached (id, version) must never be handed different parameters under the same na
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import json
 import logging
@@ -21,15 +22,20 @@ import sklearn
 from scaler_service.scaling import ESTIMATOR_BY_KIND, FittedScaler, make_spec
 from service_common.artifacts import StoredArtifacts, validate_id
 from service_common.errors import IntegrityError, InvalidArgument, NotFound
-from service_common.versioning import StoreWatcher, decode_page_token, encode_page_token
+from service_common.versioning import (
+    Key,
+    Page,
+    RefusedVersions,
+    StoreWatcher,
+    delete_versions,
+    no_such_version,
+)
 
 log = logging.getLogger(__name__)
 
 ESTIMATOR_FILE = "scaler.joblib"
 META_FILE = "meta.json"
 FORMAT = 1
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class ScalerRegistry:
         self._lock = threading.RLock()  # guards _versions; never held while reading artifacts
         self._sync_lock = threading.Lock()  # one refresh at a time, so nothing is deserialized twice
         self._versions: dict[str, dict[int, ScalerVersion]] = {}
-        self._refused: set[tuple[str, int]] = set()  # failed to verify or load: not retried
+        self._refused = RefusedVersions("scaler")
         self._generation: object = None
         self._watcher: StoreWatcher | None = None
         loaded, skipped = self._refresh(None)
@@ -151,21 +157,15 @@ class ScalerRegistry:
                     if only is None or scaler_id == only
                     for version in versions
                 }
-            # A refused artifact stays refused (it is immutable) until it is deleted.
-            self._refused = {
-                key for key in self._refused if key in stored or (only is not None and key[0] != only)
-            }
+            self._refused.keep_stored(stored, only)
             loaded: list[ScalerVersion] = []
             for ref in refs:
-                key = (ref.artifact_id, ref.version)
+                key: Key = (ref.artifact_id, ref.version)
                 if key in cached or key in self._refused:
                     continue
-                try:
-                    files = self._store.read(ref.artifact_id, ref.version)  # verifies the signature first
-                    loaded.append(_deserialize(ref.artifact_id, ref.version, files))
-                except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others loading
-                    self._refused.add(key)
-                    log.error("skipping scaler artifact %s: %s", ref.location, exc)
+                record = self._refused.attempt(key, ref.location, functools.partial(self._read, *key))
+                if record is not None:
+                    loaded.append(record)
             with self._lock:
                 for scaler_id, version in cached - stored:
                     versions = self._versions.get(scaler_id, {})
@@ -176,7 +176,11 @@ class ScalerRegistry:
                     self._versions.setdefault(record.scaler_id, {})[record.version] = record
             if only is None:
                 self._generation = token
-            return len(loaded), len(self._refused & (stored - cached))
+            return len(loaded), sum(1 for key in stored - cached if key in self._refused)
+
+    def _read(self, scaler_id: str, version: int) -> ScalerVersion:
+        files = self._store.read(scaler_id, version)  # verifies the signature first
+        return _deserialize(scaler_id, version, files)
 
     # ---- operations ----------------------------------------------------------------------------
 
@@ -213,28 +217,20 @@ class ScalerRegistry:
             if version == 0:
                 return versions[max(versions)]
             if version not in versions:
-                known = ", ".join(str(v) for v in sorted(versions))
-                raise NotFound(f"scaler {scaler_id!r} has no version {version}; it has versions {known}")
+                raise no_such_version("scaler", scaler_id, version, list(versions))
             return versions[version]
 
     def list(
         self, scaler_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ScalerVersion], str]:
         """One page in (id, version) order and the token of the next page ('' on the last)."""
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {page_size}")
         if scaler_id:
             validate_id(scaler_id, "scaler")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token, "ListScalers") if page_token else None
+        page = Page.of(page_size, page_token, "ListScalers")
         with self._lock:
             ids = [scaler_id] if scaler_id else sorted(self._versions)
-            keys = [(i, v) for i in ids for v in sorted(self._versions.get(i, {}))]
-            if after is not None:
-                keys = [key for key in keys if key > after]
-            page = [self._versions[i][v] for i, v in keys[:size]]
-        next_token = encode_page_token(page[-1].scaler_id, page[-1].version) if len(keys) > size else ""
-        return page, next_token
+            keys, next_token = page.take([(i, v) for i in ids for v in sorted(self._versions.get(i, {}))])
+            return [self._versions[i][v] for i, v in keys], next_token
 
     def delete(self, scaler_id: str, version: int = 0) -> builtins.list[int]:
         """Delete one version, or every version when ``version`` is 0, for the whole store; returns
@@ -248,13 +244,7 @@ class ScalerRegistry:
             versions = [record.version] if record else sorted(self._versions.get(scaler_id, {}))
         if not versions:
             raise NotFound(f"scaler {scaler_id!r} not found")
-        # The store covers each number with its high-water mark before it goes: never reused.
-        removed = [number for number in versions if self._store.delete(scaler_id, number)]
-        self.sync(scaler_id)
-        if not removed:
-            # Another process deleted them between our look and ours.
-            raise NotFound(f"scaler {scaler_id!r} version {', '.join(map(str, versions))} not found")
-        return removed
+        return delete_versions(self._store, "scaler", scaler_id, versions, self.sync)
 
     def count(self) -> int:
         with self._lock:

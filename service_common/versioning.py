@@ -1,5 +1,7 @@
-"""What both registries share: List page tokens (version numbers are allocated by the store,
-service_common.artifacts), and the thread that keeps a registry's cache in step with the store.
+"""What both registries (model_service.registry, scaler_service.registry) share: List pages and their
+tokens, the versions refused at load, deleting with the store's high-water mark (version numbers are
+allocated by the store, service_common.artifacts), and the thread that keeps a registry's cache in
+step with the store.
 
 Domain code only: no grpc here.
 """
@@ -12,12 +14,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service_common.artifacts import ArtifactStore, StoredArtifacts
-from service_common.errors import InvalidArgument, echo
+from service_common.errors import InvalidArgument, NotFound, echo
 
 try:
     import inotify_simple
@@ -25,6 +28,12 @@ except ImportError:  # not Linux, or not installed: polling alone
     inotify_simple = None
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+Key = tuple[str, int]  # (artifact id, version)
+T = TypeVar("T")
 
 # A watcher blocked on inotify looks at its stop flag this often.
 _STOP_CHECK_SECONDS = 0.25
@@ -197,3 +206,75 @@ def decode_page_token(token: str, rpc: str) -> tuple[str, int]:
             f"page_token {echo(token)} is not valid; pass back a next_page_token from {rpc}"
         )
     return artifact_id, int(version)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A List request's page: at most ``size`` keys after ``after`` (None: from the start)."""
+
+    size: int
+    after: Key | None
+
+    @classmethod
+    def of(cls, page_size: int, page_token: str, rpc: str) -> Page:
+        """InvalidArgument for a negative ``page_size`` or a token that is not ours (naming ``rpc``)."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {page_size}")
+        after = decode_page_token(page_token, rpc) if page_token else None
+        return cls(min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), after)
+
+    def take(self, keys: Sequence[Key]) -> tuple[list[Key], str]:
+        """This page of ``keys`` (in (id, version) order) and the next page's token ('' on the last)."""
+        rest = [key for key in keys if self.after is None or key > self.after]
+        page = rest[: self.size]
+        return page, encode_page_token(*page[-1]) if len(rest) > self.size else ""
+
+
+class RefusedVersions:
+    """Stored versions that failed to verify or load. An artifact never changes, so one refused stays
+    refused (not read again at every refresh) until it is deleted from the store."""
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind  # "model", "scaler": for the log
+        self._keys: set[Key] = set()
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keep_stored(self, stored: set[Key], only: str | None) -> None:
+        """Forget the refused versions no longer stored (of id ``only``, or of every id when None)."""
+        self._keys = {key for key in self._keys if key in stored or (only is not None and key[0] != only)}
+
+    def attempt(self, key: Key, location: str, load: Callable[[], T]) -> T | None:
+        """``load()``, or None (and ``key`` refused) when it fails: one bad artifact must not stop the
+        others loading. A version deleted while we looked is not logged: the next scan no longer lists it."""
+        try:
+            return load()
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - logged and skipped, never trusted
+            log.error("skipping %s artifact %s: %s", self._kind, location, exc)
+        self._keys.add(key)
+        return None
+
+
+def delete_versions(
+    store: StoredArtifacts, kind: str, artifact_id: str, versions: Sequence[int], sync: Callable[[str], None]
+) -> list[int]:
+    """Delete ``versions`` of ``artifact_id`` for the whole store, then ``sync(artifact_id)``; returns
+    what was deleted. The store covers each number with its high-water mark before it goes, so no number
+    is ever reused. NotFound when another process deleted them all between the caller's look and ours."""
+    removed = [number for number in versions if store.delete(artifact_id, number)]
+    sync(artifact_id)
+    if not removed:
+        raise NotFound(f"{kind} {artifact_id!r} version {', '.join(map(str, versions))} not found")
+    return removed
+
+
+def no_such_version(kind: str, artifact_id: str, version: int, known: Sequence[int]) -> NotFound:
+    """The NotFound for a version an id does not have, listing those it has."""
+    listed = ", ".join(str(v) for v in sorted(known))
+    return NotFound(f"{kind} {artifact_id!r} has no version {version}; it has versions {listed}")

@@ -130,7 +130,7 @@ class DatasetSamples:
             yield self.block(lo, hi)
 
 
-def series_config(windowing: Windowing, series_columns: int) -> ForecastConfig:
+def dataset_forecast_config(windowing: Windowing, series_columns: int) -> ForecastConfig:
     """How a model trained on a series dataset's windows forecasts: the same windows read from a
     history of the dataset's columns (by index, in the dataset's order), one direct pass."""
     return ForecastConfig(

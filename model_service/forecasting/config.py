@@ -162,10 +162,10 @@ def _quantiles(levels: Sequence[float], strategy: Strategy) -> tuple[float, ...]
     return ordered
 
 
-def resolve_series(
+def series_config(
     request: SeriesRequest, series: np.ndarray, spec: ModelSpec, declared_outputs: int
 ) -> tuple[ForecastConfig, ModelSpec]:
-    """The checked forecasting config of a series request, and ``spec`` (resolved) with its head widened
+    """The checked forecasting config of a series request, and ``spec`` (with defaults) with its head widened
     to the config's outputs; ``declared_outputs`` is head.outputs as the caller sent it (0 = derive).
     InvalidArgument says what was expected and what came."""
     series = as_rows(series)

@@ -5,16 +5,15 @@ Triton, KServe and MLServer clients (tritonclient, perf_analyzer, KServe SDKs) w
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from model_service.inference_protocol.servicer import InferenceProtocolServicer, add_servicer
+from model_service.registry import ServedModels
 
 
-def add_inference_protocol(server: grpc.aio.Server, runtime: Any) -> list[str]:
-    """Serve the protocol from ``runtime`` on ``server``; returns the full service names (health, reflection)."""
-    return [add_servicer(InferenceProtocolServicer(runtime), server)]
+def add_inference_protocol(server: grpc.aio.Server, models: ServedModels) -> list[str]:
+    """Serve the protocol from ``models`` on ``server``; returns the full service names (health, reflection)."""
+    return [add_servicer(InferenceProtocolServicer(models), server)]
 
 
 __all__ = ["InferenceProtocolServicer", "add_inference_protocol"]

@@ -1,4 +1,4 @@
-"""Open Inference Protocol semantics on top of the model runtime; protocol messages in, messages out.
+"""Open Inference Protocol semantics on registry.ServedModels; protocol messages in, messages out.
 
 Model name = model id, version string = model version ("" = the latest ready one). One input "x",
 FP32 or FP64, shape [batch, timesteps, features], from raw_input_contents or typed contents. Outputs are
@@ -28,6 +28,9 @@ from model_service.forecasting.forecaster import forecast_async
 from model_service.forecasting.point import check_point, point_prediction
 from model_service.inference_protocol import codec
 from model_service.inference_protocol.statistics import Duration, InferenceStatistics, SuccessTiming
+from model_service.registry import ServedModels, VersionState
+from model_service.serving import ServedModel
+from model_service.spec import Task
 from protos.inference import grpc_service_pb2 as pb
 from service_common.errors import FailedPrecondition, InvalidArgument, NotFound, echo
 
@@ -63,7 +66,7 @@ def server_version() -> str:
 
 
 def parse_version(model_id: str, version: str) -> int:
-    """Protocol version string -> runtime version (0 = latest ready). Non-numbers name no version."""
+    """Protocol version string -> registry version (0 = the latest). Non-numbers name no version."""
     if version == "":
         return 0
     # isascii: str.isdigit() also accepts digits such as '¹' that int() rejects.
@@ -74,15 +77,16 @@ def parse_version(model_id: str, version: str) -> int:
     return int(version)
 
 
-def resolve(runtime: Any, model_id: str, version: str) -> Any:
+def served_by_name(models: ServedModels, model_id: str, version: str) -> ServedModel:
+    """The served model a protocol (name, version string) pair names."""
     if not model_id:
         raise NotFound("model name is empty")
-    return runtime.resolve(model_id, parse_version(model_id, version))
+    return models.served(model_id, parse_version(model_id, version))
 
 
-def is_ready(runtime: Any, model_id: str, version: str) -> bool:
+def is_ready(models: ServedModels, model_id: str, version: str) -> bool:
     try:
-        resolve(runtime, model_id, version)
+        served_by_name(models, model_id, version)
     except (NotFound, FailedPrecondition):
         return False
     return True
@@ -117,7 +121,7 @@ def output_specs(signature: Any, record: Any = None) -> dict[str, TensorSpec]:
 
 @functools.lru_cache(maxsize=1024)
 def _plain_output_specs(signature: Any) -> dict[str, TensorSpec]:
-    if signature.task == "regression":
+    if signature.task is Task.REGRESSION:
         specs = [TensorSpec("values", "FP64", (-1, signature.outputs), np.dtype(np.float64))]
     else:
         specs = [
@@ -131,10 +135,10 @@ def _tensor_metadata(spec: TensorSpec) -> Any:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
 
-def model_metadata(runtime: Any, request: Any) -> Any:
-    model = resolve(runtime, request.name, request.version)
+def model_metadata(models: ServedModels, request: Any) -> Any:
+    model = served_by_name(models, request.name, request.version)
     versions = sorted(
-        {int(e.version) for e in runtime.index() if e.model_id == model.model_id and e.state == "READY"}
+        {int(e.version) for e in models.index() if e.model_id == model.model_id and e.state is VersionState.READY}
         | {int(model.version)}
     )
     return pb.ModelMetadataResponse(
@@ -228,11 +232,11 @@ def _prediction_arrays(prediction: Any) -> dict[str, np.ndarray | None]:
     }
 
 
-async def infer(runtime: Any, request: Any, statistics: InferenceStatistics) -> Any:
+async def infer(models: ServedModels, request: Any, statistics: InferenceStatistics) -> Any:
     """One inference request, counted in ``statistics`` once it names a servable model version; the
     forward pass runs on the model's batcher thread, awaited here."""
     started = time.perf_counter_ns()
-    model = resolve(runtime, request.model_name, request.model_version)
+    model = served_by_name(models, request.model_name, request.model_version)
     try:
         _reject_unsupported(request.parameters, "request")
         outputs = requested_outputs(request, output_specs(model.signature, model.record))
@@ -283,8 +287,8 @@ def _config_datatype(datatype: str) -> pb.DataType.ValueType:
     return pb.DataType.Value(codec.CONFIG_DATATYPES[datatype])
 
 
-def model_config(runtime: Any, request: Any) -> Any:
-    model = resolve(runtime, request.name, request.version)
+def model_config(models: ServedModels, request: Any) -> Any:
+    model = served_by_name(models, request.name, request.version)
     spec = input_spec(model.signature)
     return pb.ModelConfigResponse(
         config=pb.ModelConfig(
@@ -303,24 +307,24 @@ def model_config(runtime: Any, request: Any) -> Any:
     )
 
 
-def _statistics_versions(runtime: Any, request: Any) -> list[tuple[str, int]]:
+def _statistics_versions(models: ServedModels, request: Any) -> list[tuple[str, int]]:
     """The (model id, version) pairs a ModelStatistics request asks for: ready versions only, as Triton."""
     if not request.name:
         if request.version:
             raise InvalidArgument(f"version '{request.version}' given without a model name")
-        return sorted((e.model_id, int(e.version)) for e in runtime.index() if e.state == "READY")
+        return sorted((e.model_id, int(e.version)) for e in models.index() if e.state is VersionState.READY)
     if request.version:
-        model = resolve(runtime, request.name, request.version)
+        model = served_by_name(models, request.name, request.version)
         return [(model.model_id, int(model.version))]
     ready = sorted(
         (e.model_id, int(e.version))
-        for e in runtime.index()
-        if e.model_id == request.name and e.state == "READY"
+        for e in models.index()
+        if e.model_id == request.name and e.state is VersionState.READY
     )
     if ready:
         return ready
     # None ready: NotFound or FailedPrecondition saying why (or the version that became ready meanwhile).
-    model = resolve(runtime, request.name, "")
+    model = served_by_name(models, request.name, "")
     return [(model.model_id, int(model.version))]
 
 
@@ -328,9 +332,9 @@ def _duration(duration: Duration) -> Any:
     return pb.StatisticDuration(count=duration.count, ns=duration.ns)
 
 
-def model_statistics(runtime: Any, request: Any, statistics: InferenceStatistics) -> Any:
+def model_statistics(models: ServedModels, request: Any, statistics: InferenceStatistics) -> Any:
     response = pb.ModelStatisticsResponse()
-    for model_id, version in _statistics_versions(runtime, request):
+    for model_id, version in _statistics_versions(models, request):
         stats = statistics.snapshot(model_id, version)
         response.model_stats.add(
             name=model_id,
@@ -354,10 +358,10 @@ def model_statistics(runtime: Any, request: Any, statistics: InferenceStatistics
     return response
 
 
-def repository_index(runtime: Any, request: Any) -> Any:
+def repository_index(models: ServedModels, request: Any) -> Any:
     response = pb.RepositoryIndexResponse()
-    for entry in runtime.index():
-        if request.ready and entry.state != "READY":
+    for entry in models.index():
+        if request.ready and entry.state is not VersionState.READY:
             continue
         response.models.add(
             name=entry.model_id, version=str(entry.version), state=entry.state, reason=entry.reason or ""
@@ -376,13 +380,13 @@ def _check_repository_request(request: Any) -> None:
         )
 
 
-def load(runtime: Any, request: Any) -> Any:
+def load(models: ServedModels, request: Any) -> Any:
     _check_repository_request(request)
-    runtime.load(request.model_name)
+    models.load(request.model_name)
     return pb.RepositoryModelLoadResponse()
 
 
-def unload(runtime: Any, request: Any) -> Any:
+def unload(models: ServedModels, request: Any) -> Any:
     _check_repository_request(request)
-    runtime.unload(request.model_name)
+    models.unload(request.model_name)
     return pb.RepositoryModelUnloadResponse()

@@ -11,6 +11,7 @@ import grpc
 
 from model_service.inference_protocol import protocol
 from model_service.inference_protocol.statistics import InferenceStatistics
+from model_service.registry import ServedModels
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
 from service_common.errors import ServiceError
@@ -20,8 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, runtime: Any) -> None:
-        self._runtime = runtime
+    def __init__(self, models: ServedModels) -> None:
+        self._models = models
         self._statistics = InferenceStatistics()
         self._server_metadata = pb.ServerMetadataResponse(
             name=protocol.SERVER_NAME, version=protocol.server_version(), extensions=protocol.EXTENSIONS
@@ -38,7 +39,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
 
     @map_errors
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ModelReadyResponse(ready=protocol.is_ready(self._runtime, request.name, request.version))
+        return pb.ModelReadyResponse(ready=protocol.is_ready(self._models, request.name, request.version))
 
     @map_errors
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -46,11 +47,11 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
 
     @map_errors
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return protocol.model_metadata(self._runtime, request)
+        return protocol.model_metadata(self._models, request)
 
     @map_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await protocol.infer(self._runtime, request, self._statistics)
+        return await protocol.infer(self._models, request, self._statistics)
 
     @map_errors
     async def ModelStreamInfer(
@@ -61,7 +62,7 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
         async for request in requests:
             try:
                 yield pb.ModelStreamInferResponse(
-                    infer_response=await protocol.infer(self._runtime, request, self._statistics)
+                    infer_response=await protocol.infer(self._models, request, self._statistics)
                 )
             except ServiceError as exc:
                 yield _stream_error(request, str(exc))
@@ -71,24 +72,24 @@ class InferenceProtocolServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServic
 
     @map_errors
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return protocol.model_config(self._runtime, request)
+        return protocol.model_config(self._models, request)
 
     @map_errors
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return protocol.model_statistics(self._runtime, request, self._statistics)
+        return protocol.model_statistics(self._models, request, self._statistics)
 
     @map_errors
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return protocol.repository_index(self._runtime, request)
+        return protocol.repository_index(self._models, request)
 
     @map_errors
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         # Reads, verifies and traces models: blocking work, off the loop.
-        return await asyncio.to_thread(protocol.load, self._runtime, request)
+        return await asyncio.to_thread(protocol.load, self._models, request)
 
     @map_errors
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await asyncio.to_thread(protocol.unload, self._runtime, request)
+        return await asyncio.to_thread(protocol.unload, self._models, request)
 
 
 def _stream_error(request: Any, message: str) -> Any:

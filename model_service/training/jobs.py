@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import keras
 import numpy as np
 
 from model_service import data
@@ -25,7 +26,7 @@ from model_service.datasets.store import DatasetStore
 from model_service.forecasting import calibration
 from model_service.forecasting.quantiles import PinballLoss
 from model_service.records import ModelRecord
-from model_service.scaling import ScalerFitter, ScalerRef
+from model_service.scaling import AffineScaler, ScalerFitter, ScalerRef
 from model_service.serving import ServingOptions
 from model_service.spec import Task
 from model_service.training import fitting, tensorboard
@@ -180,16 +181,7 @@ class TrainingJob:
         if spec.task is not Task.MULTICLASS:
             scaled = " (scaled by the y scaler)" if y_scaler else ""
             y_train, y_val = data.narrowed(y_train, f"y{scaled}"), data.narrowed(y_val, f"y{scaled}")
-        self.emit(
-            TrainStarted(
-                self.model_id,
-                self.version,
-                n_train,
-                p.n_validation,
-                x_scaler.ref if x_scaler else None,
-                y_scaler.ref if y_scaler else None,
-            )
-        )
+        self._started(n_train, p.n_validation, x_scaler, y_scaler)
         # A calibrated quantile model is fitted on the split's first windows only (calibration.split).
         cut = calibration.split(n_train, p.forecast) if p.forecast else None
         fitted = cut.fit if cut else n_train
@@ -205,7 +197,6 @@ class TrainingJob:
             fitting.dataset,
             loss,
         )
-        self._check_cancelled()
         record = replace(
             self._record,
             x_scaler=x_scaler,
@@ -214,12 +205,52 @@ class TrainingJob:
             recipe=self._request.recipe,
         )
         if cut is not None:
+            self._check_cancelled()
             record = calibrate(
                 record, model, self._serving, p.x[cut.start : n_train], p.y[cut.start : n_train]
             )
-            self._check_cancelled()
-        holdout, coverage = score_holdout(record, model, self._serving, p.x[n_train:], p.y[n_train:])
-        events = tensorboard.event_files(record, model, progress.history, options)
+        scored = record
+        return self._finish(
+            scored,
+            model,
+            progress,
+            lambda: score_holdout(scored, model, self._serving, p.x[n_train:], p.y[n_train:]),
+            n_train,
+            p.n_validation,
+            started,
+        )
+
+    def _started(
+        self, n_train: int, n_validation: int, x_scaler: AffineScaler | None, y_scaler: AffineScaler | None
+    ) -> None:
+        """The TrainStarted event, once the splits are known and the scalers fitted."""
+        self.emit(
+            TrainStarted(
+                self.model_id,
+                self.version,
+                n_train,
+                n_validation,
+                x_scaler.ref if x_scaler else None,
+                y_scaler.ref if y_scaler else None,
+            )
+        )
+
+    def _finish(
+        self,
+        record: ModelRecord,
+        model: keras.Model,
+        progress: Progress,
+        score: Callable[[], tuple[dict[str, float], dict[str, float]]],
+        n_train: int,
+        n_validation: int,
+        started: float,
+    ) -> ModelRecord:
+        """The steps after the model is fitted, for both kinds of job: the holdout scored (``score()``:
+        metrics and a quantile model's coverage), the TensorBoard event files written, the version
+        published (nothing once the job is cancelled)."""
+        self._check_cancelled()
+        holdout, coverage = score()
+        events = tensorboard.event_files(record, model, progress.history, self._prepared.options)
         return publish(
             self._registry,
             record,
@@ -227,14 +258,14 @@ class TrainingJob:
             progress.history,
             holdout,
             n_train,
-            p.n_validation,
+            n_validation,
             time.perf_counter() - started,
             self._check_cancelled,
             extra_files=events,
             coverage=coverage,
         )
 
-    def _fit_scaler_streamed(self, p: StreamedPrepared, which: str, spec: object) -> Any:
+    def _fit_scaler_streamed(self, p: StreamedPrepared, which: str, spec: object) -> AffineScaler:
         """A scaler fitted on the training split's x (or y) read block by block."""
         samples = p.samples
 
@@ -274,16 +305,7 @@ class TrainingJob:
             x_scaler = self._fit_scaler_streamed(p, "x", self._request.x_scaling)
         if self._request.y_scaling is not None:
             y_scaler = self._fit_scaler_streamed(p, "y", self._request.y_scaling)
-        self.emit(
-            TrainStarted(
-                self.model_id,
-                self.version,
-                n_train,
-                p.n_validation,
-                x_scaler.ref if x_scaler else None,
-                y_scaler.ref if y_scaler else None,
-            )
-        )
+        self._started(n_train, p.n_validation, x_scaler, y_scaler)
         classes = spec.task is Task.MULTICLASS
         y_shape: tuple[int, ...] = () if classes else (1,) if spec.task is Task.BINARY else (spec.head.units,)
         y_dtype = np.dtype(np.int64 if classes else np.float32)
@@ -309,7 +331,6 @@ class TrainingJob:
 
         progress = Progress(self, options.epochs, n_train)
         model = fit_model_on(spec, options, make_sets, n_train, p.n_validation, progress)
-        self._check_cancelled()
         record = replace(
             self._record,
             x_scaler=x_scaler,
@@ -318,23 +339,16 @@ class TrainingJob:
             forecast=p.forecast,
             recipe=self._request.recipe,
         )
-        holdout_blocks = (
-            (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
-        )
-        holdout = score_holdout_blocks(record, model, self._serving, holdout_blocks) if n > n_train else {}
-        events = tensorboard.event_files(record, model, progress.history, options)
-        return publish(
-            self._registry,
-            record,
-            model,
-            progress.history,
-            holdout,
-            n_train,
-            p.n_validation,
-            time.perf_counter() - started,
-            self._check_cancelled,
-            extra_files=events,
-        )
+
+        def score() -> tuple[dict[str, float], dict[str, float]]:
+            if n == n_train:
+                return {}, {}
+            blocks = (
+                (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
+            )
+            return score_holdout_blocks(record, model, self._serving, blocks), {}
+
+        return self._finish(record, model, progress, score, n_train, p.n_validation, started)
 
 
 class TrainingManager:

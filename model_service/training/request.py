@@ -13,14 +13,14 @@ import numpy as np
 
 from model_service import data
 from model_service.cost import Admission, Estimate, ModelCost
-from model_service.datasets.samples import DatasetSamples, series_config, windowing_for
+from model_service.datasets.samples import DatasetSamples, dataset_forecast_config, windowing_for
 from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore, OpenedDataset
 from model_service.forecasting import calibration
-from model_service.forecasting.config import ForecastConfig, SeriesRequest, as_rows, resolve_series
+from model_service.forecasting.config import ForecastConfig, SeriesRequest, as_rows, series_config
 from model_service.forecasting.windowing import forecast_windows
 from model_service.records import EpochProgress, ModelRecord
 from model_service.scaling import ScalerRef
-from model_service.spec import ModelSpec, Task, plan, resolve
+from model_service.spec import ModelSpec, Task, plan, with_defaults
 from service_common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 DEFAULT_EPOCHS = 10
@@ -54,7 +54,7 @@ class TrainOptions:
     min_delta: float = 0.0
     restore_best_weights: bool = False
 
-    def resolved(self) -> TrainOptions:
+    def with_defaults(self) -> TrainOptions:
         epochs = self.epochs or DEFAULT_EPOCHS
         if not 1 <= epochs <= MAX_EPOCHS:
             raise InvalidArgument(f"epochs must be in 1..{MAX_EPOCHS}, got {self.epochs}")
@@ -143,13 +143,13 @@ class Prepared:
 
 def prepare(request: TrainInput, max_work: int, admission: Admission | None = None) -> Prepared:
     """Every check that needs no training, so bad requests fail before a job starts."""
-    spec = resolve(request.spec)
-    options = request.options.resolved()
+    spec = with_defaults(request.spec)
+    options = request.options.with_defaults()
     forecast = None
     if request.series is not None:
         series = as_rows(request.series)
-        forecast, spec = resolve_series(request.series_request, series, spec, request.spec.head.outputs)
-        spec = resolve(spec)
+        forecast, spec = series_config(request.series_request, series, spec, request.spec.head.outputs)
+        spec = with_defaults(spec)
         x, y = forecast_windows(
             series,
             forecast.window,
@@ -246,8 +246,8 @@ def prepare_streamed(
     assert request.dataset is not None
     if datasets is None:
         raise FailedPrecondition(NEEDS_A_DIRECTORY)
-    spec = resolve(request.spec)
-    options = request.options.resolved()
+    spec = with_defaults(request.spec)
+    options = request.options.with_defaults()
     source = request.dataset
     opened = datasets.open(source.dataset_id)
     try:
@@ -284,5 +284,5 @@ def prepare_streamed(
     except BaseException:
         opened.close()
         raise
-    forecast = None if windowing is None else series_config(windowing, len(opened.meta.columns))
+    forecast = None if windowing is None else dataset_forecast_config(windowing, len(opened.meta.columns))
     return StreamedPrepared(spec, options, samples, opened, n_train, dataset_options, estimate, forecast)

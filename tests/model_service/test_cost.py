@@ -11,7 +11,7 @@ import pytest
 
 from model_service import cost
 from model_service.cost import MIB, Admission, ModelCost
-from model_service.spec import Dense, Head, Lstm, ModelSpec, Reshape, Task, plan, resolve
+from model_service.spec import Dense, Head, Lstm, ModelSpec, Reshape, Task, plan, with_defaults
 from service_common.errors import ResourceExhausted
 from tests.system.procs import REPO, child_env
 
@@ -21,7 +21,7 @@ WIDE = ModelSpec(2000, 1, (Lstm(8, return_sequences=True), Dense(1024, "relu"), 
 
 
 def model_cost(spec: ModelSpec) -> ModelCost:
-    return ModelCost.of(plan(resolve(spec)))
+    return ModelCost.of(plan(with_defaults(spec)))
 
 
 def test_figures_follow_the_plan() -> None:
@@ -150,14 +150,14 @@ import numpy as np
 from model_service import builder
 from model_service.cost import ModelCost
 from model_service.predictor import CompiledPredictor
-from model_service.spec import ModelSpec, plan, resolve
+from model_service.spec import ModelSpec, plan, with_defaults
 
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 
-spec = resolve(ModelSpec.from_dict(json.loads(sys.argv[1])))
+spec = with_defaults(ModelSpec.from_dict(json.loads(sys.argv[1])))
 rows = int(sys.argv[2])
 predictor = CompiledPredictor(builder.build(spec, 0), spec.timesteps, spec.features, False, max_bucket=rows)
 x = np.ones((rows, spec.timesteps, spec.features), np.float32)
@@ -182,7 +182,7 @@ print(json.dumps({"peak": status("VmHWM") - before, "estimate": ModelCost.of(pla
 def test_the_forward_estimate_is_not_below_what_a_forward_pass_takes(spec: ModelSpec, rows: int) -> None:
     """Measured in a fresh process: the peak resident size a forward pass of ``rows`` adds."""
     done = subprocess.run(
-        [sys.executable, "-c", MEASURE, json.dumps(resolve(spec).to_dict()), str(rows)],
+        [sys.executable, "-c", MEASURE, json.dumps(with_defaults(spec).to_dict()), str(rows)],
         cwd=REPO,
         env=child_env(),
         capture_output=True,

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from model_service import data
-from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import InvalidArgument
 
 
 def spec(task: Task = Task.REGRESSION, timesteps: int = 3, features: int = 1, **head: int) -> ModelSpec:
-    return resolve(ModelSpec(timesteps, features, (Lstm(4),), Head(task, **head)))
+    return with_defaults(ModelSpec(timesteps, features, (Lstm(4),), Head(task, **head)))
 
 
 def test_model_input_accepts_2d_when_there_is_one_feature() -> None:

@@ -20,7 +20,7 @@ from model_service.export import METADATA_FILE, METADATA_KEY, ExportFormat
 from model_service.export import export as export_version
 from model_service.records import ModelRecord
 from model_service.scaling import PER_COLUMN, AffineScaler, ScalerRef
-from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle
@@ -182,7 +182,7 @@ def test_bad_export_requests_get_precise_statuses_and_the_server_stays_healthy(
 
 
 def test_per_column_and_clipped_scalers_are_folded_in_as_the_serving_path_applies_them() -> None:
-    spec = resolve(ModelSpec(3, 2, (Lstm(3),), Head(Task.REGRESSION, outputs=2)))
+    spec = with_defaults(ModelSpec(3, 2, (Lstm(3),), Head(Task.REGRESSION, outputs=2)))
     rng = np.random.default_rng(4)
     # Per column: one scale per (timestep, feature), on samples flattened to 6 columns; clipped.
     x_scaler = AffineScaler(

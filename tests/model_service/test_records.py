@@ -8,10 +8,10 @@ import pytest
 
 from model_service.forecasting.config import ForecastConfig, Strategy
 from model_service.records import ModelRecord
-from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import IntegrityError
 
-SPEC = resolve(ModelSpec(4, 2, (Lstm(3),), Head(Task.REGRESSION, 6)))
+SPEC = with_defaults(ModelSpec(4, 2, (Lstm(3),), Head(Task.REGRESSION, 6)))
 CONFIG = ForecastConfig(4, 3, Strategy.DIRECT, (0, 1), (1,), 2, 2, (0.1, 0.5, 0.9))
 
 

@@ -25,13 +25,13 @@ from model_service.model_store import MODEL_FILE, ModelWriter
 from model_service.records import ModelRecord
 from model_service.registry import ModelRegistry, VersionState
 from model_service.serving import ServingOptions
-from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.artifacts import ArtifactStore
 from service_common.errors import FailedPrecondition, NotFound
 from service_common.versioning import StoreWatcher
 
 KEY = b"test-signing-key-0123456789"
-SPEC = resolve(ModelSpec(3, 1, (Lstm(4),), Head(Task.REGRESSION)))
+SPEC = with_defaults(ModelSpec(3, 1, (Lstm(4),), Head(Task.REGRESSION)))
 OPTIONS = ServingOptions(max_batch_size=8, jit_compile=False)
 X = np.arange(6, dtype=np.float64).reshape(2, 3, 1)
 # What the issue asks of a version committed or deleted through another instance.
@@ -89,12 +89,12 @@ def test_a_version_committed_elsewhere_is_served_at_once_on_a_miss(
     a, b = registries(), registries()
     record = publish(tmp_path, keras_bytes, "m")
     # No watcher runs: the miss itself looks at the store before answering NOT_FOUND.
-    served = b.resolve("m")
+    served = b.served("m")
     assert (served.model_id, served.version) == ("m", record.version) == ("m", 1)
     assert served.infer(X).values.shape == (2, 1)
     assert a.get("m", 1).state is VersionState.READY
     publish(tmp_path, keras_bytes, "m")
-    assert b.resolve("m", 2).version == 2  # a version miss on a known id syncs too
+    assert b.served("m", 2).version == 2  # a version miss on a known id syncs too
 
 
 def test_the_watcher_serves_a_version_committed_elsewhere_within_two_seconds(
@@ -154,13 +154,13 @@ def test_a_delete_through_one_gives_not_found_on_the_other_within_two_seconds(
 ) -> None:
     publish(tmp_path, keras_bytes, "m")
     a, b = registries(), registries()
-    served = a.resolve("m")
+    served = a.served("m")
     a.start_watching(POLL_SECONDS)
     assert b.delete("m") == [1]
 
     def gone() -> bool:
         try:
-            a.resolve("m")
+            a.served("m")
         except NotFound:
             return True
         return False
@@ -187,15 +187,15 @@ def test_an_unload_through_one_applies_to_the_other_until_loaded_again(
         (2, VersionState.UNAVAILABLE, "unloaded"),
     ]
     with pytest.raises(FailedPrecondition, match="version 2 is unloaded; load it"):
-        b.resolve("m")
+        b.served("m")
     assert [v.state for v in b.list()[0]] == [VersionState.UNAVAILABLE] * 2
     # A version committed after the unload is served: the unload covered what was stored then.
     publish(tmp_path, keras_bytes, "m")
-    assert b.resolve("m").version == 3
+    assert b.served("m").version == 3
     b.load("m")
     a.refresh()
     assert [e.state for e in a.index()] == [VersionState.READY] * 3
-    assert a.resolve("m", 1).infer(X).values.shape == (2, 1)
+    assert a.served("m", 1).infer(X).values.shape == (2, 1)
 
 
 def test_a_training_version_is_listed_by_every_registry_until_released(
@@ -208,7 +208,7 @@ def test_a_training_version_is_listed_by_every_registry_until_released(
     assert (seen.state, seen.record.version, seen.record.seed) == (VersionState.TRAINING, 1, 5)
     assert [(e.version, e.state, e.reason) for e in b.index()] == [(1, VersionState.TRAINING, "training")]
     with pytest.raises(FailedPrecondition, match="still training"):
-        b.resolve("t")
+        b.served("t")
     with pytest.raises(FailedPrecondition, match="version 1 is still training"):
         b.delete("t")  # refused through any instance, not only the one training it
     a.release(record.model_id, record.version)
@@ -225,7 +225,7 @@ def test_commit_serves_the_new_version_in_the_committing_process_before_it_retur
     record = a.reserve("", SPEC, 1)
     assert record.model_id.startswith("model-")
     a.commit(record, keras_bytes)
-    served = a.resolve(record.model_id)
+    served = a.served(record.model_id)
     assert served.version == 1 and served.predictor._warm  # traced before it was published
     with pytest.raises(FailedPrecondition, match="not reserved by this process"):
         a.commit(record, keras_bytes)
@@ -236,10 +236,10 @@ TRAINER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from model_service.model_store import ModelWriter
-    from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+    from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
     from service_common.artifacts import ArtifactStore
     writer = ModelWriter(ArtifactStore(Path(sys.argv[1]), b"test-signing-key-0123456789"))
-    record, reservation = writer.reserve("killed", resolve(ModelSpec(3, 1, (Lstm(4),), Head(Task.REGRESSION))), 9)
+    record, reservation = writer.reserve("killed", with_defaults(ModelSpec(3, 1, (Lstm(4),), Head(Task.REGRESSION))), 9)
     print(record.version, flush=True)
     time.sleep(600)
     """
@@ -290,7 +290,7 @@ def test_refresh_refuses_a_tampered_artifact_without_deserializing_it(
         assert deserialized == ["good v1"]
         assert listed(a) == [("good", 1, VersionState.READY)]
         with pytest.raises(NotFound):
-            a.resolve("bad")  # the miss looks again, and refuses again
+            a.served("bad")  # the miss looks again, and refuses again
         publish(tmp_path, keras_bytes, "good")
         a.refresh()
     assert deserialized == ["good v1", "good v2"]  # the refused one was never handed to Keras

@@ -14,10 +14,10 @@ from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
 from model_service.scaling import AffineScaler, ScalerRef
 from model_service.serving import ServedModel, ServingOptions
-from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import InvalidArgument, ResourceExhausted
 
-SPEC = resolve(
+SPEC = with_defaults(
     ModelSpec(50, 2, (Lstm(16, return_sequences=True), Dense(64, "relu"), Lstm(4)), Head(Task.REGRESSION))
 )
 
@@ -32,10 +32,8 @@ def served(
 ) -> ServedModel:
     record = ModelRecord("m", 1, SPEC, 4, "now", x_scaler=x_scaler)
     predictor = CompiledPredictor(keras_model, SPEC.timesteps, SPEC.features, jit_compile=False)
-    options = ServingOptions(
-        max_batch_size=8, admission=admission, observe_batch=None if batches is None else batches.append
-    )
-    return ServedModel(record, predictor, options)
+    options = ServingOptions(max_batch_size=8, admission=admission)
+    return ServedModel(record, predictor, options, None if batches is None else batches.append)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from model_service.spec import (
     Reshape,
     Task,
     plan,
-    resolve,
+    with_defaults,
 )
 from service_common.errors import InvalidArgument
 
@@ -33,11 +33,11 @@ def seed_spec(*extra: Lstm | Dense | Reshape | Dropout) -> ModelSpec:
 
 
 def shapes(spec: ModelSpec) -> list[str]:
-    return [layer.output_shape_text for layer in plan(resolve(spec)).layers]
+    return [layer.output_shape_text for layer in plan(with_defaults(spec)).layers]
 
 
 def test_seed_stack_shapes_match_the_seed_comments() -> None:
-    resolved = resolve(seed_spec(Dense(5, "relu")))
+    resolved = with_defaults(seed_spec(Dense(5, "relu")))
     described = builder.describe(resolved)
     assert [layer.output_shape_text for layer in described.layers] == [
         "(None, 3, 10)",
@@ -55,7 +55,7 @@ def test_seed_stack_shapes_match_the_seed_comments() -> None:
 
 def test_reshape_is_the_alternative_to_return_sequences() -> None:
     spec = ModelSpec(3, 1, (Lstm(10, "relu"), Reshape((10, 1)), Lstm(2, "relu")), REGRESSION)
-    resolved = resolve(spec)
+    resolved = with_defaults(spec)
     assert resolved.layers[0].return_sequences is False  # the next non-Dropout layer is not an LSTM
     assert [layer.output_shape_text for layer in builder.describe(resolved).layers] == [
         "(None, 10)",
@@ -66,11 +66,11 @@ def test_reshape_is_the_alternative_to_return_sequences() -> None:
 
 
 def test_return_sequences_is_derived_across_dropout_and_explicit_wins() -> None:
-    derived = resolve(ModelSpec(4, 2, (Lstm(8), Dropout(0.2), Lstm(4)), REGRESSION))
+    derived = with_defaults(ModelSpec(4, 2, (Lstm(8), Dropout(0.2), Lstm(4)), REGRESSION))
     assert derived.layers[0].return_sequences is True
     assert derived.layers[2].return_sequences is False
     explicit = ModelSpec(4, 2, (Lstm(8, return_sequences=True), Dense(3), Reshape((12,))), REGRESSION)
-    assert resolve(explicit).layers[0].return_sequences is True
+    assert with_defaults(explicit).layers[0].return_sequences is True
     assert shapes(explicit) == [
         "(None, 4, 8)",
         "(None, 4, 3)",
@@ -80,13 +80,13 @@ def test_return_sequences_is_derived_across_dropout_and_explicit_wins() -> None:
 
 
 def test_defaults_are_filled_in() -> None:
-    resolved = resolve(ModelSpec(3, 1, (Lstm(4), Dense(2)), Head(Task.REGRESSION)))
+    resolved = with_defaults(ModelSpec(3, 1, (Lstm(4), Dense(2)), Head(Task.REGRESSION)))
     assert resolved.layers[0].activation == "tanh"
     assert resolved.layers[1].activation == "linear"
     assert resolved.optimizer == Optimizer("adam", 0.001)
     assert resolved.head.outputs == 1
-    assert resolve(ModelSpec(3, 1, (Lstm(4),), Head(Task.BINARY))).head.units == 1
-    assert resolve(ModelSpec(3, 1, (Lstm(4),), Head(Task.MULTICLASS, n_classes=5))).head.units == 5
+    assert with_defaults(ModelSpec(3, 1, (Lstm(4),), Head(Task.BINARY))).head.units == 1
+    assert with_defaults(ModelSpec(3, 1, (Lstm(4),), Head(Task.MULTICLASS, n_classes=5))).head.units == 5
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_defaults_are_filled_in() -> None:
 )
 def test_impossible_specs_are_refused_naming_layer_and_shapes(spec: ModelSpec, fragments: list[str]) -> None:
     with pytest.raises(InvalidArgument) as info:
-        resolve(spec)
+        with_defaults(spec)
     for fragment in fragments:
         assert fragment in str(info.value), f"{fragment!r} missing from: {info.value}"
 
@@ -149,7 +149,7 @@ def test_impossible_specs_are_refused_naming_layer_and_shapes(spec: ModelSpec, f
 def test_reshape_with_minus_one_infers_the_dimension() -> None:
     assert shapes(ModelSpec(3, 1, (Lstm(12), Reshape((-1, 3)), Lstm(2)), REGRESSION))[1] == "(None, 4, 3)"
     with pytest.raises(InvalidArgument, match="not a multiple of 5"):
-        resolve(ModelSpec(3, 1, (Lstm(12), Reshape((-1, 5)), Lstm(2)), REGRESSION))
+        with_defaults(ModelSpec(3, 1, (Lstm(12), Reshape((-1, 5)), Lstm(2)), REGRESSION))
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_reshape_with_minus_one_infers_the_dimension() -> None:
     ],
 )
 def test_keras_confirms_the_shape_arithmetic(spec: ModelSpec) -> None:
-    resolved = resolve(spec)
+    resolved = with_defaults(spec)
     expected = plan(resolved)
     model = builder.build(resolved, seed=3)
     assert [tuple(layer.output.shape) for layer in model.layers] == [
@@ -186,7 +186,7 @@ def test_every_allowed_activation_is_a_keras_activation() -> None:
 
 
 def test_spec_round_trips_through_json() -> None:
-    resolved = resolve(
+    resolved = with_defaults(
         ModelSpec(
             4, 2, (Lstm(8), Dropout(0.25), Lstm(4), Dense(3, "relu")), Head(Task.MULTICLASS, n_classes=3)
         )
@@ -200,7 +200,7 @@ def test_a_spec_whose_reshape_rank_exceeds_tensorflows_limit_is_refused() -> Non
     for rank in (MAX_TENSOR_RANK, 254, 10_000):
         target = (2, *([1] * (rank - 1)))
         with pytest.raises(InvalidArgument) as info:
-            resolve(ModelSpec(3, 1, (Lstm(2), Reshape(target), Reshape((2,))), REGRESSION))
+            with_defaults(ModelSpec(3, 1, (Lstm(2), Reshape(target), Reshape((2,))), REGRESSION))
         message = str(info.value)
         assert "layers[1] (reshape): target_shape" in message and f"has {rank} dimensions" in message
         assert f"at most {MAX_TENSOR_RANK - 1} are allowed" in message and len(message) < 400, message
@@ -210,7 +210,7 @@ def test_a_reshape_to_tensorflows_largest_rank_builds_trains_and_serves() -> Non
     """The boundary is TensorFlow's: a rank-8 tensor (batch included) through Dense, Dropout and an
     activation trains and predicts, with the graph function and with XLA."""
     target = (2, *([1] * (MAX_TENSOR_RANK - 2)))
-    spec = resolve(
+    spec = with_defaults(
         ModelSpec(
             3, 1, (Lstm(2), Reshape(target), Dense(3, "gelu"), Dropout(0.5), Reshape((-1,))), REGRESSION
         )
@@ -228,7 +228,7 @@ def test_values_per_sample_are_bounded_in_every_layer() -> None:
     # Reshape to (n, 1) and a wide Dense multiply the values per sample; past 2**63 TensorFlow aborts.
     layers = (Lstm(4096), Reshape((4096, 1)), Dense(4096), Reshape((-1, 1)), Dense(4096))
     with pytest.raises(InvalidArgument) as info:
-        resolve(ModelSpec(3, 1, layers, REGRESSION))
+        with_defaults(ModelSpec(3, 1, layers, REGRESSION))
     assert "layers[4] (dense) outputs (None, 16777216, 4096)" in str(info.value)
     assert f"at most {MAX_SAMPLE_VALUES} are allowed" in str(info.value)
 
@@ -237,21 +237,21 @@ def test_an_lstm_may_not_walk_more_timesteps_than_the_input_allows() -> None:
     # A Reshape makes 40 000 timesteps out of 3 x 40 000 values: input.timesteps caps the input only.
     layers = (Lstm(4000, return_sequences=True), Reshape((-1, 1)), Lstm(1))
     with pytest.raises(InvalidArgument, match=r"layers\[2\] \(lstm\) would walk 12000 timesteps"):
-        resolve(ModelSpec(3, 1, layers, REGRESSION))
+        with_defaults(ModelSpec(3, 1, layers, REGRESSION))
 
 
 def test_unrolling_follows_the_timesteps_an_lstm_really_walks() -> None:
     # Reshape((-1, 1)) used to count as -1 timesteps, and so unrolled 40 steps (or 40 000).
-    spec = resolve(ModelSpec(3, 1, (Lstm(40), Reshape((-1, 1)), Lstm(2)), REGRESSION))
+    spec = with_defaults(ModelSpec(3, 1, (Lstm(40), Reshape((-1, 1)), Lstm(2)), REGRESSION))
     model = builder.build(spec, seed=1, compile_model=False)
     assert model.layers[0].unroll is True and model.layers[2].unroll is False
-    short = resolve(ModelSpec(3, 1, (Lstm(8), Reshape((-1, 2)), Lstm(2)), REGRESSION))
+    short = with_defaults(ModelSpec(3, 1, (Lstm(8), Reshape((-1, 2)), Lstm(2)), REGRESSION))
     assert builder.build(short, seed=1, compile_model=False).layers[2].unroll is True
 
 
 def test_describe_builds_without_initializing_weights() -> None:
     """ValidateSpec only needs shapes: Orthogonal's QR of a wide LSTM would take seconds per call."""
-    spec = resolve(ModelSpec(3, 1, (Lstm(16), Dense(4)), REGRESSION))
+    spec = with_defaults(ModelSpec(3, 1, (Lstm(16), Dense(4)), REGRESSION))
     looked_at = builder.build(spec, seed=1, compile_model=False, initialize=False)
     assert all(not np.any(np.asarray(w)) for w in looked_at.get_weights()[:2])
     assert any(np.any(np.asarray(w)) for w in builder.build(spec, seed=1).get_weights()[:2])

@@ -1,4 +1,4 @@
-"""Training jobs and the model runtime, in process without gRPC: a local fake stands in for the scaler service."""
+"""Training jobs and the model registry serving them, in process without gRPC: a local fake stands in for the scaler service."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from model_service import builder, training
 from model_service.cost import MIB, Admission, ModelCost
 from model_service.model_store import META_FILE, MODEL_FILE
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import ModelRegistry
-from model_service.runtime import ModelRuntime, ModelSignature
-from model_service.scaling import PER_FEATURE, AffineScaler, FitOutcome, ScalerRef
-from model_service.serving import ServedModel, ServingOptions
-from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, plan, resolve
+from model_service.registry import ModelRegistry, VersionState
+from model_service.scaling import PER_FEATURE, AffineScaler, ScalerRef
+from model_service.serving import ModelSignature, ServedModel, ServingOptions
+from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, plan, with_defaults
 from model_service.training import TrainingManager, TrainInput, TrainOptions, TrainStarted
 from scaler_service import scaling as fitting
 from service_common.artifacts import ArtifactStore
@@ -39,18 +38,13 @@ class LocalFitter:
         self.deleted: list[ScalerRef] = []
         self._versions: dict[str, int] = {}
 
-    def fit_transform(
-        self, scaler_id: str, spec: Any, train: np.ndarray, others: dict[str, np.ndarray]
-    ) -> FitOutcome:
-        fitted = fitting.fit(fitting.make_spec(spec), train)
+    def fit(self, scaler_id: str, spec: Any, data: np.ndarray) -> AffineScaler:
+        fitted = fitting.fit(fitting.make_spec(spec), data)
         self._versions[scaler_id] = self._versions.get(scaler_id, 0) + 1
         ref = ScalerRef(scaler_id, self._versions[scaler_id])
-        self.fitted.append((scaler_id, train.shape[0]))
+        self.fitted.append((scaler_id, data.shape[0]))
         scale, offset = fitted.affine()
-        affine = AffineScaler(ref, PER_FEATURE, fitted.sample_shape, scale, offset)
-        return FitOutcome(
-            affine, fitted.transform(train), {k: fitted.transform(v) for k, v in others.items()}
-        )
+        return AffineScaler(ref, PER_FEATURE, fitted.sample_shape, scale, offset)
 
     def delete(self, ref: ScalerRef) -> None:
         self.deleted.append(ref)
@@ -63,7 +57,6 @@ class Stack:
         self.options = ServingOptions(max_batch_size=16)
         self.registry = ModelRegistry(self.store, self.options)
         self.registry.load_all()
-        self.runtime = ModelRuntime(self.registry)
         self.trainer = TrainingManager(self.registry, self.fitter, self.options, max_jobs, max_work=10**9)
 
     def close(self) -> None:
@@ -131,15 +124,15 @@ def test_events_scalers_and_holdout(stack: Stack) -> None:
 def test_same_seed_same_predictions_even_next_to_another_job(stack: Stack) -> None:
     query = np.array([[[5.0], [6.0], [7.0]], [[50.0], [60.0], [70.0]]])
     _, alone = run(stack, seed_input(seed=11))
-    first = stack.runtime.resolve(alone.model_id).infer(query).values
+    first = stack.registry.served(alone.model_id).infer(query).values
     # Again with the same seed while a job with another seed trains at the same time.
     other = stack.trainer.start(seed_input(seed=99, epochs=6))
     _, again = run(stack, seed_input(seed=11))
     list(other.events())
-    second = stack.runtime.resolve(again.model_id).infer(query).values
+    second = stack.registry.served(again.model_id).infer(query).values
     np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-5)
     _, different = run(stack, seed_input(seed=12))
-    third = stack.runtime.resolve(different.model_id).infer(query).values
+    third = stack.registry.served(different.model_id).infer(query).values
     assert not np.allclose(first, third, rtol=1e-5, atol=1e-5)
 
 
@@ -148,12 +141,12 @@ def test_cancel_leaves_nothing(stack: Stack) -> None:
     events = job.events()
     assert isinstance(next(events), TrainStarted)
     assert isinstance(next(events), EpochProgress)
-    assert [e.state for e in stack.runtime.index()] == ["TRAINING"]
+    assert [e.state for e in stack.registry.index()] == [VersionState.TRAINING]
     job.cancel()
     with pytest.raises(Cancelled):
         list(events)
     assert job.join(10)
-    assert stack.runtime.index() == []
+    assert stack.registry.index() == []
     assert list(stack.store.scan()) == []
     assert stack.fitter.deleted == [ScalerRef(f"{job.model_id}-x", 1)]
     assert stack.trainer.running() == 0
@@ -166,23 +159,23 @@ def test_job_limit_and_serving_rules_while_training(stack: Stack) -> None:
     with pytest.raises(ResourceExhausted, match="max_training_jobs=2"):
         stack.trainer.start(slow_input())
     # Version 1 keeps serving; version 2 is still training.
-    assert stack.runtime.resolve("m").version == 1
-    assert stack.runtime.resolve("m", 1).infer(np.ones((2, 3))).values.shape == (2, 1)
+    assert stack.registry.served("m").version == 1
+    assert stack.registry.served("m", 1).infer(np.ones((2, 3))).values.shape == (2, 1)
     with pytest.raises(FailedPrecondition, match="version 2 is still training"):
-        stack.runtime.resolve("m", 2)
+        stack.registry.served("m", 2)
     with pytest.raises(FailedPrecondition, match="no ready version yet"):
-        stack.runtime.resolve(second.model_id)
+        stack.registry.served(second.model_id)
     with pytest.raises(NotFound):
-        stack.runtime.resolve("m", 3)
+        stack.registry.served("m", 3)
     for job in (first, second):
         job.cancel()
         assert job.join(10)
     assert stack.trainer.running() == 0
-    assert [(e.model_id, e.version, e.state) for e in stack.runtime.index()] == [("m", 1, "READY")]
+    assert [(e.model_id, e.version, e.state) for e in stack.registry.index()] == [("m", 1, VersionState.READY)]
     assert ready.version == 1
 
 
-def test_runtime_interface_for_the_inference_protocol(stack: Stack, tmp_path: Path) -> None:
+def test_served_models_interface_for_the_inference_protocol(stack: Stack, tmp_path: Path) -> None:
     classes = ModelSpec(4, 2, (Lstm(5), Dense(4, "relu")), Head(Task.MULTICLASS, n_classes=3))
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 4, 2))
@@ -190,38 +183,38 @@ def test_runtime_interface_for_the_inference_protocol(stack: Stack, tmp_path: Pa
         "cls", classes, TrainOptions(epochs=2, batch_size=8, seed=3), x=x, y=rng.integers(0, 3, 40)
     )
     run(stack, request)
-    model = stack.runtime.resolve("cls")
+    model = stack.registry.served("cls")
     assert (model.model_id, model.version) == ("cls", 1)
-    assert model.signature == ModelSignature(timesteps=4, features=2, task="multiclass", outputs=3)
+    assert model.signature == ModelSignature(timesteps=4, features=2, task=Task.MULTICLASS, outputs=3)
     prediction = model.infer(x[:5].astype(np.float32))
     assert prediction.values is None
     assert prediction.probabilities.shape == (5, 3) and prediction.labels.dtype == np.int64
     np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert prediction.labels.tolist() == prediction.probabilities.argmax(axis=1).tolist()
 
-    stack.runtime.unload("cls")
-    assert [(e.state, e.reason) for e in stack.runtime.index()] == [("UNAVAILABLE", "unloaded")]
+    stack.registry.unload("cls")
+    assert [(e.state, e.reason) for e in stack.registry.index()] == [(VersionState.UNAVAILABLE, "unloaded")]
     with pytest.raises(FailedPrecondition, match="unloaded"):
-        stack.runtime.resolve("cls")
-    stack.runtime.load("cls")
-    assert [e.state for e in stack.runtime.index()] == ["READY"]
+        stack.registry.served("cls")
+    stack.registry.load("cls")
+    assert [e.state for e in stack.registry.index()] == [VersionState.READY]
     np.testing.assert_allclose(
-        stack.runtime.resolve("cls").infer(x[:5]).probabilities, prediction.probabilities, rtol=1e-6
+        stack.registry.served("cls").infer(x[:5]).probabilities, prediction.probabilities, rtol=1e-6
     )
     with pytest.raises(NotFound):
-        stack.runtime.load("nope")
+        stack.registry.load("nope")
 
     # A second registry on the same store (a restart) serves the same predictions.
     reopened = ModelRegistry(stack.store, ServingOptions())
     reopened.load_all()
-    restored = ModelRuntime(reopened).resolve("cls").infer(x[:5]).probabilities
+    restored = reopened.served("cls").infer(x[:5]).probabilities
     np.testing.assert_allclose(restored, prediction.probabilities, rtol=1e-6)
     reopened.close()
 
 
-def test_concurrent_predictions_through_the_runtime_match_single_ones(stack: Stack) -> None:
+def test_concurrent_predictions_through_the_registry_match_single_ones(stack: Stack) -> None:
     _, record = run(stack, seed_input())
-    model = stack.runtime.resolve(record.model_id)
+    model = stack.registry.served(record.model_id)
     rng = np.random.default_rng(5)
     queries = [rng.uniform(0, 60, size=(int(rng.integers(1, 4)), 3, 1)) for _ in range(40)]
     expected = [model.infer(q).values for q in queries]
@@ -281,7 +274,7 @@ def test_serving_is_a_warmed_compiled_function_never_model_predict(
     monkeypatch.setattr(keras.Model, "predict", forbidden)
     monkeypatch.setattr(keras.Model, "predict_on_batch", forbidden)
     _, record = run(stack, seed_input(validation_fraction=0.25))  # the holdout is scored by serving too
-    model = stack.runtime.resolve(record.model_id)
+    model = stack.registry.served(record.model_id)
     predictor = model.predictor
     assert predictor._warm  # traced before the version was published: no request pays for it
     (signature,), _ = predictor._call.structured_input_signature
@@ -296,14 +289,14 @@ def test_serving_is_a_warmed_compiled_function_never_model_predict(
     # After a restart the loaded model is served the same way.
     reopened = ModelRegistry(stack.store, ServingOptions())
     reopened.load_all()
-    again = ModelRuntime(reopened).resolve(record.model_id)
+    again = reopened.served(record.model_id)
     assert again.predictor._call.structured_input_signature[0][0].shape.as_list() == [None, 3, 1]
     np.testing.assert_allclose(again.infer(x).values, got, rtol=1e-6)
     reopened.close()
 
 
 def record_scalers(stack: Stack, model_id: str) -> tuple[AffineScaler, AffineScaler]:
-    record = stack.runtime.resolve(model_id).record
+    record = stack.registry.served(model_id).record
     assert record.x_scaler is not None and record.y_scaler is not None
     return record.x_scaler, record.y_scaler
 
@@ -340,11 +333,11 @@ def wait_until_queued(model: ServedModel, requests: int) -> None:
 
 def test_concurrent_requests_share_forward_passes_in_the_serving_path(stack: Stack) -> None:
     _, record = run(stack, seed_input())
-    served = stack.runtime.resolve(record.model_id)
+    served = stack.registry.served(record.model_id)
     gated = GatedPredictor(served.predictor)
     observed: list[int] = []
-    options = ServingOptions(max_batch_size=64, observe_batch=observed.append)
-    model = ServedModel(served.record, gated, options)  # type: ignore[arg-type]
+    options = ServingOptions(max_batch_size=64)
+    model = ServedModel(served.record, gated, options, observed.append)  # type: ignore[arg-type]
     queries = [np.full((1, 3, 1), float(i)) + np.arange(3.0).reshape(1, 3, 1) for i in range(12)]
     expected = [served.infer(q).values for q in queries]
     with ThreadPoolExecutor(13) as pool:
@@ -363,7 +356,7 @@ def test_concurrent_requests_share_forward_passes_in_the_serving_path(stack: Sta
 
 def test_each_prediction_names_the_forward_pass_that_computed_it_and_how_long_it_waited(stack: Stack) -> None:
     _, record = run(stack, seed_input())
-    served = stack.runtime.resolve(record.model_id)
+    served = stack.registry.served(record.model_id)
     gated = GatedPredictor(served.predictor)
     model = ServedModel(served.record, gated, ServingOptions(max_batch_size=64))  # type: ignore[arg-type]
     held_ns = 100_000_000
@@ -414,7 +407,7 @@ def test_a_signed_artifact_with_code_in_it_is_refused_by_safe_mode(
     try:
         assert [(e.model_id, e.version) for e in reopened.index()] == [("kept", 1)]
         with pytest.raises(NotFound):
-            reopened.resolve("sneaky")
+            reopened.served("sneaky")
     finally:
         reopened.close()
     assert any(
@@ -438,6 +431,6 @@ def test_the_memory_estimate_counts_the_rows_a_batch_can_really_hold() -> None:
     assert prepared.estimate is not None and prepared.estimate.memory_bytes < 512 * MIB
     with pytest.raises(ResourceExhausted) as info:
         training.prepare(request(40), 10**9, admission)
-    fits = admission.max_batch_size(ModelCost.of(plan(resolve(wide))), 40, 0)
+    fits = admission.max_batch_size(ModelCost.of(plan(with_defaults(wide))), 40, 0)
     assert "training with batch_size 65536 needs an estimated" in str(info.value)
     assert f"use batch_size {fits} or less" in str(info.value) and 1 <= fits < 40

@@ -91,4 +91,4 @@ def test_the_client_leaves_the_epoch_default_to_the_service() -> None:
     from model_service.training.request import TrainOptions
 
     assert inspect.signature(ModelClient.train).parameters["epochs"].default == 0
-    assert TrainOptions(epochs=0).resolved().epochs == 10
+    assert TrainOptions(epochs=0).with_defaults().epochs == 10

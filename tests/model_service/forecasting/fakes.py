@@ -11,7 +11,7 @@ from model_service.forecasting.config import ForecastConfig
 from model_service.records import ModelRecord
 from model_service.scaling import AffineScaler
 from model_service.serving import ServedModel, ServingOptions
-from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 
 
 class FunctionPredictor:
@@ -35,7 +35,7 @@ def served(
     function: Callable[[np.ndarray], np.ndarray],
     y_scaler: AffineScaler | None = None,
 ) -> tuple[ServedModel, FunctionPredictor]:
-    spec = resolve(
+    spec = with_defaults(
         ModelSpec(
             config.window,
             len(config.input_columns),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model_service.forecasting import calibration
-from model_service.forecasting.config import ForecastConfig, SeriesRequest, Strategy, resolve_series
+from model_service.forecasting.config import ForecastConfig, SeriesRequest, Strategy, series_config
 from model_service.forecasting.forecaster import forecast, head_to_steps
 from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
 from service_common.errors import InvalidArgument
@@ -46,10 +46,10 @@ def test_calibration_needs_quantiles_and_a_fraction_below_one() -> None:
     spec = resolve(ModelSpec(4, 1, (Lstm(2),), Head(Task.REGRESSION)))
     series = np.arange(40.0)
     with pytest.raises(InvalidArgument, match="set quantiles too"):
-        resolve_series(SeriesRequest(calibration_fraction=0.2), series, spec, 0)
+        series_config(SeriesRequest(calibration_fraction=0.2), series, spec, 0)
     with pytest.raises(InvalidArgument, match=r"calibration_fraction must be in \[0, 1\)"):
-        resolve_series(SeriesRequest(quantiles=LEVELS, calibration_fraction=1.0), series, spec, 0)
-    got, _ = resolve_series(SeriesRequest(quantiles=LEVELS, calibration_fraction=0.25), series, spec, 0)
+        series_config(SeriesRequest(quantiles=LEVELS, calibration_fraction=1.0), series, spec, 0)
+    got, _ = series_config(SeriesRequest(quantiles=LEVELS, calibration_fraction=0.25), series, spec, 0)
     assert got.calibration_fraction == 0.25 and not got.widening
     assert ForecastConfig.from_dict(got.to_dict()) == got
 

@@ -12,32 +12,32 @@ from model_service.forecasting.config import (
     Strategy,
     check_history,
     check_horizon,
-    resolve_series,
+    series_config,
 )
-from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import InvalidArgument
 
 
 def spec(timesteps: int = 3, features: int = 1, task: Task = Task.REGRESSION, **head: int) -> ModelSpec:
-    return resolve(ModelSpec(timesteps, features, (Lstm(4),), Head(task, **head)))
+    return with_defaults(ModelSpec(timesteps, features, (Lstm(4),), Head(task, **head)))
 
 
 def test_defaults_are_the_seed_one_step_model() -> None:
-    config, widened = resolve_series(SeriesRequest(), np.arange(10.0), spec(), 0)
+    config, widened = series_config(SeriesRequest(), np.arange(10.0), spec(), 0)
     assert config == ForecastConfig(3, 1, Strategy.DIRECT, (0,), (0,), 1, 1, ())
     assert widened.head.outputs == 1
 
 
 def test_the_head_is_widened_to_horizon_targets_and_quantiles() -> None:
     request = SeriesRequest(horizon=4, target_columns=(1, 0), quantiles=(0.9, 0.1, 0.5))
-    config, widened = resolve_series(request, np.ones((20, 2)), spec(features=2), 0)
+    config, widened = series_config(request, np.ones((20, 2)), spec(features=2), 0)
     assert config.quantiles == (0.1, 0.5, 0.9) and config.median_index == 1
     assert widened.head.outputs == config.head_outputs == 4 * 2 * 3
 
 
 def test_a_recursive_model_predicts_one_step_of_every_input() -> None:
     request = SeriesRequest(horizon=6, strategy=Strategy.RECURSIVE, target_columns=(1, 0))
-    config, widened = resolve_series(request, np.ones((20, 2)), spec(features=2), 0)
+    config, widened = series_config(request, np.ones((20, 2)), spec(features=2), 0)
     assert config.horizon == 1 and widened.head.outputs == 2
     assert config.max_forecast_horizon == MAX_HORIZON
 
@@ -86,15 +86,15 @@ def test_bad_series_requests_are_refused(
     request_: SeriesRequest, series: np.ndarray, model: ModelSpec, fragment: str
 ) -> None:
     with pytest.raises(InvalidArgument) as info:
-        resolve_series(request_, series, model, 0)
+        series_config(request_, series, model, 0)
     assert fragment in str(info.value)
 
 
 def test_a_declared_head_width_must_match_the_series_model() -> None:
     with pytest.raises(InvalidArgument) as info:
-        resolve_series(SeriesRequest(horizon=2), np.arange(10.0), spec(), 5)
+        series_config(SeriesRequest(horizon=2), np.arange(10.0), spec(), 5)
     assert "head.outputs is 5 but this series model predicts 2" in str(info.value)
-    assert resolve_series(SeriesRequest(horizon=2), np.arange(10.0), spec(), 2)[1].head.outputs == 2
+    assert series_config(SeriesRequest(horizon=2), np.arange(10.0), spec(), 2)[1].head.outputs == 2
 
 
 CONFIG = ForecastConfig(3, 2, Strategy.DIRECT, (0, 1), (0,), 2)
