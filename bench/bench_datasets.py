@@ -208,7 +208,7 @@ def in_process_fit(window: int, stride: int, samples: int, args: argparse.Namesp
     # TensorFlow only in here, after the services' runs: the client side stays light while they run.
     import keras
 
-    from model_service import builder, convert
+    from model_service import builder, model_messages
     from model_service.spec import with_defaults
     from model_service.training.fitting import dataset
 
@@ -219,7 +219,7 @@ def in_process_fit(window: int, stride: int, samples: int, args: argparse.Namesp
     ]
     x = np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32)
     y = series[window : window + (samples - 1) * stride + 1 : stride, :1].astype(np.float32)
-    resolved = with_defaults(convert.spec_from_proto(spec(window)))
+    resolved = with_defaults(model_messages.spec_from_proto(spec(window)))
     with builder.seeded(1):
         model = builder.build(resolved, 1)
         train_set = dataset(x, y, args.batch_size, 7)

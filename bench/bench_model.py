@@ -364,11 +364,11 @@ def in_process(requests: int, epochs: int) -> dict[str, Any]:
     import tensorflow as tf
     from sklearn.preprocessing import MinMaxScaler
 
-    from model_service import builder, convert
+    from model_service import builder, model_messages
     from model_service.predictor import CompiledPredictor
     from model_service.spec import with_defaults
 
-    spec = with_defaults(convert.spec_from_proto(seed_spec()))
+    spec = with_defaults(model_messages.spec_from_proto(seed_spec()))
     with builder.seeded(3):
         model = builder.build(spec, 3)
     x, y = example1_windows()

@@ -9,16 +9,16 @@ from collections.abc import Iterable
 
 import grpc
 
-from model_service.datasets.servicer import DatasetServicer
-from model_service.datasets.store import open_dataset_store
+from model_service.affine_scalers import ScalerRef
+from model_service.datasets.dataset_servicer import DatasetServicer
+from model_service.datasets.dataset_store import open_dataset_store
 from model_service.export import ModelExporter
 from model_service.importing import ModelImporter
 from model_service.inference_protocol import add_inference_protocol
+from model_service.model_registry import ModelRegistry
+from model_service.model_servicer import ModelServicer
 from model_service.model_store import open_model_store
-from model_service.registry import ModelRegistry
 from model_service.scaler_gateway import ScalerGateway
-from model_service.scaling import ScalerRef
-from model_service.servicer import ModelServicer
 from model_service.serving import serving_options
 from model_service.settings import ModelSettings
 from model_service.trainer_link import TrainerLink

@@ -2,7 +2,7 @@
 
 The scalers are folded into the graph, so the file answers what Predict answers: it takes x in raw
 units, FLOAT64 (batch, timesteps, features), applies the x scaler in float64 (the cached affine form
-of model_service/scaling.py, clip included), runs the model in float32 as the serving path does, and
+of model_service/affine_scalers.py, clip included), runs the model in float32 as the serving path does, and
 gives ``values`` in original units (the y scaler inverted in float64) for regression, or
 ``probabilities`` and ``labels`` (INT64) for classification. The version's metadata (spec, scaler
 parameters, history) travels with it as well: ONNX metadata_props["lstm_stack"], ``lstm_stack.json``
@@ -33,9 +33,9 @@ import numpy as np
 import tensorflow as tf
 
 from model_service import builder
+from model_service.affine_scalers import PER_COLUMN, AffineScaler
+from model_service.model_registry import ModelRegistry
 from model_service.records import ModelRecord
-from model_service.registry import ModelRegistry
-from model_service.scaling import PER_COLUMN, AffineScaler
 from model_service.spec import Task
 
 INPUT_NAME = "x"

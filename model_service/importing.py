@@ -37,11 +37,11 @@ import keras
 import numpy as np
 
 from model_service import builder
+from model_service.affine_scalers import AffineScaler, ScalerRef
 from model_service.cost import Admission, Estimate, mib
+from model_service.model_registry import ModelRegistry, VersionView
 from model_service.model_store import check_model_id
 from model_service.records import ORIGIN_IMPORT
-from model_service.registry import ModelRegistry, VersionView
-from model_service.scaling import AffineScaler, ScalerRef
 from model_service.spec import (
     ACTIVATIONS,
     HEAD_ACTIVATION,

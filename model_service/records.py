@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from model_service.affine_scalers import AffineScaler
 from model_service.forecasting.config import ForecastConfig
-from model_service.scaling import AffineScaler
 from model_service.spec import ModelSpec, SpecPlan, plan
 from service_common.errors import IntegrityError
 

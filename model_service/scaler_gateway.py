@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
-from model_service.scaling import PER_COLUMN, PER_FEATURE, AffineScaler, ScalerRef
+from model_service.affine_scalers import PER_COLUMN, PER_FEATURE, AffineScaler, ScalerRef
 from model_service.settings import ModelSettings
 from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
 from service_common import codec

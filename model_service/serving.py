@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from model_service import data
+from model_service import input_checks
 from model_service.batching import AdaptiveBatcher
 from model_service.cost import Admission, ModelCost
 from model_service.predictor import CompiledPredictor
@@ -166,10 +166,10 @@ class ServedModel:
         """Checked raw-unit x -> what the forward pass takes (x-scaled, float32, contiguous). Values
         first (a bad request is INVALID_ARGUMENT whatever its size); these copies are no larger than the
         request, which the message limit bounds."""
-        x = data.model_input(x, self.signature.timesteps, self.signature.features)
+        x = input_checks.model_input(x, self.signature.timesteps, self.signature.features)
         if self._x_scaler is not None:
-            return data.narrowed(self._x_scaler.transform(x), "x (scaled by the model's x scaler)")
-        return data.narrowed(x, "x")
+            return input_checks.narrowed(self._x_scaler.transform(x), "x (scaled by the model's x scaler)")
+        return input_checks.narrowed(x, "x")
 
     def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
         """``x`` in pieces of at most the rows the memory budget allows in one pass."""
@@ -239,13 +239,13 @@ class ServedModel:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Metrics in original units: mse/mae/rmse (regression) or accuracy/log_loss (classification)."""
-        x = data.model_input(x, self.signature.timesteps, self.signature.features, what="samples")
-        y = data.targets(y, x.shape[0], self.record.spec)
+        x = input_checks.model_input(x, self.signature.timesteps, self.signature.features, what="samples")
+        y = input_checks.targets(y, x.shape[0], self.record.spec)
         return score(self.task, y, self.infer(x, reply=False))
 
 
 def score(task: Task, y: np.ndarray, prediction: Prediction) -> dict[str, float]:
-    """``y`` as data.targets returns it."""
+    """``y`` as input_checks.targets returns it."""
     if task is Task.REGRESSION:
         assert prediction.values is not None
         errors = prediction.values - y

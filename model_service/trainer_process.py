@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from model_service import convert
-from model_service.datasets.store import open_dataset_store
+from model_service import model_messages
+from model_service.datasets.dataset_store import open_dataset_store
+from model_service.model_registry import VersionState, VersionView
 from model_service.model_store import ModelPublisher, logdir, open_model_store
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import VersionState, VersionView
 from model_service.scaler_gateway import ScalerGateway
 from model_service.serving import serving_options
 from model_service.settings import ModelSettings
@@ -50,7 +50,7 @@ class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
     async def Train(
         self, request: model_pb2.TrainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.TrainEvent]:
-        job = await asyncio.to_thread(lambda: self._trainer.start(convert.train_input(request)))
+        job = await asyncio.to_thread(lambda: self._trainer.start(model_messages.train_input(request)))
         # Client cancel, deadline, a forwarding process that went away, or this server stopping:
         # the coroutine is cancelled, the finally cancels the job, which stops within one batch and
         # leaves nothing.
@@ -58,12 +58,12 @@ class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
             events = job.events()
             while (event := await asyncio.to_thread(next, events, None)) is not None:
                 if isinstance(event, TrainStarted):
-                    yield model_pb2.TrainEvent(started=convert.started_to_proto(event))
+                    yield model_pb2.TrainEvent(started=model_messages.started_to_proto(event))
                 elif isinstance(event, EpochProgress):
-                    yield model_pb2.TrainEvent(epoch=convert.epoch_to_proto(event))
+                    yield model_pb2.TrainEvent(epoch=model_messages.epoch_to_proto(event))
                 elif isinstance(event, ModelRecord):
                     yield model_pb2.TrainEvent(
-                        done=convert.record_to_info(
+                        done=model_messages.record_to_info(
                             VersionView(event, VersionState.READY), logdir(self._store, event)
                         )
                     )

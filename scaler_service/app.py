@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import grpc
 
 from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
-from scaler_service.registry import ScalerRegistry
-from scaler_service.servicer import ScalerServicer
+from scaler_service.scaler_registry import ScalerRegistry
+from scaler_service.scaler_servicer import ScalerServicer
 from scaler_service.settings import ScalerSettings
 from service_common.metrics import ServiceMetrics
 from service_common.observers import RpcObserver

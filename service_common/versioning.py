@@ -1,4 +1,4 @@
-"""What both registries (model_service.registry, scaler_service.registry) share: List pages and their
+"""What both registries (model_service.model_registry, scaler_service.scaler_registry) share: List pages and their
 tokens, the versions refused at load, deleting with the store's high-water mark (version numbers are
 allocated by the store, service_common.artifacts), and the thread that keeps a registry's cache in
 step with the store.

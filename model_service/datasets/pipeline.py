@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from model_service import data
+from model_service import input_checks
+from model_service.affine_scalers import AffineScaler
 from model_service.datasets.samples import DatasetSamples
-from model_service.scaling import AffineScaler
 
 
 def _prepare_block(
@@ -33,10 +33,10 @@ def _prepare_block(
     if y_scaler is not None:
         y = y_scaler.transform(y)
     scaled = " (scaled by the x scaler)" if x_scaler else ""
-    x = data.narrowed(x, f"x{scaled}")
+    x = input_checks.narrowed(x, f"x{scaled}")
     if classes:
         return x, np.ascontiguousarray(y, dtype=y_dtype)
-    return x, data.narrowed(y, "y (scaled by the y scaler)" if y_scaler else "y")
+    return x, input_checks.narrowed(y, "y (scaled by the y scaler)" if y_scaler else "y")
 
 
 def sample_set(
@@ -54,7 +54,7 @@ def sample_set(
     shuffle_buffer: int = 0,
 ) -> tf.data.Dataset:
     """Samples [start, stop) as (timesteps, features) x and ``y_shape`` targets (``prepare_targets``
-    checks and shapes a block's y, as data.targets does), repeated: one iterator serves every epoch."""
+    checks and shapes a block's y, as input_checks.targets does), repeated: one iterator serves every epoch."""
     classes = y_dtype == np.int64
     ranges = list(samples.ranges(start, stop))
     pool_size = max(shuffle_buffer, 1) if shuffle_seed is not None else 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_service.datasets.store import SERIES, OpenedDataset
+from model_service.datasets.dataset_store import SERIES, OpenedDataset
 from model_service.forecasting.config import ForecastConfig, Strategy
 from model_service.spec import ModelSpec
 from service_common.errors import InvalidArgument, echo

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from model_service.datasets.store import (
+from model_service.datasets.dataset_store import (
     ID_PREFIX,
     SERIES,
     SUPERVISED,

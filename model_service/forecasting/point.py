@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from model_service import data
+from model_service import input_checks
 from model_service.forecasting.config import ForecastConfig
 from model_service.forecasting.quantiles import sorted_levels
 from model_service.serving import Prediction, ServedModel, score
@@ -67,7 +67,7 @@ def evaluate(model: ServedModel, x: np.ndarray, y: np.ndarray) -> dict[str, floa
     if config is None:
         return model.evaluate(x, y)
     spec = model.record.spec
-    x = data.model_input(x, spec.timesteps, spec.features, what="samples")
+    x = input_checks.model_input(x, spec.timesteps, spec.features, what="samples")
     point_spec = replace(spec, head=replace(spec.head, outputs=point_outputs(model)))
-    y = data.targets(y, x.shape[0], point_spec)
+    y = input_checks.targets(y, x.shape[0], point_spec)
     return score(model.task, y, point_prediction(model, model.infer(x, reply=False)))

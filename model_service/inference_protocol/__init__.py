@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import grpc
 
-from model_service.inference_protocol.servicer import InferenceProtocolServicer, add_servicer
-from model_service.registry import ServedModels
+from model_service.inference_protocol.oip_servicer import InferenceProtocolServicer, add_servicer
+from model_service.model_registry import ServedModels
 
 
 def add_inference_protocol(server: grpc.aio.Server, models: ServedModels) -> list[str]:

@@ -26,9 +26,9 @@ import numpy as np
 
 from model_service.forecasting.forecaster import forecast_async
 from model_service.forecasting.point import check_point, point_prediction
-from model_service.inference_protocol import codec
+from model_service.inference_protocol import oip_tensors
 from model_service.inference_protocol.statistics import Duration, InferenceStatistics, SuccessTiming
-from model_service.registry import ServedModels, VersionState
+from model_service.model_registry import ServedModels, VersionState
 from model_service.serving import ServedModel
 from model_service.spec import Task
 from protos.inference import grpc_service_pb2 as pb
@@ -167,7 +167,7 @@ def decode_input(request: Any, signature: Any) -> np.ndarray:
     if tensor.name != INPUT_NAME:
         raise InvalidArgument(f"expected input '{INPUT_NAME}', got {echo(tensor.name)}")
     _reject_unsupported(tensor.parameters, f"input '{tensor.name}'")
-    codec.dtype_of(tensor.datatype, tensor.name, INPUT_DATATYPES)
+    oip_tensors.dtype_of(tensor.datatype, tensor.name, INPUT_DATATYPES)
     expected = input_spec(signature).shape
     shape = list(tensor.shape)
     if len(shape) != 3 or shape[1:] != list(expected[1:]) or shape[0] < 1:
@@ -181,8 +181,8 @@ def decode_input(request: Any, signature: Any) -> np.ndarray:
             )
         if tensor.HasField("contents"):
             raise InvalidArgument(f"input '{tensor.name}': set raw_input_contents or contents, not both")
-        return codec.decode_raw(request.raw_input_contents[0], tensor.datatype, shape, tensor.name)
-    return codec.decode_contents(tensor.contents, tensor.datatype, shape, tensor.name)
+        return oip_tensors.decode_raw(request.raw_input_contents[0], tensor.datatype, shape, tensor.name)
+    return oip_tensors.decode_contents(tensor.contents, tensor.datatype, shape, tensor.name)
 
 
 def requested_outputs(request: Any, available: dict[str, TensorSpec]) -> list[TensorSpec]:
@@ -258,7 +258,7 @@ async def infer(models: ServedModels, request: Any, statistics: InferenceStatist
             array = arrays[spec.name]
             if array is None:
                 raise FailedPrecondition(f"model '{model.model_id}' produced no '{spec.name}' output")
-            datatype, shape, raw = codec.encode_raw(np.asarray(array, dtype=spec.dtype))
+            datatype, shape, raw = oip_tensors.encode_raw(np.asarray(array, dtype=spec.dtype))
             response.outputs.add(name=spec.name, datatype=datatype, shape=shape)
             response.raw_output_contents.append(raw)
     except Exception:
@@ -284,7 +284,7 @@ async def infer(models: ServedModels, request: Any, statistics: InferenceStatist
 
 
 def _config_datatype(datatype: str) -> pb.DataType.ValueType:
-    return pb.DataType.Value(codec.CONFIG_DATATYPES[datatype])
+    return pb.DataType.Value(oip_tensors.CONFIG_DATATYPES[datatype])
 
 
 def model_config(models: ServedModels, request: Any) -> Any:

@@ -19,14 +19,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from model_service import data
+from model_service import input_checks
+from model_service.affine_scalers import AffineScaler, ScalerFitter, ScalerRef
 from model_service.cost import Reservation
+from model_service.datasets.dataset_store import DatasetStore
 from model_service.datasets.pipeline import sample_set
-from model_service.datasets.store import DatasetStore
 from model_service.forecasting import calibration
 from model_service.forecasting.quantiles import PinballLoss
 from model_service.records import ModelRecord
-from model_service.scaling import AffineScaler, ScalerFitter, ScalerRef
 from model_service.serving import ServingOptions
 from model_service.spec import Task
 from model_service.training import fitting, tensorboard
@@ -177,10 +177,10 @@ class TrainingJob:
             self._check_cancelled()
         # The model trains in float32: refuse what float32 cannot hold rather than train on inf.
         scaled = " (scaled by the x scaler)" if x_scaler else ""
-        x_train, x_val = data.narrowed(x_train, f"x{scaled}"), data.narrowed(x_val, f"x{scaled}")
+        x_train, x_val = input_checks.narrowed(x_train, f"x{scaled}"), input_checks.narrowed(x_val, f"x{scaled}")
         if spec.task is not Task.MULTICLASS:
             scaled = " (scaled by the y scaler)" if y_scaler else ""
-            y_train, y_val = data.narrowed(y_train, f"y{scaled}"), data.narrowed(y_val, f"y{scaled}")
+            y_train, y_val = input_checks.narrowed(y_train, f"y{scaled}"), input_checks.narrowed(y_val, f"y{scaled}")
         self._started(n_train, p.n_validation, x_scaler, y_scaler)
         # A calibrated quantile model is fitted on the split's first windows only (calibration.split).
         cut = calibration.split(n_train, p.forecast) if p.forecast else None

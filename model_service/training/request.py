@@ -11,15 +11,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model_service import data
+from model_service import input_checks
+from model_service.affine_scalers import ScalerRef
 from model_service.cost import Admission, Estimate, ModelCost
+from model_service.datasets.dataset_store import NEEDS_A_DIRECTORY, DatasetStore, OpenedDataset
 from model_service.datasets.samples import DatasetSamples, dataset_forecast_config, windowing_for
-from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore, OpenedDataset
 from model_service.forecasting import calibration
 from model_service.forecasting.config import ForecastConfig, SeriesRequest, as_rows, series_config
 from model_service.forecasting.windowing import forecast_windows
 from model_service.records import EpochProgress, ModelRecord
-from model_service.scaling import ScalerRef
 from model_service.spec import ModelSpec, Task, plan, with_defaults
 from service_common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
@@ -131,7 +131,7 @@ class Prepared:
     spec: ModelSpec
     options: TrainOptions
     x: np.ndarray  # (n, timesteps, features) float64, raw units
-    y: np.ndarray  # as data.targets returns it
+    y: np.ndarray  # as input_checks.targets returns it
     n_train: int
     estimate: Estimate | None = None  # memory, held against the budget while the job runs
     forecast: ForecastConfig | None = None  # series models
@@ -164,10 +164,10 @@ def prepare(request: TrainInput, max_work: int, admission: Admission | None = No
                 "training data is missing: set supervised {x, y} or series {series, window}"
             )
         x, y = request.x, request.y
-    x = data.model_input(x, spec.timesteps, spec.features, name="x", what="samples")
+    x = input_checks.model_input(x, spec.timesteps, spec.features, name="x", what="samples")
     # A quantile head has one output per (value, level); y holds the values.
-    y = data.targets(y, x.shape[0], spec) if forecast is None or not forecast.quantiles else y
-    n_train = x.shape[0] - data.holdout_size(x.shape[0], options.validation_fraction)
+    y = input_checks.targets(y, x.shape[0], spec) if forecast is None or not forecast.quantiles else y
+    n_train = x.shape[0] - input_checks.holdout_size(x.shape[0], options.validation_fraction)
     if forecast is not None:
         calibration.split(n_train, forecast)  # refuses a slice too small to calibrate, before any job
     if request.y_scaling is not None and spec.task is not Task.REGRESSION:
@@ -203,8 +203,8 @@ class StreamedPrepared:
         return self.opened.meta.dataset_id
 
     def targets(self, y: np.ndarray, n: int) -> np.ndarray:
-        """A block's y checked and shaped for the task, as data.targets does for a whole request."""
-        return data.targets(y, n, self.spec)
+        """A block's y checked and shaped for the task, as input_checks.targets does for a whole request."""
+        return input_checks.targets(y, n, self.spec)
 
     def close(self) -> None:
         self.opened.close()
@@ -273,8 +273,8 @@ def prepare_streamed(
                 f"y_scaling is for REGRESSION only; a {spec.task.value} model predicts class labels"
             )
         for lo, hi in samples.ranges(0, samples.n, 1 << 20):
-            data.targets(samples.targets_block(lo, hi), hi - lo, spec, name=f"y (samples {lo}..{hi - 1})")
-        n_train = samples.n - data.holdout_size(samples.n, options.validation_fraction)
+            input_checks.targets(samples.targets_block(lo, hi), hi - lo, spec, name=f"y (samples {lo}..{hi - 1})")
+        n_train = samples.n - input_checks.holdout_size(samples.n, options.validation_fraction)
         _check_work(options, n_train, max_work)
         estimate = None
         if admission is not None:

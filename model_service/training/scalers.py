@@ -9,7 +9,7 @@ training and serving cannot skew by construction, and the data crosses the wire 
 No probe of the service's own transform: a mismatch between it and the affine form would not show in
 this model (trained and served with the same form); it would only mean clients of the scaler service's
 Transform RPC saw other numbers. That equality is pinned where the form is made, for every kind and
-layout (tests/scaler_service/test_scaling.py, tests/model_service/test_scaling.py), not paid for with a
+layout (tests/scaler_service/test_sklearn_scalers.py, tests/model_service/test_affine_scalers.py), not paid for with a
 round trip per job.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from model_service.scaling import AffineScaler, ScalerFitter, ScalerRef
+from model_service.affine_scalers import AffineScaler, ScalerFitter, ScalerRef
 from service_common.errors import FailedPrecondition
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scaler_service.registry import ScalerRegistry
-from scaler_service.scaling import fit, make_spec
+from scaler_service.scaler_registry import ScalerRegistry
+from scaler_service.sklearn_scalers import fit, make_spec
 from service_common.artifacts import SIGNATURE_FILE, ArtifactStore, StoredArtifacts
 from service_common.errors import IntegrityError
 from service_common.s3_artifacts import S3ArtifactStore

@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 
 from model_service import builder
+from model_service.affine_scalers import PER_COLUMN, AffineScaler, ScalerRef
 from model_service.export import METADATA_FILE, METADATA_KEY, ExportFormat
 from model_service.export import export as export_version
 from model_service.records import ModelRecord
-from model_service.scaling import PER_COLUMN, AffineScaler, ScalerRef
 from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
 from service_common import codec

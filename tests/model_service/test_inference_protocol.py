@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
-from model_service.inference_protocol import codec
+from model_service.inference_protocol import oip_tensors
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from protos.lstm_stack.v1 import model_pb2
@@ -703,25 +703,25 @@ def test_unknown_output_and_unsupported_requests_are_invalid_argument(served: Se
 
 def test_codec_reads_little_endian_and_writes_little_endian() -> None:
     big = np.array([1.5, -2.0], dtype=">f8")
-    datatype, shape, raw = codec.encode_raw(big)
+    datatype, shape, raw = oip_tensors.encode_raw(big)
     assert (datatype, shape, raw) == ("FP64", [2], np.array([1.5, -2.0], dtype="<f8").tobytes())
-    decoded = codec.decode_raw(raw, "FP64", [1, 2], "x")
+    decoded = oip_tensors.decode_raw(raw, "FP64", [1, 2], "x")
     np.testing.assert_array_equal(decoded, [[1.5, -2.0]])
 
 
 def test_codec_rejects_contents_in_the_wrong_field_and_out_of_range_ints() -> None:
     contents = pb.InferTensorContents(fp64_contents=[1.0, 2.0])
     with pytest.raises(InvalidArgument, match="expects fp32_contents, got fp64_contents"):
-        codec.decode_contents(contents, "FP32", [2], "x")
+        oip_tensors.decode_contents(contents, "FP32", [2], "x")
     with pytest.raises(InvalidArgument, match="out of range for INT8"):
-        codec.decode_contents(pb.InferTensorContents(int_contents=[300]), "INT8", [1], "x")
+        oip_tensors.decode_contents(pb.InferTensorContents(int_contents=[300]), "INT8", [1], "x")
     with pytest.raises(InvalidArgument, match="negative dimension"):
-        codec.decode_raw(b"", "FP32", [-1, 3], "x")
+        oip_tensors.decode_raw(b"", "FP32", [-1, 3], "x")
 
 
 def test_codec_names_every_protocol_datatype_as_tritons_model_configuration_does() -> None:
-    assert set(codec.CONFIG_DATATYPES) == {*codec.NUMPY_DTYPES, "BYTES", "BF16"}
-    numbers = {name: pb.DataType.Value(config) for name, config in codec.CONFIG_DATATYPES.items()}
+    assert set(oip_tensors.CONFIG_DATATYPES) == {*oip_tensors.NUMPY_DTYPES, "BYTES", "BF16"}
+    numbers = {name: pb.DataType.Value(config) for name, config in oip_tensors.CONFIG_DATATYPES.items()}
     assert numbers["FP32"] == pb.TYPE_FP32 and numbers["INT64"] == pb.TYPE_INT64
     assert numbers["BYTES"] == pb.TYPE_STRING and numbers["BF16"] == pb.TYPE_BF16
     assert len(set(numbers.values())) == len(numbers) and pb.TYPE_INVALID not in numbers.values()

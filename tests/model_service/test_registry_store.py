@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from model_service import builder
+from model_service.model_registry import ModelRegistry, VersionState
 from model_service.model_store import MODEL_FILE, ModelWriter
 from model_service.records import ModelRecord
-from model_service.registry import ModelRegistry, VersionState
 from model_service.serving import ServingOptions
 from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.artifacts import ArtifactStore
@@ -285,7 +285,7 @@ def test_refresh_refuses_a_tampered_artifact_without_deserializing_it(
         "from_keras_bytes",
         lambda data, spec, name: deserialized.append(name) or real(data, spec, name),
     )
-    with caplog.at_level(logging.ERROR, logger="model_service.registry"):
+    with caplog.at_level(logging.ERROR, logger="model_service.model_registry"):
         a.refresh()
         assert deserialized == ["good v1"]
         assert listed(a) == [("good", 1, VersionState.READY)]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from model_service import builder
+from model_service.affine_scalers import AffineScaler, ScalerRef
 from model_service.cost import MIB, Admission
 from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
-from model_service.scaling import AffineScaler, ScalerRef
 from model_service.serving import ServedModel, ServingOptions
 from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import InvalidArgument, ResourceExhausted

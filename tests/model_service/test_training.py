@@ -16,11 +16,11 @@ import pytest
 import tensorflow as tf
 
 from model_service import builder, training
+from model_service.affine_scalers import PER_FEATURE, AffineScaler, ScalerRef
 from model_service.cost import MIB, Admission, ModelCost
+from model_service.model_registry import ModelRegistry, VersionState
 from model_service.model_store import META_FILE, MODEL_FILE
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import ModelRegistry, VersionState
-from model_service.scaling import PER_FEATURE, AffineScaler, ScalerRef
 from model_service.serving import ModelSignature, ServedModel, ServingOptions
 from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, plan, with_defaults
 from model_service.training import TrainingManager, TrainInput, TrainOptions, TrainStarted

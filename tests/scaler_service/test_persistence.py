@@ -61,14 +61,14 @@ def test_tampered_artifact_is_refused_logged_and_skipped(
     payload.write_bytes(payload.read_bytes() + b"\x00")
 
     # Prove the tampered bytes are never unpickled, not just that the load fails afterwards.
-    import scaler_service.registry as registry_module
+    import scaler_service.scaler_registry as registry_module
 
     loaded: list[int] = []
     real_load = registry_module.joblib.load
     monkeypatch.setattr(registry_module.joblib, "load", lambda f: loaded.append(1) or real_load(f))
 
     with (
-        caplog.at_level(logging.ERROR, logger="scaler_service.registry"),
+        caplog.at_level(logging.ERROR, logger="scaler_service.scaler_registry"),
         running_scaler_server(store) as second,
     ):
         assert [(i.id, i.version) for i in _listed(second)] == [("bystander", 1)]

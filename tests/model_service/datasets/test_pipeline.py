@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
+from model_service.affine_scalers import PER_FEATURE, AffineScaler, ScalerRef
 from model_service.datasets.pipeline import sample_set
 from model_service.datasets.samples import DatasetSamples, Windowing
-from model_service.scaling import PER_FEATURE, AffineScaler, ScalerRef
 from tests.model_service.datasets.test_samples import _opened_series
 
 N_ROWS = 1003

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model_service.datasets.dataset_store import ArrayInfo, DatasetMeta, OpenedDataset
 from model_service.datasets.samples import ChunkedArray, DatasetSamples, Windowing
-from model_service.datasets.store import ArrayInfo, DatasetMeta, OpenedDataset
 from model_service.forecasting.windowing import forecast_windows
 
 

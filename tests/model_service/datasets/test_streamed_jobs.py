@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_service.datasets.store import DatasetStore
+from model_service.affine_scalers import PER_FEATURE, AffineScaler, ScalerRef
+from model_service.datasets.dataset_store import DatasetStore
 from model_service.datasets.upload import DatasetUpload
+from model_service.model_registry import ModelRegistry
 from model_service.records import ModelRecord
-from model_service.registry import ModelRegistry
-from model_service.scaling import PER_FEATURE, AffineScaler, ScalerRef
 from model_service.serving import ServingOptions
 from model_service.spec import Head, Lstm, ModelSpec, Task
 from model_service.training import DatasetOptions, DatasetRequest, TrainingManager, TrainInput, TrainOptions

@@ -13,7 +13,7 @@ from protos.lstm_stack.v1 import dataset_pb2, dataset_pb2_grpc, model_pb2, scale
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle
 from tests.model_service.datasets.helpers import series_chunks, supervised_chunks, toy_series, upload
-from tests.model_service.datasets.test_servicer import _wait_until
+from tests.model_service.datasets.test_dataset_servicer import _wait_until
 from tests.model_service.helpers import predict, scaler, status_of, tiny_spec, train, values
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

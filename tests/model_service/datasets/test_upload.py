@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_service.datasets.store import DatasetStore
+from model_service.datasets.dataset_store import DatasetStore
 from model_service.datasets.upload import DatasetUpload
 from service_common import artifacts
 from service_common.artifacts import ArtifactStore

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from model_service.affine_scalers import AffineScaler
 from model_service.forecasting.config import ForecastConfig
 from model_service.records import ModelRecord
-from model_service.scaling import AffineScaler
 from model_service.serving import ServedModel, ServingOptions
 from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 

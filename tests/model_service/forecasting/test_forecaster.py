@@ -8,9 +8,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from model_service.affine_scalers import AffineScaler, ScalerRef
 from model_service.forecasting.config import ForecastConfig, Strategy
 from model_service.forecasting.forecaster import forecast, forecast_async
-from model_service.scaling import AffineScaler, ScalerRef
 from service_common.errors import FailedPrecondition, InvalidArgument
 from tests.model_service.forecasting.fakes import served
 

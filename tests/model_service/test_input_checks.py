@@ -1,11 +1,11 @@
-"""Input shaping and checks (data.py): windows, x against the model, y against the task, the holdout."""
+"""Input shaping and checks (input_checks.py): windows, x against the model, y against the task, the holdout."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model_service import data
+from model_service import input_checks
 from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import InvalidArgument
 
@@ -15,9 +15,9 @@ def spec(task: Task = Task.REGRESSION, timesteps: int = 3, features: int = 1, **
 
 
 def test_model_input_accepts_2d_when_there_is_one_feature() -> None:
-    assert data.model_input(np.ones((2, 3)), 3, 1).shape == (2, 3, 1)
+    assert input_checks.model_input(np.ones((2, 3)), 3, 1).shape == (2, 3, 1)
     with pytest.raises(InvalidArgument) as info:
-        data.model_input(np.ones((2, 3)), 3, 2)
+        input_checks.model_input(np.ones((2, 3)), 3, 2)
     assert "(batch, 3, 2)" in str(info.value) and "[2, 3]" in str(info.value)
 
 
@@ -33,16 +33,16 @@ def test_model_input_accepts_2d_when_there_is_one_feature() -> None:
 )
 def test_model_input_refuses_what_does_not_fit(x: np.ndarray, fragment: str) -> None:
     with pytest.raises(InvalidArgument) as info:
-        data.model_input(x, 3, 1)
+        input_checks.model_input(x, 3, 1)
     assert fragment in str(info.value)
 
 
 def test_targets_per_task() -> None:
-    assert data.targets(np.arange(4.0), 4, spec()).shape == (4, 1)
-    assert data.targets(np.ones((4, 2)), 4, spec(outputs=2)).shape == (4, 2)
-    binary = data.targets(np.array([0, 1, 1, 0]), 4, spec(Task.BINARY))
+    assert input_checks.targets(np.arange(4.0), 4, spec()).shape == (4, 1)
+    assert input_checks.targets(np.ones((4, 2)), 4, spec(outputs=2)).shape == (4, 2)
+    binary = input_checks.targets(np.array([0, 1, 1, 0]), 4, spec(Task.BINARY))
     assert binary.shape == (4, 1) and binary.dtype == np.float64
-    multi = data.targets(np.array([[0], [2], [1]]), 3, spec(Task.MULTICLASS, n_classes=3))
+    multi = input_checks.targets(np.array([[0], [2], [1]]), 3, spec(Task.MULTICLASS, n_classes=3))
     assert multi.tolist() == [0, 2, 1] and multi.dtype == np.int64
 
 
@@ -60,26 +60,26 @@ def test_targets_per_task() -> None:
 )
 def test_bad_targets_are_refused(y: np.ndarray, task_spec: ModelSpec, fragment: str) -> None:
     with pytest.raises(InvalidArgument) as info:
-        data.targets(y, 4, task_spec)
+        input_checks.targets(y, 4, task_spec)
     assert fragment in str(info.value)
 
 
 def test_holdout_is_the_last_fraction() -> None:
-    assert data.holdout_size(13, 0.0) == 0
-    assert data.holdout_size(10, 0.2) == 2
-    assert data.holdout_size(13, 0.01) == 1  # any fraction > 0 holds out at least one sample
+    assert input_checks.holdout_size(13, 0.0) == 0
+    assert input_checks.holdout_size(10, 0.2) == 2
+    assert input_checks.holdout_size(13, 0.01) == 1  # any fraction > 0 holds out at least one sample
     with pytest.raises(InvalidArgument, match="leaves nothing to train on"):
-        data.holdout_size(1, 0.5)
+        input_checks.holdout_size(1, 0.5)
     with pytest.raises(InvalidArgument, match=r"\[0, 1\)"):
-        data.holdout_size(10, 1.0)
+        input_checks.holdout_size(10, 1.0)
 
 
 def test_narrowed_is_the_float32_the_model_computes_in() -> None:
     x = np.array([[1.5, -3.4e38], [0.0, 2.0]])
-    out = data.narrowed(x, "x")
+    out = input_checks.narrowed(x, "x")
     assert out.dtype == np.float32 and out.flags.c_contiguous
     np.testing.assert_array_equal(out, x.astype(np.float32))
-    assert data.narrowed(out, "x") is out  # already float32 and contiguous: no copy
+    assert input_checks.narrowed(out, "x") is out  # already float32 and contiguous: no copy
 
 
 @pytest.mark.parametrize(
@@ -94,5 +94,5 @@ def test_narrowed_is_the_float32_the_model_computes_in() -> None:
 def test_narrowed_refuses_what_float32_cannot_hold(x: np.ndarray, fragment: str) -> None:
     # A finite float64 such as 1e300 would become inf in float32, and the model would answer NaN.
     with pytest.raises(InvalidArgument) as info:
-        data.narrowed(x, "x")
+        input_checks.narrowed(x, "x")
     assert fragment in str(info.value)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from protos.lstm_stack.v1 import scaler_pb2, scaler_pb2_grpc
-from scaler_service import scaling
-from scaler_service.convert import (
+from scaler_service import sklearn_scalers
+from scaler_service.scaler_messages import (
     check_reply_size,
     decode_data,
     encode_like,
@@ -17,7 +17,7 @@ from scaler_service.convert import (
     reply_dtype,
     spec_from_proto,
 )
-from scaler_service.registry import ScalerRegistry
+from scaler_service.scaler_registry import ScalerRegistry
 from service_common import codec
 from service_common.artifacts import validate_id
 from service_common.errors import InvalidArgument, echo
@@ -53,7 +53,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         spec = spec_from_proto(request.spec)
         scaler_id = _optional_id(request.scaler_id)
         data = decode_data(request, "data")
-        fitted = scaling.fit(spec, data)
+        fitted = sklearn_scalers.fit(spec, data)
         self._observe_rows("fit", len(data))  # counted once the data proved valid
         return info_to_proto(self._registry.add(scaler_id, fitted))
 
@@ -63,7 +63,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
     ) -> scaler_pb2.ScalerInfo:
         # Waiting for the next chunk holds no thread; a client that cancels or goes away cancels this
         # coroutine (CancelledError passes through: nothing was stored, no number was reserved).
-        stream: scaling.StreamingFit | None = None
+        stream: sklearn_scalers.StreamingFit | None = None
         scaler_id = ""
         index = -1
         async for chunk in request_iterator:
@@ -71,7 +71,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
             if stream is None:
                 spec = spec_from_proto(chunk.spec)
                 scaler_id = _optional_id(chunk.scaler_id)
-                stream = scaling.StreamingFit(spec)
+                stream = sklearn_scalers.StreamingFit(spec)
             if chunk.HasField("data"):
                 await asyncio.to_thread(self._add_chunk, stream, chunk, f"chunk {index} data")
         if stream is None:
@@ -82,7 +82,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         await confirm_client_is_there(context)
         return info_to_proto(await asyncio.to_thread(self._registry.add, scaler_id, fitted))
 
-    def _add_chunk(self, stream: scaling.StreamingFit, chunk: scaler_pb2.FitChunk, name: str) -> None:
+    def _add_chunk(self, stream: sklearn_scalers.StreamingFit, chunk: scaler_pb2.FitChunk, name: str) -> None:
         rows = codec.to_float_array(chunk.data, name)
         stream.add(rows, name)
         self._observe_rows("fit_stream", len(rows))
@@ -100,7 +100,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
         others = {
             name: codec.to_float_array(t, f"others[{echo(name)}]") for name, t in request.others.items()
         }
-        fitted = scaling.fit(spec, train, "train")
+        fitted = sklearn_scalers.fit(spec, train, "train")
         # Everything is transformed and size-checked before the version is stored, so a bad
         # `others` entry leaves no orphan version behind.
         train_out = fitted.transform(train, "train")

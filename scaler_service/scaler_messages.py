@@ -9,8 +9,8 @@ import numpy as np
 from google.protobuf.message import Message
 
 from protos.lstm_stack.v1 import scaler_pb2, tensor_pb2
-from scaler_service.registry import ScalerVersion
-from scaler_service.scaling import Kind, Layout, ScalerSpec, make_spec
+from scaler_service.scaler_registry import ScalerVersion
+from scaler_service.sklearn_scalers import Kind, Layout, ScalerSpec, make_spec
 from service_common import codec
 from service_common.errors import InvalidArgument, ResourceExhausted
 

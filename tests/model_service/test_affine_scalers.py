@@ -1,11 +1,11 @@
-"""The cached affine form (scaling.py) reproduces the scaler service's own transforms."""
+"""The cached affine form (model_service/affine_scalers.py) reproduces the scaler service's own transforms."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model_service.scaling import PER_COLUMN, PER_FEATURE, AffineScaler, ScalerRef
+from model_service.affine_scalers import PER_COLUMN, PER_FEATURE, AffineScaler, ScalerRef
 from scaler_service import scaling as fitting
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import joblib
 import sklearn
 
-from scaler_service.scaling import ESTIMATOR_BY_KIND, FittedScaler, make_spec
+from scaler_service.sklearn_scalers import ESTIMATOR_BY_KIND, FittedScaler, make_spec
 from service_common.artifacts import StoredArtifacts, validate_id
 from service_common.errors import IntegrityError, InvalidArgument, NotFound
 from service_common.versioning import (

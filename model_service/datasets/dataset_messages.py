@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_service.datasets.store import SERIES, SUPERVISED, DatasetMeta
+from model_service.datasets.dataset_store import SERIES, SUPERVISED, DatasetMeta
 from protos.lstm_stack.v1 import dataset_pb2, tensor_pb2
 from service_common import codec
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from model_service.datasets import convert
-from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore
+from model_service.datasets import dataset_messages
+from model_service.datasets.dataset_store import NEEDS_A_DIRECTORY, DatasetStore
 from model_service.datasets.upload import DatasetUpload
 from protos.lstm_stack.v1 import dataset_pb2, dataset_pb2_grpc
 from service_common.errors import FailedPrecondition, InvalidArgument
@@ -47,7 +47,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                         raise InvalidArgument("the first chunk must carry the header (kind, columns)")
                     header = chunk.header
                     upload = await asyncio.to_thread(
-                        DatasetUpload, self._store, convert.kind_from_proto(header.kind), list(header.columns)
+                        DatasetUpload, self._store, dataset_messages.kind_from_proto(header.kind), list(header.columns)
                     )
                 elif chunk.HasField("header"):
                     raise InvalidArgument(f"chunk {index} carries a header; only the first chunk may")
@@ -60,7 +60,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             await confirm_client_is_there(context)
             meta = await asyncio.to_thread(upload.finish)
             finished = True
-            return convert.info_to_proto(meta)
+            return dataset_messages.info_to_proto(meta)
         finally:
             if upload is not None and not finished:
                 await asyncio.shield(self._abort(upload, pending))
@@ -74,13 +74,13 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
     @staticmethod
     def _add(upload: DatasetUpload, chunk: dataset_pb2.DatasetChunk, index: int) -> None:
-        upload.add(convert.chunk_arrays(chunk, index), index)
+        upload.add(dataset_messages.chunk_arrays(chunk, index), index)
 
     @map_errors
     async def GetDataset(
         self, request: dataset_pb2.GetDatasetRequest, context: grpc.aio.ServicerContext
     ) -> dataset_pb2.DatasetInfo:
-        return convert.info_to_proto(await asyncio.to_thread(self._store.get, request.dataset_id))
+        return dataset_messages.info_to_proto(await asyncio.to_thread(self._store.get, request.dataset_id))
 
     @map_errors
     async def ListDatasets(
@@ -88,7 +88,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     ) -> dataset_pb2.ListDatasetsResponse:
         page, token = await asyncio.to_thread(self._store.list, request.page_size, request.page_token)
         return dataset_pb2.ListDatasetsResponse(
-            datasets=[convert.info_to_proto(meta) for meta in page], next_page_token=token
+            datasets=[dataset_messages.info_to_proto(meta) for meta in page], next_page_token=token
         )
 
     @map_errors

@@ -8,14 +8,14 @@ from typing import Literal
 import numpy as np
 
 from model_service import spec as specs
+from model_service.affine_scalers import ScalerRef
 from model_service.export import Exported, ExportFormat
 from model_service.forecasting.backtest import BacktestWindow
 from model_service.forecasting.config import ForecastConfig, SeriesRequest, Strategy
 from model_service.forecasting.forecaster import Forecast
 from model_service.importing import ImportRequest
+from model_service.model_registry import VersionState, VersionView
 from model_service.records import EpochProgress, ModelRecord
-from model_service.registry import VersionState, VersionView
-from model_service.scaling import ScalerRef
 from model_service.serving import Prediction
 from model_service.training import DatasetRequest, TrainInput, TrainOptions, TrainStarted
 from protos.lstm_stack.v1 import model_pb2, tensor_pb2

@@ -11,15 +11,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from model_service import builder, convert
-from model_service.datasets.store import NEEDS_A_DIRECTORY, DatasetStore
+from model_service import builder, model_messages
+from model_service.datasets.dataset_store import NEEDS_A_DIRECTORY, DatasetStore
 from model_service.export import ModelExporter
 from model_service.forecasting import backtest, point
 from model_service.forecasting.config import ForecastConfig
 from model_service.forecasting.forecaster import config_of, forecast_async
 from model_service.forecasting.point import check_point, point_prediction
 from model_service.importing import ModelImporter
-from model_service.registry import ModelRegistry
+from model_service.model_registry import ModelRegistry
 from model_service.serving import ServedModel
 from model_service.spec import with_defaults
 from model_service.trainer_link import TrainerLink
@@ -59,8 +59,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.ValidateSpecRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.ValidateSpecResponse:
         # Building the Keras model to describe it is blocking work.
-        plan = await asyncio.to_thread(builder.describe, with_defaults(convert.spec_from_proto(request.spec)))
-        return convert.validate_response(plan)
+        plan = await asyncio.to_thread(builder.describe, with_defaults(model_messages.spec_from_proto(request.spec)))
+        return model_messages.validate_response(plan)
 
     @map_errors
     async def Train(
@@ -81,10 +81,10 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.PredictResponse:
         model = self._registry.served(request.model_id, request.version)
-        x = convert.required_tensor(request, "x", "x")
+        x = model_messages.required_tensor(request, "x", "x")
         check_point(model)  # before the pass: a quantile head without a median is refused outright
         prediction = point_prediction(model, await model.infer_async(x))
-        return convert.predict_response(
+        return model_messages.predict_response(
             model.model_id, model.version, prediction, codec.uses_values(request.x)
         )
 
@@ -93,8 +93,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.EvaluateResponse:
         model = self._registry.served(request.model_id, request.version)
-        x = convert.required_tensor(request, "x", "x")
-        y = convert.required_tensor(request, "y", "y")
+        x = model_messages.required_tensor(request, "x", "x")
+        y = model_messages.required_tensor(request, "y", "y")
         metrics = await asyncio.to_thread(point.evaluate, model, x, y)
         return model_pb2.EvaluateResponse(
             model_id=model.model_id, version=model.version, metrics=metrics, n_samples=int(x.shape[0])
@@ -110,9 +110,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 raise InvalidArgument("give history or dataset_id, not both")
             history = await asyncio.to_thread(self._dataset_tail, model, request.dataset_id)
         else:
-            history = convert.required_tensor(request, "history", "history")
+            history = model_messages.required_tensor(request, "history", "history")
         forecast = await forecast_async(model, history, request.horizon)
-        return convert.forecast_response(
+        return model_messages.forecast_response(
             model.model_id, model.version, forecast, codec.uses_values(request.history)
         )
 
@@ -126,7 +126,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.BacktestRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.BacktestEvent]:
         model = self._registry.served(request.model_id, request.version)
-        series = convert.required_tensor(request, "series", "series")
+        series = model_messages.required_tensor(request, "series", "series")
         plan = await asyncio.to_thread(
             backtest.plan, model, series, request.windows, request.origin_step, request.horizon,
             request.season_length,
@@ -144,12 +144,12 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                     model.record.recipe, model.record.forecast, plan, index, context
                 )
                 metrics.append(window.metrics)
-                yield convert.backtest_window_to_proto(window, as_values)
+                yield model_messages.backtest_window_to_proto(window, as_values)
         else:
             for window in await backtest.score(model, plan, list(range(len(plan.origins)))):
                 metrics.append(window.metrics)
-                yield convert.backtest_window_to_proto(window, as_values)
-        yield convert.backtest_summary_to_proto(len(metrics), backtest.aggregate(metrics))
+                yield model_messages.backtest_window_to_proto(window, as_values)
+        yield model_messages.backtest_summary_to_proto(len(metrics), backtest.aggregate(metrics))
 
     async def _retrained_window(
         self,
@@ -162,7 +162,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         """Window ``index`` forecast by a scratch version trained (in the trainer process, like Train) on
         the rows before its origin only; the scratch model and its scalers are deleted afterwards."""
         origin = plan.origins[index]
-        request = convert.retrain_request(recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin])
+        request = model_messages.retrain_request(recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin])
         if config is not None and model_pb2.TrainRequest.FromString(recipe).WhichOneof("data") == "dataset":
             # Trained on a series dataset (columns by name): the rows come inline, windowed the same way.
             request.series.window, request.series.stride = config.window, config.stride
@@ -192,7 +192,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.ModelInfo:
         view = self._registry.get(request.model_id, request.version)
-        return convert.record_to_info(view, self._registry.logdir(view.record))
+        return model_messages.record_to_info(view, self._registry.logdir(view.record))
 
     @map_errors
     async def ListModels(
@@ -200,7 +200,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> model_pb2.ListModelsResponse:
         page, next_token = self._registry.list(request.model_id, request.page_size, request.page_token)
         return model_pb2.ListModelsResponse(
-            models=[convert.record_to_info(view, self._registry.logdir(view.record)) for view in page],
+            models=[model_messages.record_to_info(view, self._registry.logdir(view.record)) for view in page],
             next_page_token=next_token,
         )
 
@@ -215,9 +215,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def ExportModel(
         self, request: model_pb2.ExportModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.ExportModelChunk]:
-        fmt = convert.export_format(request.format)
+        fmt = model_messages.export_format(request.format)
         exported = await asyncio.to_thread(self._exporter.run, request.model_id, request.version, fmt)
-        info = convert.export_info(exported.model_id, exported.version, exported, fmt)
+        info = model_messages.export_info(exported.model_id, exported.version, exported, fmt)
         data = memoryview(exported.data)
         yield model_pb2.ExportModelChunk(info=info, data=bytes(data[:EXPORT_CHUNK_BYTES]))
         for start in range(EXPORT_CHUNK_BYTES, len(data), EXPORT_CHUNK_BYTES):
@@ -246,9 +246,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 parts.append(chunk.data)
         if header is None:
             raise InvalidArgument("the import stream was empty: send the header, then the archive's bytes")
-        imported, x_ref, y_ref = convert.import_request(header, b"".join(parts))
+        imported, x_ref, y_ref = model_messages.import_request(header, b"".join(parts))
         parts.clear()
         # A cancelled upload ends the request stream like a finished one: nothing is stored for it.
         await confirm_client_is_there(context)
         view = await asyncio.to_thread(self._importer.run, imported, x_ref, y_ref)
-        return convert.record_to_info(view, self._registry.logdir(view.record))
+        return model_messages.record_to_info(view, self._registry.logdir(view.record))

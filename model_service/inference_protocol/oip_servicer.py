@@ -11,7 +11,7 @@ import grpc
 
 from model_service.inference_protocol import protocol
 from model_service.inference_protocol.statistics import InferenceStatistics
-from model_service.registry import ServedModels
+from model_service.model_registry import ServedModels
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
 from service_common.errors import ServiceError
