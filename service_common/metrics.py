@@ -112,9 +112,6 @@ class ServiceMetrics:
         finally:
             self.training_jobs.dec()
 
-    def set_artifacts(self, kind: str, count: int) -> None:
-        self.artifacts.labels(kind).set(count)
-
     def track_artifacts(self, kind: str, count: Callable[[], float], every_seconds: float = 1.0) -> None:
         """Read the artifact count from ``count`` at every scrape instead of setting it.
 

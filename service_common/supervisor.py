@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,6 @@ class _Slot:
     ready: bool = False
     failures: int = 0
     conn: Any = None
-    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def label(self) -> str:
@@ -157,7 +156,7 @@ class Supervisor:
         )
         process.start()
         child.close()
-        slot.process, slot.conn, slot.ready, slot.started_at = process, parent, False, time.monotonic()
+        slot.process, slot.conn, slot.ready = process, parent, False
 
     def _watch(self, on_all_ready: Callable[[], None]) -> None:
         waitables: list[Any] = [s.process.sentinel for s in self._slots]
@@ -206,9 +205,6 @@ class Supervisor:
         for slot in self._slots:
             if slot.conn is not None:
                 slot.conn.close()
-
-    def pids(self, role: str) -> list[int]:
-        return [s.process.pid for s in self._slots if s.role.name == role and s.process is not None]
 
 
 def _mark_dead(pid: int) -> None:

@@ -60,10 +60,6 @@ class ForecastConfig:
         return self.horizon * self.targets * self.levels
 
     @property
-    def median_index(self) -> int:
-        return self.quantiles.index(0.5) if self.quantiles else 0
-
-    @property
     def max_forecast_horizon(self) -> int:
         return self.horizon if self.strategy is Strategy.DIRECT else MAX_HORIZON
 

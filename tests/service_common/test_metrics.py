@@ -129,7 +129,7 @@ def test_service_gauges_and_histograms() -> None:
     metrics = ServiceMetrics()
     metrics.observe_batch("predict", 16)
     metrics.observe_batch("predict", 3)
-    metrics.set_artifacts("scaler", 4)
+    metrics.track_artifacts("scaler", lambda: 4)
     stored_models = [1, 2]
     metrics.track_artifacts("model", lambda: len(stored_models))
     with metrics.training_job():

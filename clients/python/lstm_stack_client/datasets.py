@@ -7,7 +7,6 @@ is sent; CSV files are parsed row by row, a chunk of rows at a time.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,5 +72,3 @@ def csv_chunks(path: str | Path, rows: int = 0, dtype: Any = np.float64) -> Iter
             yield np.asarray(batch, dtype=dtype)
 
 
-def chunk_count(rows: int, per_chunk: int) -> int:
-    return math.ceil(rows / max(1, per_chunk))

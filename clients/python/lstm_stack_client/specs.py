@@ -190,5 +190,3 @@ def load_model_spec(path: str | Path) -> model_pb2.ModelSpec:
         raise SpecError(f"{path}: not a ModelSpec in proto JSON: {exc}") from None
 
 
-def spec_to_json(spec: model_pb2.ModelSpec) -> str:
-    return json_format.MessageToJson(spec, preserving_proto_field_name=True, indent=2)

@@ -31,7 +31,7 @@ def test_defaults_are_the_seed_one_step_model() -> None:
 def test_the_head_is_widened_to_horizon_targets_and_quantiles() -> None:
     request = SeriesRequest(horizon=4, target_columns=(1, 0), quantiles=(0.9, 0.1, 0.5))
     config, widened = series_config(request, np.ones((20, 2)), spec(features=2), 0)
-    assert config.quantiles == (0.1, 0.5, 0.9) and config.median_index == 1
+    assert config.quantiles == (0.1, 0.5, 0.9)
     assert widened.head.outputs == config.head_outputs == 4 * 2 * 3
 
 
