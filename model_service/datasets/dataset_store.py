@@ -21,7 +21,7 @@ import numpy as np
 from model_service.settings import ModelSettings
 from service_common.artifacts import ArtifactDraft, ArtifactStore, Hold, load_signing_key
 from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument, NotFound, echo
-from service_common.versioning import decode_page_token, encode_page_token
+from service_common.versioning import Page
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ SUPERVISED = "supervised"
 SERIES = "series"
 ID_PREFIX = "ds-"
 DATASET_ID = re.compile(r"ds-[0-9a-f]{32}")
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 
 # Datasets are memory-mapped while a job trains on them, so they need a directory store.
@@ -185,20 +183,16 @@ class DatasetStore:
 
     def list(self, page_size: int = 0, page_token: str = "") -> tuple[builtins.list[DatasetMeta], str]:
         """One page in id order and the token of the next page ('' on the last)."""
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {page_size}")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token, "ListDatasets")[0] if page_token else ""
-        ids = [ref.artifact_id for ref in self.artifacts.scan() if ref.artifact_id > after]
+        page_of = Page.of(page_size, page_token, "ListDatasets")
+        keys, next_token = page_of.take(sorted((ref.artifact_id, VERSION) for ref in self.artifacts.scan()))
         page: builtins.list[DatasetMeta] = []
-        for dataset_id in ids[:size]:
+        for dataset_id, _ in keys:
             try:
                 page.append(self.get(dataset_id))
             except NotFound:
                 continue  # deleted in between
             except IntegrityError as exc:
                 log.warning("skipping dataset %s: %s", dataset_id, exc)
-        next_token = encode_page_token(ids[size - 1], VERSION) if len(ids) > size else ""
         return page, next_token
 
     def delete(self, dataset_id: str) -> None:
