@@ -390,7 +390,7 @@ def example3(client: LstmStackClient, settings: Settings, say: Printer, results:
         window=EXAMPLE3_WINDOW,
         horizon=EXAMPLE3_HORIZON,
         quantiles=EXAMPLE3_QUANTILES,
-        **({"calibration_fraction": EXAMPLE3_CALIBRATION} if EXAMPLE3_CALIBRATION else {}),
+        calibration_fraction=EXAMPLE3_CALIBRATION,
         epochs=settings.epochs3,
         batch_size=32,
         seed=settings.seed,
