@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model_service.affine_scalers import PER_COLUMN, PER_FEATURE, AffineScaler, ScalerRef
-from scaler_service import scaling as fitting
+from scaler_service import sklearn_scalers as fitting
 
 
 def affine_of(kind: str, layout: str, data: np.ndarray, **params: object) -> tuple[AffineScaler, object]:

@@ -24,7 +24,7 @@ from model_service.records import EpochProgress, ModelRecord
 from model_service.serving import ModelSignature, ServedModel, ServingOptions
 from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, plan, with_defaults
 from model_service.training import TrainingManager, TrainInput, TrainOptions, TrainStarted
-from scaler_service import scaling as fitting
+from scaler_service import sklearn_scalers as fitting
 from service_common.artifacts import ArtifactStore
 from service_common.errors import Cancelled, FailedPrecondition, IntegrityError, NotFound, ResourceExhausted
 from tests.model_service.helpers import seed_example

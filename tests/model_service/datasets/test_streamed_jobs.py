@@ -18,7 +18,7 @@ from model_service.records import ModelRecord
 from model_service.serving import ServingOptions
 from model_service.spec import Head, Lstm, ModelSpec, Task
 from model_service.training import DatasetOptions, DatasetRequest, TrainingManager, TrainInput, TrainOptions
-from scaler_service import scaling as fitting
+from scaler_service import sklearn_scalers as fitting
 from service_common.artifacts import ArtifactStore
 from service_common.errors import FailedPrecondition, ResourceExhausted
 from tests.model_service.test_training import LocalFitter

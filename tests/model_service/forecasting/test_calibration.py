@@ -9,7 +9,7 @@ import pytest
 from model_service.forecasting import calibration
 from model_service.forecasting.config import ForecastConfig, SeriesRequest, Strategy, series_config
 from model_service.forecasting.forecaster import forecast, head_to_steps
-from model_service.spec import Head, Lstm, ModelSpec, Task, resolve
+from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import InvalidArgument
 from tests.model_service.forecasting.fakes import served
 
@@ -43,7 +43,7 @@ def test_the_split_fits_first_skips_horizon_minus_one_then_calibrates() -> None:
 
 
 def test_calibration_needs_quantiles_and_a_fraction_below_one() -> None:
-    spec = resolve(ModelSpec(4, 1, (Lstm(2),), Head(Task.REGRESSION)))
+    spec = with_defaults(ModelSpec(4, 1, (Lstm(2),), Head(Task.REGRESSION)))
     series = np.arange(40.0)
     with pytest.raises(InvalidArgument, match="set quantiles too"):
         series_config(SeriesRequest(calibration_fraction=0.2), series, spec, 0)
