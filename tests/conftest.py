@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,12 @@ from tests.scaler_service.harness import ScalerServerHandle, running_scaler_serv
 # process. The worker-process tests (tests/system/test_workers.py) pass --workers explicitly.
 os.environ["LSTM_MODEL_WORKERS"] = "1"
 os.environ["LSTM_SCALER_WORKERS"] = "1"
+
+# The Ctrl-C tests send SIGINT as a terminal does. A suite started in the background by a
+# non-interactive shell (`make test &`, nohup) inherits SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler in it or in the processes it starts: give it the one a terminal's process has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # `make test` (the README's command) runs the suite that fits in about ten minutes on two cores. The long
 # checks, which start several real processes or train real models for minutes, run from .ci/run through
