@@ -203,13 +203,7 @@ class DatasetStore:
 
     def open(self, dataset_id: str) -> OpenedDataset:
         """Hold the dataset, verify every file (hashed in blocks), memory-map its parts."""
-        check_dataset_id(dataset_id)
-        try:
-            hold = self.artifacts.hold(dataset_id)
-        except FileNotFoundError:
-            raise NotFound(
-                f"dataset {dataset_id!r} is not stored; upload it first (DatasetService.Upload)"
-            ) from None
+        hold = self._hold(dataset_id)
         try:
             files = self.artifacts.verified_files(dataset_id, VERSION)
             meta = DatasetMeta.from_json(files[META_FILE].read_bytes(), dataset_id)
@@ -218,6 +212,16 @@ class DatasetStore:
             hold.release()
             raise
         return OpenedDataset(meta, parts, hold)
+
+    def _hold(self, dataset_id: str) -> Hold:
+        """Hold a stored dataset (it cannot be deleted while held); NotFound when it is not stored."""
+        check_dataset_id(dataset_id)
+        try:
+            return self.artifacts.hold(dataset_id)
+        except FileNotFoundError:
+            raise NotFound(
+                f"dataset {dataset_id!r} is not stored; upload it first (DatasetService.Upload)"
+            ) from None
 
     def _directory_identity(self, dataset_id: str) -> tuple[int, int]:
         stat = self._path(dataset_id).stat()
@@ -241,13 +245,7 @@ class DatasetStore:
         """The last ``rows`` rows of a series dataset, float64 (rows, columns): a forecast's history.
         The dataset is verified on its first tail (cached: _verified_once), held while read, and only
         the parts holding those rows are opened and copied."""
-        check_dataset_id(dataset_id)
-        try:
-            hold = self.artifacts.hold(dataset_id)
-        except FileNotFoundError:
-            raise NotFound(
-                f"dataset {dataset_id!r} is not stored; upload it first (DatasetService.Upload)"
-            ) from None
+        hold = self._hold(dataset_id)
         try:
             meta, files = self._verified_once(dataset_id)
             if meta.kind != SERIES:
