@@ -28,7 +28,7 @@ from service_common.metrics import ServiceMetrics
 from service_common.observers import RpcObserver, log_rpc
 from service_common.pipeline import CallPipeline
 from service_common.security import AuthInterceptor, load_tokens, server_credentials
-from service_common.settings import ServerSettings
+from service_common.settings import EventLoopKind, ServerSettings
 from service_common.shutdown import ShutdownGate
 
 log = logging.getLogger("lstm_stack.server")
@@ -39,11 +39,20 @@ STOP_MARGIN_SECONDS = 5.0
 T = TypeVar("T")
 
 
+def new_event_loop(kind: EventLoopKind) -> asyncio.AbstractEventLoop:
+    """A fresh loop of the kind ``--event-loop`` names."""
+    if kind == "uvloop":
+        import uvloop  # imported here: only serving processes run a loop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class EventLoopThread:
     """An asyncio loop running forever in a daemon thread; ``run`` executes a coroutine on it."""
 
-    def __init__(self, name: str, executor_threads: int) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, name: str, executor_threads: int, kind: EventLoopKind = "uvloop") -> None:
+        self.loop = new_event_loop(kind)
         self.loop.set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="blocking")
         )
@@ -168,22 +177,33 @@ def build_server(
     observers: Iterable[RpcObserver] = (),
     metrics: ServiceMetrics | None = None,
     loop: EventLoopThread | None = None,
+    gate: ShutdownGate | None = None,
 ) -> tuple[ManagedServer, int]:
     """Create a server with the shared plumbing; ``register`` adds servicers and returns their full names.
 
     From the settings: bearer-token auth when a token is configured, TLS when a certificate and key
     are set (mutual TLS with a client CA), RPC metrics always, and their HTTP endpoint unless
     ``metrics_port`` is -1. Pass ``metrics`` when the servicers feed it too (made before the server),
-    and ``loop`` when they need the server's loop before it exists (the model service's batchers).
+    ``gate`` when they read its count of the calls in flight (the model service's batchers), and
+    ``loop`` when they need the server's loop before it exists.
     """
     credentials = _tls_credentials(settings)
     tokens = load_tokens(settings.auth_token, settings.auth_token_file)
     metrics = metrics or ServiceMetrics()
-    loop = loop or EventLoopThread(f"{settings.port}-loop", settings.executor_threads)
+    gate = gate or ShutdownGate()
+    loop = loop or EventLoopThread(f"{settings.port}-loop", settings.executor_threads, settings.event_loop)
     try:
         return loop.run(
             _build(
-                settings, register, list(interceptors), list(observers), metrics, loop, tokens, credentials
+                settings,
+                register,
+                list(interceptors),
+                list(observers),
+                metrics,
+                gate,
+                loop,
+                tokens,
+                credentials,
             )
         )
     except BaseException:
@@ -197,13 +217,13 @@ async def _build(
     interceptors: list[grpc.aio.ServerInterceptor],
     observers: list[RpcObserver],
     metrics: ServiceMetrics,
+    gate: ShutdownGate,
     loop: EventLoopThread,
     tokens: list[str],
     credentials: grpc.ServerCredentials | None,
 ) -> tuple[ManagedServer, int]:
     # Every handler, health and reflection included, is wrapped by the pipeline as it is registered;
     # auth refusals too, so refused calls (UNAUTHENTICATED, UNAVAILABLE) are logged and counted.
-    gate = ShutdownGate()
     pipeline = CallPipeline([log_rpc, metrics.observe_rpc, *observers], gate)
     all_interceptors: list[grpc.aio.ServerInterceptor] = []
     if tokens:

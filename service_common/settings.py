@@ -11,11 +11,12 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from service_common.stores import S3Location, parse_store
 
 S = TypeVar("S", bound="ServerSettings")
+EventLoopKind = Literal["uvloop", "asyncio"]
 T = TypeVar("T")
 
 
@@ -50,6 +51,11 @@ class ServerSettings:
     )
     executor_threads: int = setting(
         16, "threads per process for blocking work handed off the event loop (sklearn, disk, Keras)"
+    )
+    event_loop: EventLoopKind = setting(
+        "uvloop",
+        "the event loop serving calls: 'uvloop' (libuv's, as MLServer runs; measured in docs/performance.md) "
+        "or 'asyncio' (the standard library's)",
     )
     reuse_port: bool = setting(
         False, "share the port with other processes (SO_REUSEPORT); the supervisor sets it for its workers"
@@ -107,7 +113,18 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected a boolean, got {text!r}")
 
 
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def convert(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return convert
+
+
 def _converter(kind: Any) -> Any:
+    if get_origin(kind) is Literal:
+        return _one_of(get_args(kind))
     if kind is bool:
         return _parse_bool
     if kind is Path:
@@ -123,6 +140,7 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, description: 
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         convert = _converter(hints[field.name])
+        choices = get_args(hints[field.name]) if get_origin(hints[field.name]) is Literal else None
         env_name = f"{cls.ENV_PREFIX}{field.name.upper()}"
         default = field.default
         if env_name in os.environ:
@@ -133,7 +151,9 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, description: 
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
-            type=convert,
+            # A choice: argparse checks it and names the choices; the environment goes through convert.
+            type=str if choices else convert,
+            choices=choices,
             default=default,
             help=f"{field.metadata.get('help', '')} (env {env_name}, default {field.default!s})",
         )

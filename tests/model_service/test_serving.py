@@ -13,7 +13,8 @@ from model_service.affine_scalers import AffineScaler, ScalerRef
 from model_service.cost import MIB, Admission
 from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
-from model_service.serving import ServedModel, ServingOptions
+from model_service.serving import ServedModel, ServingOptions, serving_options
+from model_service.settings import ModelSettings
 from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, with_defaults
 from service_common.errors import InvalidArgument, ResourceExhausted
 
@@ -114,3 +115,10 @@ def test_values_the_x_scaler_pushes_beyond_float32_are_refused(keras_model: obje
     x[0, 0, 0] = 1e30  # fits float32, but 1e40 once scaled
     with pytest.raises(InvalidArgument, match=r"x \(scaled by the model's x scaler\): .* found 1e\+40"):
         model.infer(x)
+
+
+def test_the_settings_reach_the_serving_options_in_their_units() -> None:
+    settings = ModelSettings(max_batch_size=16, max_batch_wait_ms=2.0, inline_pass_ms=0.5, jit_compile=False)
+    options = serving_options(settings)
+    assert (options.max_batch_size, options.max_batch_wait_seconds) == (16, 0.002)
+    assert options.inline_pass_seconds == 0.0005 and options.jit_compile is False

@@ -3,6 +3,7 @@ limits, the logging/observing interceptor and shutdown hooks, on a real server a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from service_common.errors import NotFound
 from service_common.grpc_errors import map_errors
 from service_common.server import ManagedServer, build_server
-from service_common.settings import ServerSettings
+from service_common.settings import EventLoopKind, ServerSettings
 
 SERVICE = "lstm_stack.test.Probe"
 ECHO = f"/{SERVICE}/Echo"
@@ -79,6 +80,28 @@ def test_health_serving_for_the_server_and_each_service(running: Running) -> Non
     with pytest.raises(grpc.RpcError) as excinfo:
         _health(running.channel, "no.such.Service")
     assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_the_server_runs_on_the_event_loop_the_settings_name(tmp_path: Path, kind: EventLoopKind) -> None:
+    seen: list[str] = []
+
+    class LoopProbe(Probe):
+        @map_errors
+        async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            seen.append(type(asyncio.get_running_loop()).__module__)
+            return request
+
+    settings = ServerSettings(host="127.0.0.1", port=0, store=tmp_path, event_loop=kind, executor_threads=2)
+    server, port = build_server(settings, LoopProbe().register)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert channel.unary_unary(ECHO)(b"hi", timeout=10) == b"hi"
+            assert _health(channel) == SERVING
+    finally:
+        server.stop(0)
+    assert seen == (["uvloop"] if kind == "uvloop" else ["asyncio.unix_events"])
 
 
 def test_graceful_stop_turns_health_not_serving_first(running: Running) -> None:

@@ -57,6 +57,20 @@ def test_bad_values_exit_with_a_usage_error(monkeypatch: pytest.MonkeyPatch, cap
     assert "LSTM_DEMO_VERBOSE: expected a boolean, got 'maybe'" in capsys.readouterr().err
 
 
+def test_a_choice_setting_names_its_choices(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    assert load_settings(DemoSettings, []).event_loop == "uvloop"
+    assert load_settings(DemoSettings, ["--event-loop", "asyncio"]).event_loop == "asyncio"
+    with pytest.raises(SystemExit):
+        load_settings(DemoSettings, ["--event-loop", "tornado"])
+    assert "invalid choice: 'tornado' (choose from 'uvloop', 'asyncio')" in capsys.readouterr().err
+    monkeypatch.setenv("LSTM_DEMO_EVENT_LOOP", "trio")
+    with pytest.raises(SystemExit):
+        load_settings(DemoSettings, [])
+    assert "LSTM_DEMO_EVENT_LOOP: expected one of uvloop, asyncio, got 'trio'" in capsys.readouterr().err
+    monkeypatch.setenv("LSTM_DEMO_EVENT_LOOP", "asyncio")
+    assert load_settings(DemoSettings, []).event_loop == "asyncio"
+
+
 def test_scaler_settings_use_their_own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LSTM_SCALER_PORT", "5123")
     monkeypatch.setenv("LSTM_DEMO_PORT", "9")
