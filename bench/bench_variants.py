@@ -8,7 +8,7 @@ median of the per-repetition ratios to the first variant, not the rates.
 
 Each variant is a name and the model-service flags it adds, e.g.
     .venv/bin/python bench/bench_variants.py --variant asyncio="--event-loop asyncio" --variant uvloop=""
-    .venv/bin/python bench/bench_variants.py --variant thread="--inline-pass-ms 0" --variant inline=""
+    .venv/bin/python bench/bench_variants.py --variant batched="" --variant wait1="--max-batch-wait-ms 1"
 Loads: seed/48x4 ModelInfer and Predict, and the no-op (health Check), each with C callers
 (``--loads seed:32,noop:32,seed:1``). Models and requests are bench_serving's.
 """

@@ -26,7 +26,6 @@ from protos.lstm_stack.v1 import dataset_pb2, dataset_pb2_grpc, model_pb2, model
 from service_common.metrics import ServiceMetrics
 from service_common.observers import RpcObserver
 from service_common.server import ManagedServer, build_server
-from service_common.shutdown import ShutdownGate
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,7 @@ def create_server(
         metrics.observe_batch("predict", rows)
 
     serving = serving_options(settings)
-    # Made before the server (as metrics): the batchers read its count of the calls in flight.
-    gate = ShutdownGate()
-    registry = ModelRegistry(store, serving, observe_batch, gate.in_flight)
+    registry = ModelRegistry(store, serving, observe_batch)
     registry.load_all()
     registry.start_watching(settings.store_poll_seconds)
     trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
@@ -91,7 +88,7 @@ def create_server(
         dataset_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, server)
         return [SERVICE_NAME, DATASET_SERVICE_NAME, *add_inference_protocol(server, registry)]
 
-    managed, port = build_server(settings, register, observers=observers, metrics=metrics, gate=gate)
+    managed, port = build_server(settings, register, observers=observers, metrics=metrics)
     managed.metrics.track_artifacts("model", registry.count)
     managed.on_stop(gateway.close)
     managed.on_stop(registry.close)

@@ -5,13 +5,9 @@ waits up to ``max_wait_seconds`` for more, runs a single forward pass and hands 
 Under heavy load the requests that arrive while a pass runs form the next batch, so the batch size
 follows the load by itself.
 
-Two ways in. ``submit_async`` (the servers' event loop) hands the rows to the worker thread, and the
-results of a batch come back through one ``call_soon_threadsafe`` per loop. Except for a lone
-request: when it is the only call the process is running (``calls_in_flight``), nothing else queues,
-and the model's last pass took under ``inline_seconds``, the pass runs right there on the loop, since
-the two thread hops would cost about as much as the pass. Under load the worker keeps batching (passes
-run inline one request at a time would block the loop that receives the next ones), and once a pass
-took longer, the next requests go to the worker again.
+Two ways in. ``submit_async`` (the servers' event loop) always hands the rows to the worker thread, so
+the forward pass never runs on the loop; the results of a batch come back through one
+``call_soon_threadsafe`` per loop.
 ``submit`` (plain threads: scoring a holdout, Evaluate on the executor) runs an idle request straight
 away in the caller's thread, whatever max_wait says, since a thread hop would only add latency there.
 """
@@ -88,15 +84,8 @@ class AdaptiveBatcher:
         max_wait_seconds: float,
         name: str,
         observe_batch: Callable[[int], None] | None = None,
-        inline_seconds: float = 0.0,
-        calls_in_flight: Callable[[], int] | None = None,
     ) -> None:
         self._forward = forward
-        # No count of the calls in flight, no way to know a request is alone: never inline.
-        self._inline_ns = int(max(0.0, inline_seconds) * 1e9) if calls_in_flight else 0
-        self._calls_in_flight = calls_in_flight
-        # How long the last pass took (worker or caller); 0 until one ran, so the first may run inline.
-        self._last_pass_ns = 0
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait_seconds = max(0.0, max_wait_seconds)
         self.name = name
@@ -116,20 +105,7 @@ class AdaptiveBatcher:
         return self.max_batch_size > 1
 
     async def submit_async(self, x: np.ndarray) -> np.ndarray:
-        """Like ``submit``, from a coroutine: the pass runs on the worker thread, or for a lone request
-        whose pass is short (see the module's docstring) on the loop."""
-        if (
-            self._last_pass_ns < self._inline_ns
-            and not self._queue
-            and self._closed_reason is None
-            and self._calls_in_flight is not None
-            and self._calls_in_flight() <= 1
-            and self._running.acquire(blocking=False)
-        ):
-            try:
-                return self._run_direct(x)
-            finally:
-                self._running.release()
+        """Like ``submit``, from a coroutine: the pass runs on the worker thread, never on the loop."""
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._enqueue(_Pending(x, future=future))
         return await future
@@ -167,14 +143,7 @@ class AdaptiveBatcher:
     def _run_direct(self, x: np.ndarray) -> np.ndarray:
         if self._observe:
             self._observe(int(x.shape[0]))
-        return self._timed(x)
-
-    def _timed(self, x: np.ndarray) -> np.ndarray:
-        started = time.perf_counter_ns()
-        try:
-            return self._forward(x)
-        finally:
-            self._last_pass_ns = time.perf_counter_ns() - started
+        return self._forward(x)
 
     def close(self, reason: str) -> None:
         """Refuse new requests with FailedPrecondition(reason); queued ones still finish."""
@@ -220,7 +189,7 @@ class AdaptiveBatcher:
                     x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
                     if self._observe:
                         self._observe(int(x.shape[0]))
-                    out = self._timed(x)
+                    out = self._forward(x)
                     start = 0
                     for pending in batch:
                         pending.result = out[start : start + pending.rows]

@@ -33,7 +33,7 @@ from model_service.model_store import (
     reserved_record,
 )
 from model_service.records import ModelRecord
-from model_service.serving import BatchObserver, CallCounter, ServedModel, ServingOptions, make_served
+from model_service.serving import BatchObserver, ServedModel, ServingOptions, make_served
 from model_service.spec import ModelSpec
 from service_common.artifacts import StoredArtifacts
 from service_common.errors import FailedPrecondition, NotFound
@@ -102,17 +102,12 @@ class ServedModels(Protocol):
 
 class ModelRegistry:
     def __init__(
-        self,
-        store: StoredArtifacts,
-        options: ServingOptions,
-        observe_batch: BatchObserver | None = None,
-        calls_in_flight: CallCounter | None = None,
+        self, store: StoredArtifacts, options: ServingOptions, observe_batch: BatchObserver | None = None
     ) -> None:
         self._store = store
         self.publisher = ModelPublisher(store)
         self._options = options
         self._observe_batch = observe_batch  # every served version's batcher reports to it
-        self._calls_in_flight = calls_in_flight  # and may run a lone request inline (batching.py)
         self._lock = threading.RLock()  # guards _entries; never held while loading
         self._sync_lock = threading.Lock()  # one refresh at a time, so no version is loaded twice
         self._entries: dict[str, dict[int, _Entry]] = {}
@@ -258,7 +253,7 @@ class ModelRegistry:
         if not load.serve:
             return _Entry(record, VersionState.UNAVAILABLE)
         model = builder.from_keras_bytes(keras_bytes, record.spec, f"{model_id} v{version}")
-        served = make_served(record, model, self._options, self._observe_batch, self._calls_in_flight)
+        served = make_served(record, model, self._options, self._observe_batch)
         if warm:
             served.warm()  # traced before it is published: no request pays for it
         return _Entry(record, VersionState.READY, served)

@@ -32,7 +32,6 @@ class ServingOptions:
 
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_batch_wait_seconds: float = 0.0
-    inline_pass_seconds: float = 0.0
     jit_compile: bool = True
     flat_call: bool = True
     # Memory budget and reply limit (cost.py); None admits everything and computes in one pass.
@@ -44,7 +43,6 @@ def serving_options(settings: ModelSettings) -> ServingOptions:
     return ServingOptions(
         max_batch_size=settings.max_batch_size,
         max_batch_wait_seconds=settings.max_batch_wait_ms / 1000.0,
-        inline_pass_seconds=settings.inline_pass_ms / 1000.0,
         jit_compile=settings.jit_compile,
         flat_call=settings.flat_call,
         admission=Admission.from_settings(settings.memory_budget_mb, settings.max_message_bytes),
@@ -53,8 +51,6 @@ def serving_options(settings: ModelSettings) -> ServingOptions:
 
 # Told the rows of every forward pass the batcher runs (the batch-size histogram).
 BatchObserver = Callable[[int], None]
-# How many calls the process is running (the shutdown gate's count): a lone request may run inline.
-CallCounter = Callable[[], int]
 
 
 @dataclass(frozen=True)
@@ -112,8 +108,7 @@ class _PassOutput(np.ndarray):
 class ServedModel:
     """One version being served: ``infer`` takes raw units, goes through the adaptive batcher, the
     train-fitted x scaler and the inverse y scaler; ``max_batch_size`` is the rows per forward pass.
-    ``observe_batch`` (when given) is told the rows of each forward pass; ``calls_in_flight`` lets a
-    lone request's short pass run on the event loop (batching.py)."""
+    ``observe_batch`` (when given) is told the rows of each forward pass."""
 
     def __init__(
         self,
@@ -121,7 +116,6 @@ class ServedModel:
         predictor: CompiledPredictor,
         options: ServingOptions,
         observe_batch: BatchObserver | None = None,
-        calls_in_flight: CallCounter | None = None,
     ) -> None:
         spec = record.spec
         self.model_id = record.model_id
@@ -142,8 +136,6 @@ class ServedModel:
             options.max_batch_wait_seconds,
             f"{record.model_id}-v{record.version}",
             observe_batch,
-            options.inline_pass_seconds,
-            calls_in_flight,
         )
 
     @property
@@ -287,12 +279,7 @@ def predictor_for(record: ModelRecord, model: Any, options: ServingOptions) -> C
 
 
 def make_served(
-    record: ModelRecord,
-    model: Any,
-    options: ServingOptions,
-    observe_batch: BatchObserver | None = None,
-    calls_in_flight: CallCounter | None = None,
+    record: ModelRecord, model: Any, options: ServingOptions, observe_batch: BatchObserver | None = None
 ) -> ServedModel:
     """Wrap a Keras model (trained here, or loaded from a verified artifact) for serving."""
-    predictor = predictor_for(record, model, options)
-    return ServedModel(record, predictor, options, observe_batch, calls_in_flight)
+    return ServedModel(record, predictor_for(record, model, options), options, observe_batch)

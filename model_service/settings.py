@@ -44,12 +44,6 @@ class ModelSettings(ServerSettings):
         "(an idle request runs at once); 1 turns batching off",
     )
     max_batch_wait_ms: float = setting(0.0, "adaptive batching: how long a pass waits for more rows")
-    inline_pass_ms: float = setting(
-        1.0,
-        "a request that is the only call in flight, on a model whose last forward pass took under this "
-        "many ms, runs its pass on the event loop instead of the batcher's thread (saves two thread "
-        "hops); 0 = always the batcher's thread",
-    )
     jit_compile: bool = setting(
         True,
         "serve each hot batch-size bucket with XLA, compiled in the background after a few uses (the "

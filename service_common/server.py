@@ -177,33 +177,22 @@ def build_server(
     observers: Iterable[RpcObserver] = (),
     metrics: ServiceMetrics | None = None,
     loop: EventLoopThread | None = None,
-    gate: ShutdownGate | None = None,
 ) -> tuple[ManagedServer, int]:
     """Create a server with the shared plumbing; ``register`` adds servicers and returns their full names.
 
     From the settings: bearer-token auth when a token is configured, TLS when a certificate and key
     are set (mutual TLS with a client CA), RPC metrics always, and their HTTP endpoint unless
     ``metrics_port`` is -1. Pass ``metrics`` when the servicers feed it too (made before the server),
-    ``gate`` when they read its count of the calls in flight (the model service's batchers), and
-    ``loop`` when they need the server's loop before it exists.
+    and ``loop`` when they need the server's loop before it exists.
     """
     credentials = _tls_credentials(settings)
     tokens = load_tokens(settings.auth_token, settings.auth_token_file)
     metrics = metrics or ServiceMetrics()
-    gate = gate or ShutdownGate()
     loop = loop or EventLoopThread(f"{settings.port}-loop", settings.executor_threads, settings.event_loop)
     try:
         return loop.run(
             _build(
-                settings,
-                register,
-                list(interceptors),
-                list(observers),
-                metrics,
-                gate,
-                loop,
-                tokens,
-                credentials,
+                settings, register, list(interceptors), list(observers), metrics, loop, tokens, credentials
             )
         )
     except BaseException:
@@ -217,13 +206,13 @@ async def _build(
     interceptors: list[grpc.aio.ServerInterceptor],
     observers: list[RpcObserver],
     metrics: ServiceMetrics,
-    gate: ShutdownGate,
     loop: EventLoopThread,
     tokens: list[str],
     credentials: grpc.ServerCredentials | None,
 ) -> tuple[ManagedServer, int]:
     # Every handler, health and reflection included, is wrapped by the pipeline as it is registered;
     # auth refusals too, so refused calls (UNAUTHENTICATED, UNAVAILABLE) are logged and counted.
+    gate = ShutdownGate()
     pipeline = CallPipeline([log_rpc, metrics.observe_rpc, *observers], gate)
     all_interceptors: list[grpc.aio.ServerInterceptor] = []
     if tokens:

@@ -35,10 +35,6 @@ class ShutdownGate:
         if counted:
             self._active += 1
 
-    def in_flight(self) -> int:
-        """Calls running now (health calls are not counted)."""
-        return self._active
-
     def left(self) -> None:
         self._active -= 1
         if self._active == 0 and self._changed is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,86 +121,3 @@ def test_batch_size_one_runs_every_request_on_its_own() -> None:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: batcher.submit(np.ones((1, 1))), range(8)))
     assert calls == [1] * 8
-
-
-class ThreadNoting:
-    """Doubles its input, noting which thread ran each pass; sleeps ``pause`` seconds per pass."""
-
-    def __init__(self) -> None:
-        self.threads: list[str] = []
-        self.pause = 0.0
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.threads.append(threading.current_thread().name)
-        if self.pause:
-            threading.Event().wait(self.pause)
-        return x * 2
-
-
-def inline_batcher(forward, inline_seconds: float, calls: list[int]) -> AdaptiveBatcher:
-    """A batcher that may run short passes inline; ``calls[0]`` is the calls in flight it is told."""
-    return AdaptiveBatcher(
-        forward, 8, 0.0, "t", inline_seconds=inline_seconds, calls_in_flight=lambda: calls[0]
-    )
-
-
-def test_a_lone_short_pass_runs_on_the_loop_and_a_long_one_sends_the_next_to_the_worker() -> None:
-    forward = ThreadNoting()
-    batcher = inline_batcher(forward, 0.05, [1])
-
-    async def calls() -> list[list[list[float]]]:
-        results = [(await batcher.submit_async(np.ones((1, 1)))).tolist()]  # no pass yet: inline
-        forward.pause = 0.1  # this one still runs inline (the last pass was short) but takes too long
-        results.append((await batcher.submit_async(np.ones((1, 1)))).tolist())
-        forward.pause = 0.0
-        results.append((await batcher.submit_async(np.ones((1, 1)))).tolist())  # so: the worker
-        results.append((await batcher.submit_async(np.ones((1, 1)))).tolist())  # short again: inline
-        return results
-
-    loop_thread = threading.current_thread().name
-    assert asyncio.run(calls()) == [[[2.0]]] * 4
-    assert forward.threads == [loop_thread, loop_thread, "batcher-t", loop_thread]
-    batcher.close("done")
-
-
-@pytest.mark.parametrize(
-    "inline_seconds, in_flight, counted",
-    [(0.0, 1, True), (10.0, 2, True), (10.0, 1, False)],
-    ids=["inline off", "other calls in flight", "no call count"],
-)
-def test_a_request_goes_to_the_worker_unless_inline_is_on_and_it_is_alone(
-    inline_seconds: float, in_flight: int, counted: bool
-) -> None:
-    forward = ThreadNoting()
-    if counted:
-        batcher = inline_batcher(forward, inline_seconds, [in_flight])
-    else:
-        batcher = AdaptiveBatcher(forward, 8, 0.0, "t", inline_seconds=inline_seconds)
-
-    async def calls() -> None:
-        for _ in range(3):
-            assert (await batcher.submit_async(np.ones((1, 1)))).tolist() == [[2.0]]
-
-    asyncio.run(calls())
-    assert forward.threads == ["batcher-t"] * 3
-    batcher.close("done")
-
-
-def test_a_request_arriving_while_a_pass_runs_queues_for_the_worker_even_when_passes_are_short() -> None:
-    forward = GatedForward()
-    batcher = inline_batcher(forward, 10.0, [1])
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(batcher.submit, np.ones((1, 1)))  # holds the pass (a thread's fast path)
-        assert forward.first_call.wait(10)
-
-        async def while_busy() -> list[list[float]]:
-            pending = asyncio.ensure_future(batcher.submit_async(np.full((1, 1), 3.0)))
-            while not batcher._queue:  # it queued instead of running on the loop
-                await asyncio.sleep(0.005)
-            forward.release.set()
-            return (await pending).tolist()
-
-        assert asyncio.run(while_busy()) == [[6.0]]
-        assert first.result(10).tolist() == [[2.0]]
-    assert forward.batches == [1, 1]
-    batcher.close("done")

@@ -118,7 +118,7 @@ def test_values_the_x_scaler_pushes_beyond_float32_are_refused(keras_model: obje
 
 
 def test_the_settings_reach_the_serving_options_in_their_units() -> None:
-    settings = ModelSettings(max_batch_size=16, max_batch_wait_ms=2.0, inline_pass_ms=0.5, jit_compile=False)
+    settings = ModelSettings(max_batch_size=16, max_batch_wait_ms=2.0, jit_compile=False, flat_call=False)
     options = serving_options(settings)
     assert (options.max_batch_size, options.max_batch_wait_seconds) == (16, 0.002)
-    assert options.inline_pass_seconds == 0.0005 and options.jit_compile is False
+    assert options.jit_compile is False and options.flat_call is False

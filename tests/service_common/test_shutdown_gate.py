@@ -101,23 +101,3 @@ def test_gate_waits_for_quiet() -> None:
     # Nothing ran and nothing arrived since construction more than QUIET_SECONDS ago? Then at most that.
     assert time.monotonic() - started <= ShutdownGate.QUIET_SECONDS + 1.0
     assert not asyncio.run(ShutdownGate().wait_quiet(0.0))
-
-
-def test_a_gate_given_to_the_server_counts_its_calls_in_flight(tmp_path: Path) -> None:
-    gate = ShutdownGate()
-    service = echo.EchoService()
-    managed, port = build_server(ServerSettings(store=tmp_path), service.register, gate=gate)
-    managed.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert _health(channel) == "SERVING" and gate.in_flight() == 0  # health is not counted
-            slow = threading.Thread(
-                target=channel.unary_unary(echo.SLOW), args=(b"s",), kwargs={"timeout": 30}
-            )
-            slow.start()
-            _wait_for(lambda: gate.in_flight() == 1)
-            service.release.set()
-            slow.join(30)
-            _wait_for(lambda: gate.in_flight() == 0)
-    finally:
-        managed.stop(0)
