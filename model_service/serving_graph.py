@@ -386,9 +386,7 @@ def _x_constants(scaler: AffineScaler) -> tuple[np.ndarray, np.ndarray]:
     if len(scaler.sample_shape) == 2 and scaler.layout == PER_COLUMN:
         size = math.prod(scaler.sample_shape)
         shape = (1, *scaler.sample_shape)
-        return np.broadcast_to(scale, (1, size)).reshape(shape), np.broadcast_to(offset, (1, size)).reshape(
-            shape
-        )
+        scale, offset = (np.broadcast_to(a, (1, size)).reshape(shape) for a in (scale, offset))
     return scale, offset
 
 
