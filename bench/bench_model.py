@@ -6,14 +6,13 @@ OS); clients run in separate processes (no TensorFlow in them) so they do not sh
 
 1. In process (this process): the seed's example-1 model (LSTM(10,relu) -> LSTM(2,relu) -> LSTM(10,relu)
    -> Dense(1)), batch 1: ``model.predict``; a plain tf.function called the public way; and the
-   service's own forward pass (model_service.predictor), graph tier and XLA tier. The "compiled call"
-   of the targets is the fastest of these, the XLA tier, which is what the service serves with.
-2. Through the service (default settings: adaptive batching on, XLA): after a warm-up load (the hot
-   batch-size buckets get compiled), sequential batch-1 Predict p50/p99; 32 concurrent clients;
+   service's own forward pass: the version's ONNX serving graph in an ONNX Runtime session (the
+   "compiled call" of the targets).
+2. Through the service (default settings: adaptive batching on): after a warm-up load, sequential
+   batch-1 Predict p50/p99; 32 concurrent clients;
    Predict latency while a training job runs; Train wall time vs in-process ``model.fit`` on the same
    data and settings.
-3. The same service with batching off (max_batch_size 1), with a 1 ms batch wait, and on the graph
-   tier only (--jit-compile false) with batching on and off, for 32 clients.
+3. The same service with batching off (max_batch_size 1) and with a 1 ms batch wait, for 32 clients.
 
 Targets (issue 3): gRPC p50 >= 30x faster than model.predict and within +1 ms of the compiled call;
 32 clients >= 3x the unbatched throughput with p99 <= 30 ms; training <= 1.10x model.fit.
@@ -108,17 +107,22 @@ def service(module: str, args: list[str], log: Path) -> Iterator[str]:
 
 @contextmanager
 def service_process(
-    module: str, args: list[str], log: Path, start_timeout: float = 240.0
+    module: str, args: list[str], log: Path, start_timeout: float = 240.0, checkout: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """As ``service``, also yielding the process (bench_serving reads its threads' CPU time)."""
+    """As ``service``, also yielding the process (bench_serving reads its threads' CPU time). With
+    ``checkout``, the service's code comes from that tree (another commit of this repository)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    root = checkout or REPO_ROOT
+    if checkout is not None:
+        # Its packages first on the path: this venv's editable install points at this checkout.
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), str(checkout / "clients" / "python")])
     with log.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
-            cwd=REPO_ROOT,
+            cwd=root,
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -365,8 +369,10 @@ def in_process(requests: int, epochs: int) -> dict[str, Any]:
     from sklearn.preprocessing import MinMaxScaler
 
     from model_service import builder, model_messages
-    from model_service.predictor import CompiledPredictor
+    from model_service.graph_session import GraphSession
+    from model_service.records import ModelRecord
     from model_service.spec import with_defaults
+    from model_service.training.graph import serving_graph
 
     spec = with_defaults(model_messages.spec_from_proto(seed_spec()))
     with builder.seeded(3):
@@ -388,21 +394,11 @@ def in_process(requests: int, epochs: int) -> dict[str, Any]:
         lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, 3, 1], tf.float32)]
     ).get_concrete_function()
     results["tf_function"] = time_calls(lambda: concrete(tf.constant(query)).numpy(), requests)
-    # The service's own forward pass, in process: the graph tier, and the XLA tier it moves to.
-    graph = CompiledPredictor(model, 3, 1, jit_compile=False)
-    graph.warm()
-    results["compiled_graph"] = time_calls(lambda: graph(query), requests)
-    xla = CompiledPredictor(model, 3, 1, jit_compile=True)
-    xla.compile_now(1)
-    results["compiled"] = time_calls(lambda: xla(query), requests)
-    # The same two tiers through the public ConcreteFunction call (--flat-call false): what the private
-    # _call_flat saves per call.
-    graph_public = CompiledPredictor(model, 3, 1, jit_compile=False, flat_call=False)
-    graph_public.warm()
-    results["compiled_graph_public"] = time_calls(lambda: graph_public(query), requests)
-    xla_public = CompiledPredictor(model, 3, 1, jit_compile=True, flat_call=False)
-    xla_public.compile_now(1)
-    results["compiled_public"] = time_calls(lambda: xla_public(query), requests)
+    # The service's own forward pass, in process: the serving graph in its ONNX Runtime session.
+    record = ModelRecord("bench", 1, spec, 3, "now")
+    session = GraphSession(serving_graph(record, model), "values", "bench v1")
+    raw = QUERY.astype(np.float64)
+    results["compiled"] = time_calls(lambda: session.run(raw), requests)
 
     # model.fit as one would write it in process: numpy arrays, same scaling, split, epochs, batch, shuffle.
     xs, ys = long_series()
@@ -473,26 +469,18 @@ def main() -> None:
             variants = {
                 "unbatched": ["--max-batch-size", "1"],
                 "wait_1ms": ["--max-batch-wait-ms", "1"],
-                "graph": ["--jit-compile", "false"],
-                "graph_unbatched": ["--jit-compile", "false", "--max-batch-size", "1"],
             }
             for name, extra in variants.items():
                 with service("model_service", [*base, *extra], logs / f"model-{name}.log") as address:
                     wait_until_warm(address)
                     warm_up(address, args.clients)
                     figures[name] = concurrent(address, args.clients, args.seconds)
-                    if name == "graph":
-                        figures["graph_sequential"] = sequential(address, args.requests)
                 print(f"{name} service done", flush=True)
 
     grpc_p50, grpc_p99 = percentiles(figures["sequential"][0])
     predict_p50, predict_p99 = local["predict"]
     compiled_p50, compiled_p99 = local["compiled"]
-    graph_p50, graph_p99 = local["compiled_graph"]
     function_p50, function_p99 = local["tf_function"]
-    graph_public_p50, graph_public_p99 = local["compiled_graph_public"]
-    compiled_public_p50, compiled_public_p99 = local["compiled_public"]
-    graph_grpc_p50, graph_grpc_p99 = percentiles(figures["graph_sequential"][0])
     batched, unbatched = figures["batched"], figures["unbatched"]
     busy_p50, busy_p99, busy_train, busy_n = figures["busy"]
     floor_p50, floor_p99 = percentiles(figures["floor_sequential"][0])
@@ -501,34 +489,18 @@ def main() -> None:
     print("batch-1 latency (ms)                                p50       p99")
     print(f"  in-process model.predict                     {predict_p50:9.3f} {predict_p99:9.3f}")
     print(f"  in-process tf.function, public call          {function_p50:9.3f} {function_p99:9.3f}")
-    print(f"  in-process serving pass, graph tier          {graph_p50:9.3f} {graph_p99:9.3f}")
-    print(f"  in-process serving pass, XLA tier (compiled) {compiled_p50:9.3f} {compiled_p99:9.3f}")
-    print(f"    graph tier, public call (--flat-call false) {graph_public_p50:8.3f} {graph_public_p99:9.3f}")
-    print(
-        f"    XLA tier, public call (--flat-call false)   {compiled_public_p50:8.3f} {compiled_public_p99:9.3f}"
-    )
-    print(
-        f"    _call_flat saves per call: graph {graph_public_p50 - graph_p50:.3f} ms "
-        f"({graph_public_p50 / graph_p50:.2f}x), XLA {compiled_public_p50 - compiled_p50:.3f} ms "
-        f"({compiled_public_p50 / compiled_p50:.2f}x) at p50"
-    )
+    print(f"  in-process serving pass, ONNX Runtime        {compiled_p50:9.3f} {compiled_p99:9.3f}")
     print(f"  gRPC Predict (service default)               {grpc_p50:9.3f} {grpc_p99:9.3f}")
-    print(f"  gRPC Predict (service, --jit-compile false)  {graph_grpc_p50:9.3f} {graph_grpc_p99:9.3f}")
     print(
         f"  gRPC Predict while training                  {busy_p50:9.3f} {busy_p99:9.3f}   ({busy_n} requests)"
     )
-    print(
-        f"  sequential rate: {figures['sequential'][1]:.0f} req/s "
-        f"(--jit-compile false: {figures['graph_sequential'][1]:.0f})"
-    )
+    print(f"  sequential rate: {figures['sequential'][1]:.0f} req/s")
     print()
     print(f"throughput, {args.clients} clients (batch 1)              req/s    p50 ms    p99 ms  errors")
     for label, key in [
-        ("adaptive batching (default, XLA)", "batched"),
+        ("adaptive batching (default)", "batched"),
         ("batching off (max_batch_size 1)", "unbatched"),
         ("batching + max wait 1 ms", "wait_1ms"),
-        ("graph tier only, batching", "graph"),
-        ("graph tier only, batching off", "graph_unbatched"),
         ("floor: no-op health Check, same server", "floor"),
     ]:
         f = figures[key]
@@ -549,12 +521,6 @@ def main() -> None:
             batched["rps"] / unbatched["rps"],
             ">= 3x",
             batched["rps"] >= 3 * unbatched["rps"],
-        ),
-        (
-            "  same, graph tier only",
-            figures["graph"]["rps"] / figures["graph_unbatched"]["rps"],
-            "(>= 3x)",
-            figures["graph"]["rps"] >= 3 * figures["graph_unbatched"]["rps"],
         ),
         ("batched p99 (ms)", batched["p99"], "<= 30 ms", batched["p99"] <= 30),
         (

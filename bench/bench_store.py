@@ -38,7 +38,7 @@ import grpc
 import numpy as np
 from bench_model import service_process
 
-from model_service.model_store import ARTIFACT_DIR, ModelWriter, read_version
+from model_service.model_store import ARTIFACT_DIR, GRAPH_FILE, ModelWriter, read_version
 from model_service.records import ModelRecord
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
@@ -74,15 +74,17 @@ def timed(call: Callable[[], object], repeat: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def fill(root: Path, key: bytes, template: tuple[ModelRecord, bytes], count: int) -> tuple[float, float]:
+def fill(
+    root: Path, key: bytes, template: tuple[ModelRecord, bytes, bytes], count: int
+) -> tuple[float, float]:
     """``count`` committed copies of the template under new ids; mean wall and CPU seconds per version."""
-    record, keras_bytes = template
+    record, keras_bytes, graph = template
     writer = ModelWriter(ArtifactStore(root / ARTIFACT_DIR, key))
     wall, cpu = time.perf_counter(), time.process_time()
     for index in range(count):
         reserved, reservation = writer.reserve(f"m{index:06d}", record.spec, record.seed)
         copy = dataclasses.replace(record, model_id=reserved.model_id, version=reserved.version)
-        writer.commit(copy, keras_bytes, reservation)
+        writer.commit(copy, keras_bytes, graph, reservation)
     return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
@@ -185,10 +187,11 @@ def main() -> int:
         ):
             events = model_pb2_grpc.ModelServiceStub(channel).Train(tiny_request("template"), timeout=300)
             [done] = [event.done for event in events if event.HasField("done")]
-        template = read_version(
-            ArtifactStore(template_store / ARTIFACT_DIR, key.encode()), "template", done.version
-        )
-        print(f"template: model.keras {len(template[1])} bytes", flush=True)
+        stored = ArtifactStore(template_store / ARTIFACT_DIR, key.encode())
+        record, keras_bytes = read_version(stored, "template", done.version)
+        graph = stored.read("template", done.version, (GRAPH_FILE,))[GRAPH_FILE]
+        template = (record, keras_bytes, graph)
+        print(f"template: model.keras {len(keras_bytes)} bytes, model.onnx {len(graph)} bytes", flush=True)
         for count in (10, args.models):
             store = root / f"store-{count}"
             per_version = fill(store, key.encode(), template, count)

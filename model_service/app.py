@@ -12,14 +12,12 @@ import grpc
 from model_service.affine_scalers import ScalerRef
 from model_service.datasets.dataset_servicer import DatasetServicer
 from model_service.datasets.dataset_store import open_dataset_store
-from model_service.export import ModelExporter
-from model_service.importing import ModelImporter
 from model_service.inference_protocol import add_inference_protocol
 from model_service.model_registry import ModelRegistry
 from model_service.model_servicer import ModelServicer
-from model_service.model_store import open_model_store
+from model_service.model_store import open_graph_store, open_model_store
 from model_service.scaler_gateway import ScalerGateway
-from model_service.serving import serving_options
+from model_service.serving import SessionBudget, serving_options
 from model_service.settings import ModelSettings
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import dataset_pb2, dataset_pb2_grpc, model_pb2, model_pb2_grpc
@@ -36,8 +34,8 @@ DATASET_SERVICE_NAME = dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"]
 def freeze_heap() -> None:
     """Move everything built so far out of the cyclic GC's reach.
 
-    TensorFlow, Keras and the loaded models leave hundreds of thousands of objects that live as long
-    as the process; frozen, a full collection stops rescanning them, instead of now and then stalling
+    grpc, numpy, ONNX Runtime and the store's listing leave many objects that live as long as the
+    process; frozen, a full collection stops rescanning them, instead of now and then stalling
     every thread straight into the tail latency (figures in docs/performance.md).
     """
     gc.collect()
@@ -57,7 +55,8 @@ def _delete_scalers(gateway: ScalerGateway, started: model_pb2.TrainStarted) -> 
 def create_server(
     settings: ModelSettings, observers: Iterable[RpcObserver] = ()
 ) -> tuple[ManagedServer, int]:
-    """A ready-to-start server; every stored model is verified and loaded before this returns."""
+    """A ready-to-start server; every stored version is listed (its record verified) and the --preload
+    ones loaded before this returns. Other versions build their sessions on their first call."""
     store = open_model_store(settings)
     gateway = ScalerGateway.from_settings(settings)
     metrics = ServiceMetrics()
@@ -66,18 +65,25 @@ def create_server(
         metrics.observe_batch("predict", rows)
 
     serving = serving_options(settings)
-    registry = ModelRegistry(store, serving, observe_batch)
+    trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
+    registry = ModelRegistry(
+        store,
+        serving,
+        observe_batch,
+        graphs=open_graph_store(settings),
+        budget=SessionBudget(settings.max_loaded_models),
+        make_graph=trainer.make_graph,
+        preload=frozenset(i.strip() for i in settings.preload.split(",") if i.strip()),
+    )
     registry.load_all()
     registry.start_watching(settings.store_poll_seconds)
-    trainer = TrainerLink(settings, on_abandoned=lambda started: _delete_scalers(gateway, started))
     # Datasets live in the same store; the trainer process opens them from there.
     dataset_store = open_dataset_store(settings)
     servicer = ModelServicer(
         registry,
         trainer,
         metrics.training_job,
-        exporter=ModelExporter(registry),
-        importer=ModelImporter(registry, gateway, serving.admission),
+        admission=serving.admission,
         forget_scalers=lambda started: _delete_scalers(gateway, started),
         datasets=dataset_store,
     )

@@ -95,9 +95,10 @@ class AdaptiveBatcher:
         self._closed_reason: str | None = None
         # Held while a forward pass runs (worker or fast path): one pass per model at a time.
         self._running = threading.Lock()
-        # Always there, batching or not: the event loop hands it every forward pass.
+        # The event loop hands it every forward pass, batching or not. Started by the first request
+        # that queues: a replica lists thousands of versions, and most are never called.
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        self._started = False
 
     @property
     def enabled(self) -> bool:
@@ -114,6 +115,9 @@ class AdaptiveBatcher:
         with self._cond:
             if self._closed_reason is not None:
                 raise FailedPrecondition(self._closed_reason)
+            if not self._started:
+                self._started = True
+                self._worker.start()
             self._queue.append(pending)
             self._cond.notify()
 
@@ -140,6 +144,16 @@ class AdaptiveBatcher:
         assert pending.result is not None
         return pending.result
 
+    def idle(self) -> bool:
+        """No request queued and no pass running: a pass run now batches with nothing."""
+        return not self._queue and not self._running.locked()
+
+    def run_now(self, x: np.ndarray) -> np.ndarray:
+        """One pass in the caller's thread (the event loop's, when the batcher is idle)."""
+        if self._closed_reason is not None:
+            raise FailedPrecondition(self._closed_reason)
+        return self._run_direct(x)
+
     def _run_direct(self, x: np.ndarray) -> np.ndarray:
         if self._observe:
             self._observe(int(x.shape[0]))
@@ -150,7 +164,8 @@ class AdaptiveBatcher:
         with self._cond:
             self._closed_reason = reason
             self._cond.notify_all()
-        if self._worker is not threading.current_thread():
+            started = self._started
+        if started and self._worker is not threading.current_thread():
             self._worker.join(timeout=10)
 
     def _take_batch(self) -> list[_Pending]:

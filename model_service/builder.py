@@ -21,6 +21,7 @@ import numpy as np
 from model_service.spec import (
     HEAD_ACTIVATION,
     HEAD_LOSS,
+    UNROLL_MAX_TIMESTEPS,
     Dense,
     Dropout,
     Lstm,
@@ -39,9 +40,6 @@ BUILD_LOCK = threading.Lock()
 # Models built only to be looked at (ValidateSpec) are built one at a time: each holds its weights
 # (up to spec.MAX_PARAMS) until it is dropped, and callers are many.
 _DESCRIBE_LOCK = threading.Lock()
-# Unrolled LSTMs avoid a while-loop per call, so the short windows this service is for step faster
-# (docs/performance.md, "Figures behind the defaults"); long sequences keep the loop so graphs stay small.
-UNROLL_MAX_TIMESTEPS = 32
 SEED_MODULUS = 2**31 - 1
 # ReLU-type activations output exactly 0 for negative inputs. With Keras' zero biases, an LSTM of a
 # few relu units fed by a relu LSTM (whose outputs are all >= 0) is often dead from the first step:

@@ -24,8 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from model_service.builder import UNROLL_MAX_TIMESTEPS
-from model_service.spec import Lstm, SpecPlan, Task
+from model_service.spec import UNROLL_MAX_TIMESTEPS, Lstm, SpecPlan, Task
 from service_common import memory
 from service_common.errors import ResourceExhausted
 

@@ -38,10 +38,10 @@ import numpy as np
 
 from model_service import builder
 from model_service.affine_scalers import AffineScaler, ScalerRef
-from model_service.cost import Admission, Estimate, mib
-from model_service.model_registry import ModelRegistry, VersionView
+from model_service.cost import Admission
+from model_service.import_request import ImportRequest, estimate
 from model_service.model_store import check_model_id
-from model_service.records import ORIGIN_IMPORT
+from model_service.records import ORIGIN_IMPORT, ModelRecord
 from model_service.spec import (
     ACTIVATIONS,
     HEAD_ACTIVATION,
@@ -51,59 +51,29 @@ from model_service.spec import (
     LayerSpec,
     Lstm,
     ModelSpec,
-    Optimizer,
     Reshape,
     Task,
     shape_text,
     with_defaults,
 )
+from model_service.training.graph import serving_graph
+from model_service.training.request import Publisher
 from service_common.errors import InvalidArgument, echo
 
 ARCHIVE_FILES = ("config.json", "model.weights.h5")
 MODEL_CLASSES = frozenset({"Sequential", "Functional"})
 LAYER_CLASSES = {"LSTM": "lstm", "Dense": "dense", "Reshape": "reshape", "Dropout": "dropout"}
 ALLOWED_KINDS = ", ".join(["InputLayer", *LAYER_CLASSES])
-# Loading holds, per byte of the archive: the bytes received, the temp file's page cache, the loaded
-# weights, the service-built copy and the archive saved from it, with room for Keras' own copies.
-IMPORT_BYTES_FACTOR = 6
 PROBE_ROWS = 4
 PROBE_RTOL = 1e-4
 PROBE_ATOL = 1e-5
 
 
 @dataclass(frozen=True)
-class ImportRequest:
-    """An import in domain terms: the archive, the head it must end in, optional declared input/scalers."""
-
-    model_id: str
-    head: Head
-    data: bytes
-    timesteps: int = 0  # 0 = whatever the model says
-    features: int = 0
-    optimizer: Optimizer = Optimizer()
-    x_scaler: AffineScaler | None = None
-    y_scaler: AffineScaler | None = None
-
-
-@dataclass(frozen=True)
 class Imported:
     spec: ModelSpec  # resolved
     keras_bytes: bytes  # the service-built model with the imported weights
-
-
-def estimate(nbytes: int) -> Estimate:
-    """The memory an import of ``nbytes`` takes while it is checked and converted."""
-
-    def explain() -> str:
-        return f"{nbytes} bytes of archive x {IMPORT_BYTES_FACTOR} (received, loaded, rebuilt, saved)"
-
-    return Estimate(f"importing a {mib(nbytes)} Keras archive", nbytes * IMPORT_BYTES_FACTOR, explain)
-
-
-def check_size(admission: Admission | None, nbytes: int) -> None:
-    """ResourceExhausted as soon as the bytes received so far could not be imported within the budget."""
-    if admission is not None:
-        admission.untracked().reserve(estimate(nbytes), "import a smaller model")
+    model: keras.Model  # the same model, to make its serving graph from
 
 
 # ---- 1, 2: the archive and its config, before anything is deserialized --------------------------
@@ -338,7 +308,8 @@ def import_model(request: ImportRequest) -> Imported:
     model = _load(request.data)
     spec = spec_of(model, request)
     _check_scalers(spec, request)
-    return Imported(spec, builder.to_keras_bytes(_rebuilt(spec, model)))
+    ours = _rebuilt(spec, model)
+    return Imported(spec, builder.to_keras_bytes(ours), ours)
 
 
 # ---- the import as a whole: scalers, checks, a new signed version --------------------------------
@@ -351,20 +322,19 @@ class ScalerSource(Protocol):
 
 
 class ModelImporter:
-    """Imports archives as new versions of the registry's store, within the memory budget."""
+    """Imports archives as new versions of the publisher's store, within the memory budget (in the
+    trainer process: Keras reads the archive, and the version's serving graph is made there)."""
 
-    def __init__(self, registry: ModelRegistry, scalers: ScalerSource, admission: Admission | None) -> None:
+    def __init__(self, registry: Publisher, scalers: ScalerSource, admission: Admission | None) -> None:
         self._registry = registry
         self._scalers = scalers
         self._admission = admission
 
-    def check_size(self, nbytes: int) -> None:
-        check_size(self._admission, nbytes)
-
     def run(
         self, request: ImportRequest, x_ref: ScalerRef | None = None, y_ref: ScalerRef | None = None
-    ) -> VersionView:
-        """Check and convert the archive, then commit it as a new version (signed, atomic) and serve it."""
+    ) -> ModelRecord:
+        """Check and convert the archive, then commit it as a new version (signed, atomic) with its
+        checked serving graph."""
         if request.model_id:
             check_model_id(request.model_id)
         if y_ref is not None and request.head.task is not Task.REGRESSION:
@@ -388,8 +358,9 @@ class ModelImporter:
             record = replace(
                 record, x_scaler=request.x_scaler, y_scaler=request.y_scaler, origin=ORIGIN_IMPORT
             )
-            self._registry.commit(record, imported.keras_bytes)
+            graph = serving_graph(record, imported.model)
+            self._registry.commit(record, imported.keras_bytes, graph)
         except BaseException:
             self._registry.release(record.model_id, record.version)
             raise
-        return self._registry.get(record.model_id, record.version)
+        return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -13,7 +14,7 @@ from model_service.export import Exported, ExportFormat
 from model_service.forecasting.backtest import BacktestWindow
 from model_service.forecasting.config import ForecastConfig, SeriesRequest, Strategy
 from model_service.forecasting.forecaster import Forecast
-from model_service.importing import ImportRequest
+from model_service.import_request import ImportRequest
 from model_service.model_registry import VersionState, VersionView
 from model_service.records import EpochProgress, ModelRecord
 from model_service.serving import Prediction
@@ -424,3 +425,43 @@ def backtest_window_to_proto(window: BacktestWindow, as_values: bool) -> model_p
 
 def backtest_summary_to_proto(windows: int, metrics: dict[str, float]) -> model_pb2.BacktestEvent:
     return model_pb2.BacktestEvent(summary=model_pb2.BacktestSummary(windows=windows, metrics=metrics))
+
+
+# Export files travel in chunks of this size, well under any message limit.
+EXPORT_CHUNK_BYTES = 1024 * 1024
+
+
+def export_chunks(exported: Exported, fmt: ExportFormat) -> Iterator[model_pb2.ExportModelChunk]:
+    """The ExportModel stream of a file: its info with the first chunk, then the rest."""
+    info = export_info(exported.model_id, exported.version, exported, fmt)
+    data = memoryview(exported.data)
+    yield model_pb2.ExportModelChunk(info=info, data=bytes(data[:EXPORT_CHUNK_BYTES]))
+    for start in range(EXPORT_CHUNK_BYTES, len(data), EXPORT_CHUNK_BYTES):
+        yield model_pb2.ExportModelChunk(data=bytes(data[start : start + EXPORT_CHUNK_BYTES]))
+
+
+async def read_import(
+    chunks: AsyncIterator[model_pb2.ImportModelChunk], check_size: Callable[[int], None]
+) -> tuple[model_pb2.ImportHeader, bytes]:
+    """An ImportModel stream's header and archive bytes; ``check_size`` sees the running total, so an
+    archive that cannot fit is refused as soon as it cannot, not once whole."""
+    header: model_pb2.ImportHeader | None = None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        which = chunk.WhichOneof("part")
+        if header is None:
+            if which != "header":
+                raise InvalidArgument(
+                    f"the first ImportModelChunk must be the header, got {which or 'an empty chunk'}"
+                )
+            header = chunk.header
+        elif which == "header":
+            raise InvalidArgument("only the first ImportModelChunk may be a header; got a second one")
+        else:
+            size += len(chunk.data)
+            check_size(size)
+            parts.append(chunk.data)
+    if header is None:
+        raise InvalidArgument("the import stream was empty: send the header, then the archive's bytes")
+    return header, b"".join(parts)

@@ -1,8 +1,10 @@
 """Model versions served by this process: a cache of the store, which is the only source of truth.
 
-Each version is ``<store>/<id>/<version>/`` holding model.keras and meta.json (model_store), written
-atomically and HMAC-signed by ArtifactStore; nothing is deserialized before its signature verifies, and
-Keras loads with safe_mode on. Every process on one store (workers, instances, a trainer) sees the same
+Each version is ``<store>/<id>/<version>/`` holding model.keras, model.onnx and meta.json (model_store),
+written atomically and HMAC-signed by ArtifactStore; nothing is deserialized before its signature
+verifies. A serving process reads only meta.json when it lists the store, and a version's serving graph
+(model.onnx) the first time it is called: its ONNX Runtime session is built then, and kept while the
+version is among the ``SessionBudget``'s most recently used (``--preload`` ids always). Every process on one store (workers, instances, a trainer) sees the same
 versions: numbers are allocated under the store's lock, a version being trained is a reservation on the
 store (listed as TRAINING by everyone, never on disk until committed whole), and unloads are markers on
 the store. ``refresh()`` (run by the watcher every ``store_poll_seconds``) loads what appeared, drops
@@ -21,22 +23,24 @@ import builtins
 import enum
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from model_service import builder
 from model_service.model_store import (
     ModelPublisher,
     check_model_id,
     logdir,
-    read_version,
+    read_graph,
+    read_record,
     reserved_record,
 )
 from model_service.records import ModelRecord
-from model_service.serving import BatchObserver, ServedModel, ServingOptions, make_served
+from model_service.serving import BatchObserver, ServedModel, ServingOptions, SessionBudget
+from model_service.settings import DEFAULT_MAX_LOADED_MODELS
 from model_service.spec import ModelSpec
 from service_common.artifacts import StoredArtifacts
-from service_common.errors import FailedPrecondition, NotFound
+from service_common.errors import FailedPrecondition, IntegrityError, NotFound
 from service_common.memory import release_unused_soon
 from service_common.versioning import (
     Key,
@@ -52,7 +56,7 @@ log = logging.getLogger(__name__)
 
 class VersionState(enum.StrEnum):
     TRAINING = "TRAINING"  # reserved by a live process on the store; nothing on disk yet
-    READY = "READY"  # stored and served by this process
+    READY = "READY"  # stored and served by this process (its session is built on its first call)
     UNAVAILABLE = "UNAVAILABLE"  # stored, unloaded (RepositoryModelUnload) for the whole store
 
 
@@ -82,7 +86,7 @@ class VersionView:
 
 @dataclass(frozen=True)
 class _Load:
-    """One version to (re)load during a refresh: read, and built for serving when ``serve`` is set."""
+    """One version to (re)load during a refresh: its record read, and served when ``serve`` is set."""
 
     key: Key
     serve: bool
@@ -100,14 +104,30 @@ class ServedModels(Protocol):
     def unload(self, model_id: str) -> None: ...
 
 
+# Makes the serving graph of a version stored without one (the trainer process does; blocking).
+GraphMaker = Callable[[str, int], None]
+
+
 class ModelRegistry:
     def __init__(
-        self, store: StoredArtifacts, options: ServingOptions, observe_batch: BatchObserver | None = None
+        self,
+        store: StoredArtifacts,
+        options: ServingOptions,
+        observe_batch: BatchObserver | None = None,
+        *,
+        graphs: StoredArtifacts | None = None,
+        budget: SessionBudget | None = None,
+        make_graph: GraphMaker | None = None,
+        preload: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
+        self._graphs = graphs if graphs is not None else store
         self.publisher = ModelPublisher(store)
         self._options = options
         self._observe_batch = observe_batch  # every served version's batcher reports to it
+        self.budget = budget or SessionBudget(DEFAULT_MAX_LOADED_MODELS)
+        self._make_graph = make_graph
+        self._preload = preload
         self._lock = threading.RLock()  # guards _entries; never held while loading
         self._sync_lock = threading.Lock()  # one refresh at a time, so no version is loaded twice
         self._entries: dict[str, dict[int, _Entry]] = {}
@@ -119,9 +139,20 @@ class ModelRegistry:
     # ---- start and stop ------------------------------------------------------------------------
 
     def load_all(self) -> None:
-        """Verify and load every stored version; a bad artifact is logged and skipped, never trusted."""
-        loaded, skipped = self._refresh(None, warm=False)
-        log.info("loaded %d model versions from %s (%d skipped)", loaded, self._store.url, skipped)
+        """List every stored version (its record verified, no session built) and build the sessions of
+        the ``preload`` ids; a bad artifact is logged and skipped, never trusted."""
+        loaded, skipped = self._refresh(None)
+        log.info("listed %d model versions in %s (%d skipped)", loaded, self._store.url, skipped)
+        missing = set(self._preload)
+        for entry in self._snapshot():
+            if entry.served is not None and entry.record.model_id in self._preload:
+                missing.discard(entry.record.model_id)
+                try:
+                    entry.served.load()
+                except Exception:  # noqa: BLE001 - it shows again, with its status, on its first call
+                    log.exception("preloading %s v%d failed", entry.record.model_id, entry.record.version)
+        if missing:
+            log.warning("--preload names models the store does not hold: %s", ", ".join(sorted(missing)))
 
     def start_watching(self, poll_seconds: float) -> None:
         """Follow the store from a daemon thread every ``poll_seconds`` (0 = only on misses and commits)."""
@@ -130,7 +161,7 @@ class ModelRegistry:
             self._watcher.start()
 
     def warm_all(self) -> None:
-        """Trace every loaded model once, so first requests after a restart are fast (background thread)."""
+        """Build the session of every served version, the budget allowing (background thread)."""
         for entry in self._snapshot():
             if self._closed.is_set():
                 return
@@ -157,14 +188,14 @@ class ModelRegistry:
 
     def refresh(self) -> None:
         """Bring the whole cache in line with the store (cheap when nothing changed)."""
-        self._refresh(None, warm=True)
+        self._refresh(None)
 
     def sync(self, model_id: str) -> None:
         """Bring one id in line with the store now: a version another process just committed, deleted,
         unloaded or reserved is seen on return."""
-        self._refresh(check_model_id(model_id), warm=True)
+        self._refresh(check_model_id(model_id))
 
-    def _refresh(self, only: str | None, warm: bool) -> tuple[int, int]:
+    def _refresh(self, only: str | None) -> tuple[int, int]:
         """Diff the store against the cache and apply it; returns (versions loaded, versions refused)."""
         with self._sync_lock:
             if self._closed.is_set():
@@ -208,7 +239,7 @@ class ModelRegistry:
 
             loaded: dict[Key, _Entry] = {}
             for load in loads:
-                entry = self._load(load, warm)
+                entry = self._load(load)
                 if entry is None:  # refused
                     gone.append(load.key)  # e.g. a TRAINING entry whose commit cannot be served
                 else:
@@ -242,21 +273,61 @@ class ModelRegistry:
             served.close(reason)
         return len(loaded), len(loads) - len(loaded)
 
-    def _load(self, load: _Load, warm: bool) -> _Entry | None:
+    def _load(self, load: _Load) -> _Entry | None:
         """The version's entry, or None when it is refused (logged; not read again until deleted)."""
         location = self._store.location(*load.key)
-        return self._refused.attempt(load.key, location, lambda: self._read(load, warm))
+        return self._refused.attempt(load.key, location, lambda: self._read(load))
 
-    def _read(self, load: _Load, warm: bool) -> _Entry:
+    def _read(self, load: _Load) -> _Entry:
         model_id, version = load.key
-        record, keras_bytes = read_version(self._store, model_id, version)  # verifies the signature
+        record = read_record(self._store, model_id, version)  # verifies the signature
         if not load.serve:
             return _Entry(record, VersionState.UNAVAILABLE)
-        model = builder.from_keras_bytes(keras_bytes, record.spec, f"{model_id} v{version}")
-        served = make_served(record, model, self._options, self._observe_batch)
-        if warm:
-            served.warm()  # traced before it is published: no request pays for it
+        served = ServedModel(
+            record,
+            lambda: self._graph(model_id, version),
+            self._options,
+            self._observe_batch,
+            self.budget,
+            pinned=model_id in self._preload,
+            on_refused=lambda exc: self._refuse(load.key, exc),
+        )
         return _Entry(record, VersionState.READY, served)
+
+    def _refuse(self, key: Key, exc: Exception) -> None:
+        """A listed version whose serving graph failed to verify or load: refused as a bad artifact at
+        listing is (dropped from the index, NOT_FOUND from now on, not read again until deleted)."""
+        with self._sync_lock:
+            self._refused.refuse(key, self._store.location(*key), exc)
+            with self._lock:
+                entry = self._entries.get(key[0], {}).pop(key[1], None)
+                if key[0] in self._entries and not self._entries[key[0]]:
+                    del self._entries[key[0]]
+        if entry is not None and entry.served is not None:
+            entry.served.close(f"model {key[0]!r} version {key[1]} failed to load: {exc}")
+
+    def _graph(self, model_id: str, version: int) -> bytes:
+        """A served version's serving graph, verified; one stored without it gets it made once by the
+        trainer process first (blocking: called when the version's session is built)."""
+        try:
+            graph = read_graph(self._store, self._graphs, model_id, version)
+        except (IntegrityError, FileNotFoundError):
+            if not any(ref.version == version for ref in self._store.scan(model_id)):
+                raise NotFound(f"model {model_id!r} version {version} was deleted") from None
+            raise
+        if graph is None:
+            if self._make_graph is None:
+                raise FailedPrecondition(
+                    f"model {model_id!r} version {version} was stored without a serving graph, and this "
+                    "process has no trainer to make one"
+                )
+            self._make_graph(model_id, version)
+            graph = read_graph(self._store, self._graphs, model_id, version)
+            if graph is None:
+                raise IntegrityError(
+                    f"model {model_id!r} version {version}: no serving graph was made for it"
+                )
+        return graph
 
     # ---- versions ------------------------------------------------------------------------------
 
@@ -272,10 +343,14 @@ class ModelRegistry:
         self.sync(model_id)
 
     def commit(
-        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+        self,
+        record: ModelRecord,
+        keras_bytes: bytes,
+        graph: bytes,
+        extra_files: dict[str, bytes] | None = None,
     ) -> None:
         """Persist a version this process reserved (atomic, signed), then serve it before returning."""
-        self.publisher.commit(record, keras_bytes, extra_files)
+        self.publisher.commit(record, keras_bytes, graph, extra_files)
         self.sync(record.model_id)
 
     # ---- queries -------------------------------------------------------------------------------
@@ -338,6 +413,9 @@ class ModelRegistry:
                         "first, or delete the ready versions one by one"
                     )
         removed = delete_versions(self._store, "model", model_id, chosen, self.sync)
+        if self._graphs is not self._store:
+            for number in removed:
+                self._graphs.delete(model_id, number)  # the graph made for a version stored without one
         release_unused_soon()  # the models' memory goes back to the system, not only to malloc
         return removed
 
@@ -345,9 +423,9 @@ class ModelRegistry:
         """The version's TensorBoard run directory ('' when it has no event files)."""
         return logdir(self._store, record)
 
-    def read_stored(self, model_id: str, version: int = 0) -> tuple[ModelRecord, bytes]:
-        """A stored version's record and Keras bytes (0 = the latest stored, served or unloaded), read
-        again from the store, signature verified. FailedPrecondition while it is still training."""
+    def stored_record(self, model_id: str, version: int = 0) -> ModelRecord:
+        """A stored version's record (0 = the latest stored, served or unloaded), read again from the
+        store, signature verified. FailedPrecondition while it is still training."""
         self._cached(model_id, version)
         with self._lock:
             versions = self._versions(model_id)
@@ -364,7 +442,11 @@ class ModelRegistry:
                     f"model {model_id!r} version {version} is still training; export it once its Train "
                     "call has finished"
                 )
-        return read_version(self._store, model_id, version)
+        return read_record(self._store, model_id, version)
+
+    def graph(self, model_id: str, version: int) -> bytes:
+        """A stored version's serving graph, verified (made by the trainer first when it has none)."""
+        return self._graph(model_id, version)
 
     def count(self) -> int:
         """Stored versions (served or unloaded) this process knows of."""

@@ -11,26 +11,24 @@ from typing import Any
 import grpc
 import numpy as np
 
-from model_service import builder, model_messages
+from model_service import model_messages
+from model_service.cost import Admission
 from model_service.datasets.dataset_store import NEEDS_A_DIRECTORY, DatasetStore
-from model_service.export import ModelExporter
+from model_service.export import ExportFormat, onnx_export
 from model_service.forecasting import backtest, point
 from model_service.forecasting.config import ForecastConfig
 from model_service.forecasting.forecaster import config_of, forecast_async
 from model_service.forecasting.point import check_point, point_prediction
-from model_service.importing import ModelImporter
+from model_service.import_request import check_size
 from model_service.model_registry import ModelRegistry
 from model_service.serving import ServedModel
-from model_service.spec import with_defaults
+from model_service.spec import plan, with_defaults
 from model_service.trainer_link import TrainerLink
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common import codec
 from service_common.errors import FailedPrecondition, InvalidArgument
 from service_common.grpc_errors import map_errors
 from service_common.handlers import confirm_client_is_there
-
-# Export files travel in chunks of this size, well under any message limit.
-EXPORT_CHUNK_BYTES = 1024 * 1024
 
 
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):
@@ -40,14 +38,12 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         trainer: TrainerLink,
         track_training: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
         *,
-        exporter: ModelExporter,
-        importer: ModelImporter,
+        admission: Admission | None = None,
         forget_scalers: Callable[[model_pb2.TrainStarted], None] = lambda started: None,
         datasets: DatasetStore | None = None,
     ) -> None:
         self._datasets = datasets
-        self._exporter = exporter
-        self._importer = importer
+        self._admission = admission
         self._registry = registry
         self._trainer = trainer
         self._track_training = track_training
@@ -58,9 +54,10 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def ValidateSpec(
         self, request: model_pb2.ValidateSpecRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.ValidateSpecResponse:
-        # Building the Keras model to describe it is blocking work.
-        plan = await asyncio.to_thread(builder.describe, with_defaults(model_messages.spec_from_proto(request.spec)))
-        return model_messages.validate_response(plan)
+        # The shape arithmetic of spec.py, which tests hold to what Keras builds (no Keras here).
+        return model_messages.validate_response(
+            plan(with_defaults(model_messages.spec_from_proto(request.spec)))
+        )
 
     @map_errors
     async def Train(
@@ -162,7 +159,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         """Window ``index`` forecast by a scratch version trained (in the trainer process, like Train) on
         the rows before its origin only; the scratch model and its scalers are deleted afterwards."""
         origin = plan.origins[index]
-        request = model_messages.retrain_request(recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin])
+        request = model_messages.retrain_request(
+            recipe, f"backtest-{uuid.uuid4().hex[:16]}", plan.rows[:origin]
+        )
         if config is not None and model_pb2.TrainRequest.FromString(recipe).WhichOneof("data") == "dataset":
             # Trained on a series dataset (columns by name): the rows come inline, windowed the same way.
             request.series.window, request.series.stride = config.window, config.stride
@@ -216,39 +215,32 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.ExportModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.ExportModelChunk]:
         fmt = model_messages.export_format(request.format)
-        exported = await asyncio.to_thread(self._exporter.run, request.model_id, request.version, fmt)
-        info = model_messages.export_info(exported.model_id, exported.version, exported, fmt)
-        data = memoryview(exported.data)
-        yield model_pb2.ExportModelChunk(info=info, data=bytes(data[:EXPORT_CHUNK_BYTES]))
-        for start in range(EXPORT_CHUNK_BYTES, len(data), EXPORT_CHUNK_BYTES):
-            yield model_pb2.ExportModelChunk(data=bytes(data[start : start + EXPORT_CHUNK_BYTES]))
+        record = await asyncio.to_thread(self._registry.stored_record, request.model_id, request.version)
+        if fmt is ExportFormat.ONNX:
+            # The serving graph this process runs, byte for byte (made by the trainer first for a
+            # version stored before versions carried one).
+            graph = await asyncio.to_thread(self._registry.graph, record.model_id, record.version)
+            for chunk in model_messages.export_chunks(onnx_export(record, graph), fmt):
+                yield chunk
+            return
+        forwarded = model_pb2.ExportModelRequest(
+            model_id=record.model_id, version=record.version, format=request.format
+        )
+        async for chunk in self._trainer.export(forwarded, context.time_remaining()):
+            yield chunk
 
     @map_errors
     async def ImportModel(
         self, request_iterator: AsyncIterator[model_pb2.ImportModelChunk], context: grpc.aio.ServicerContext
     ) -> model_pb2.ModelInfo:
-        header: model_pb2.ImportHeader | None = None
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in request_iterator:
-            which = chunk.WhichOneof("part")
-            if header is None:
-                if which != "header":
-                    raise InvalidArgument(
-                        f"the first ImportModelChunk must be the header, got {which or 'an empty chunk'}"
-                    )
-                header = chunk.header
-            elif which == "header":
-                raise InvalidArgument("only the first ImportModelChunk may be a header; got a second one")
-            else:
-                size += len(chunk.data)
-                self._importer.check_size(size)  # refused as soon as it cannot fit, not once whole
-                parts.append(chunk.data)
-        if header is None:
-            raise InvalidArgument("the import stream was empty: send the header, then the archive's bytes")
-        imported, x_ref, y_ref = model_messages.import_request(header, b"".join(parts))
-        parts.clear()
+        header, data = await model_messages.read_import(
+            request_iterator, lambda size: check_size(self._admission, size)
+        )
+        model_messages.import_request(header, data)  # the header's mistakes, before the trainer is asked
         # A cancelled upload ends the request stream like a finished one: nothing is stored for it.
         await confirm_client_is_there(context)
-        view = await asyncio.to_thread(self._importer.run, imported, x_ref, y_ref)
+        # Keras reads the archive in the trainer process; it commits the version with its serving graph.
+        info = await self._trainer.import_model(header, data, context.time_remaining())
+        await asyncio.to_thread(self._registry.sync, info.id)
+        view = self._registry.get(info.id, info.version)
         return model_messages.record_to_info(view, self._registry.logdir(view.record))

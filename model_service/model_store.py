@@ -1,4 +1,10 @@
-"""Model versions as stored: ``model.keras`` + ``meta.json`` in a signed artifact (service_common.artifacts).
+"""Model versions as stored: ``model.keras``, ``model.onnx`` and ``meta.json`` in one signed artifact
+(service_common.artifacts).
+
+``model.onnx`` is the version's serving graph (model_service/serving_graph.py): serving processes read
+it and ``meta.json`` only, never the Keras file. Versions stored before serving graphs existed hold
+none; theirs is made once by the trainer process and kept in a signed store of its own beside the
+models (``serving-graphs/<id>/<version>``), deleted with the version.
 
 ``ModelWriter`` reserves, commits and releases versions without loading or serving anything, so a
 process that only trains (it answers no Predict) can publish versions; every serving process picks
@@ -7,6 +13,7 @@ them up from the store (ModelRegistry.refresh / sync). Domain code only: no grpc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -20,6 +27,7 @@ from service_common.stores import open_artifact_store
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
+GRAPH_FILE = "model.onnx"
 META_FILE = "meta.json"
 # Scaler ids are derived from model ids ("<id>-x", "<id>-y") and must stay within 128 characters.
 MAX_MODEL_ID_LENGTH = 120
@@ -28,6 +36,8 @@ MAX_MODEL_ID_LENGTH = 120
 # Model versions live under <store>/models (a directory or an S3 prefix); a generated signing key (a
 # directory store only) at <store>/.signing-key.
 ARTIFACT_DIR = "models"
+# Serving graphs made afterwards for versions stored without one.
+GRAPH_ARTIFACT_DIR = "serving-graphs"
 
 
 def open_model_store(settings: ModelSettings) -> StoredArtifacts:
@@ -35,6 +45,17 @@ def open_model_store(settings: ModelSettings) -> StoredArtifacts:
     return open_artifact_store(
         settings.store,
         ARTIFACT_DIR,
+        settings.signing_key,
+        settings.signing_key_file,
+        settings.store_lease_seconds,
+    )
+
+
+def open_graph_store(settings: ModelSettings) -> StoredArtifacts:
+    """The signed store of serving graphs made for versions stored before they carried one."""
+    return open_artifact_store(
+        settings.store,
+        GRAPH_ARTIFACT_DIR,
         settings.signing_key,
         settings.signing_key_file,
         settings.store_lease_seconds,
@@ -54,12 +75,48 @@ def check_model_id(model_id: str) -> str:
 
 def read_version(store: StoredArtifacts, model_id: str, version: int) -> tuple[ModelRecord, bytes]:
     """The record and Keras bytes of a stored version, signature verified before anything is parsed."""
-    files = store.read(model_id, version)
+    files = store.read(model_id, version, (META_FILE, MODEL_FILE))
     try:
         meta, keras_bytes = files[META_FILE], files[MODEL_FILE]
     except KeyError as exc:
         raise IntegrityError(f"{model_id} v{version}: {exc.args[0]} is missing from the artifact") from None
     return ModelRecord.from_json(meta, model_id, version), keras_bytes
+
+
+def read_record(store: StoredArtifacts, model_id: str, version: int) -> ModelRecord:
+    """A stored version's record (what listing a replica's store reads), signature verified, and its
+    serving graph's digest checked too when it holds one: a version listed as servable can be loaded."""
+    files = store.read(model_id, version, (META_FILE, GRAPH_FILE))
+    if META_FILE not in files:
+        raise IntegrityError(f"{model_id} v{version}: {META_FILE} is missing from the artifact")
+    return ModelRecord.from_json(files[META_FILE], model_id, version)
+
+
+def read_graph(store: StoredArtifacts, graphs: StoredArtifacts, model_id: str, version: int) -> bytes | None:
+    """A stored version's serving graph, signature verified: from its own artifact, else the one made
+    for it afterwards; None when it has neither yet (stored before serving graphs existed)."""
+    files = store.read(model_id, version, (GRAPH_FILE,))
+    if GRAPH_FILE in files:
+        return files[GRAPH_FILE]
+    if not _has_version(graphs, model_id, version):
+        return None
+    made = graphs.read(model_id, version, (GRAPH_FILE,))
+    if GRAPH_FILE not in made:
+        raise IntegrityError(f"{model_id} v{version}: the serving graph made for it holds no {GRAPH_FILE}")
+    return made[GRAPH_FILE]
+
+
+def _has_version(store: StoredArtifacts, model_id: str, version: int) -> bool:
+    return any(ref.version == version for ref in store.scan(model_id))
+
+
+def write_graph(graphs: StoredArtifacts, model_id: str, version: int, graph: bytes) -> None:
+    """Keep the serving graph made for a version stored without one (signed, atomic, once: another
+    process that made it first wins, and theirs is the same graph)."""
+    if _has_version(graphs, model_id, version):
+        return
+    with contextlib.suppress(FileExistsError):
+        graphs.write(model_id, version, {GRAPH_FILE: graph})
 
 
 def logdir(store: StoredArtifacts, record: ModelRecord) -> str:
@@ -107,18 +164,20 @@ class ModelWriter:
         self,
         record: ModelRecord,
         keras_bytes: bytes,
+        graph: bytes,
         reservation: HeldVersion,
         extra_files: dict[str, bytes] | None = None,
     ) -> None:
-        """Persist a version whole and signed, with ``extra_files`` (e.g. TensorBoard event files) in the
-        same artifact; its reservation goes once the artifact is in place."""
+        """Persist a version whole and signed, its serving graph and ``extra_files`` (e.g. TensorBoard
+        event files) in the same artifact; its reservation goes once the artifact is in place."""
         if (record.model_id, record.version) != (reservation.artifact_id, reservation.version):
             raise ValueError(f"record {record.model_id} v{record.version} does not match {reservation!r}")
         extras = dict(extra_files or {})
-        clash = sorted(set(extras) & {MODEL_FILE, META_FILE})
+        clash = sorted(set(extras) & {MODEL_FILE, GRAPH_FILE, META_FILE})
         if clash:
             raise ValueError(f"extra files may not replace {', '.join(clash)}")
-        self.store.commit(reservation, {**extras, MODEL_FILE: keras_bytes, META_FILE: record.to_json()})
+        files = {**extras, MODEL_FILE: keras_bytes, GRAPH_FILE: graph, META_FILE: record.to_json()}
+        self.store.commit(reservation, files)
 
     def release(self, reservation: HeldVersion) -> None:
         """Give up a reserved version that will not be committed (its number is not reused)."""
@@ -152,9 +211,14 @@ class ModelPublisher:
             self._writer.release(reservation)
 
     def commit(
-        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+        self,
+        record: ModelRecord,
+        keras_bytes: bytes,
+        graph: bytes,
+        extra_files: dict[str, bytes] | None = None,
     ) -> None:
-        """Persist a version this process reserved, whole and signed (``extra_files`` beside it)."""
+        """Persist a version this process reserved, whole and signed (its serving graph and
+        ``extra_files`` beside it)."""
         key = (record.model_id, record.version)
         with self._lock:
             reservation = self._held.get(key)
@@ -162,7 +226,7 @@ class ModelPublisher:
             raise FailedPrecondition(
                 f"model {record.model_id!r} version {record.version} is not reserved by this process"
             )
-        self._writer.commit(record, keras_bytes, reservation, extra_files)
+        self._writer.commit(record, keras_bytes, graph, reservation, extra_files)
         with self._lock:
             self._held.pop(key, None)
 

@@ -12,6 +12,8 @@ from service_common.settings import ServerSettings, setting
 
 # One default for the serving batch ceiling: the setting, ServingOptions and the predictor's buckets.
 DEFAULT_MAX_BATCH_SIZE = 64
+# Sessions a replica keeps built by default (each a few hundred KiB for the small models this serves).
+DEFAULT_MAX_LOADED_MODELS = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,18 +46,22 @@ class ModelSettings(ServerSettings):
         "(an idle request runs at once); 1 turns batching off",
     )
     max_batch_wait_ms: float = setting(0.0, "adaptive batching: how long a pass waits for more rows")
-    jit_compile: bool = setting(
-        True,
-        "serve each hot batch-size bucket with XLA, compiled in the background after a few uses (the "
-        "graph function serves it until then); false = graph only",
+    inline_passes: bool = setting(
+        False,
+        "run a request's forward pass on the event loop when no other pass of its model is queued or "
+        "running (no thread hop for a lone call); the adaptive batcher takes the rest",
     )
-    flat_call: bool = setting(
-        True,
-        "call compiled functions through TensorFlow's private ConcreteFunction._call_flat, which skips "
-        "re-binding the arguments on every call (a test fails loudly if TensorFlow changes it); "
-        "false = the public call",
+    max_loaded_models: int = setting(
+        DEFAULT_MAX_LOADED_MODELS,
+        "versions that keep their ONNX Runtime session built; past it the least recently used one drops "
+        "its session and builds it again on its next call (every stored version stays served)",
     )
-    warm_on_start: bool = setting(True, "trace every stored model in the background after start")
+    preload: str = setting(
+        "", "comma-separated model ids whose sessions are built at start and never dropped"
+    )
+    warm_on_start: bool = setting(
+        False, "build every stored version's session in the background after start (up to the budget)"
+    )
     trainer_address: str = setting(
         "",
         "the trainer process serving processes forward Train to ('unix:/path'); the supervisor sets it "

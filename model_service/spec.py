@@ -79,6 +79,9 @@ MAX_LEARNING_RATE = 10.0
 #   them, and past 2**63 per tensor TensorShape aborts too. Nothing near 2**31 fits in memory anyway;
 # - timesteps an LSTM walks: a Reshape can make far more than input.timesteps allows.
 MAX_TENSOR_RANK = 8
+# Training unrolls LSTMs over at most this many steps: no while-loop per step, so the short windows this
+# service is for train faster; longer sequences keep the loop so graphs stay small.
+UNROLL_MAX_TIMESTEPS = 32
 MAX_SAMPLE_VALUES = 2**31 - 1
 
 Shape = tuple[int | None, ...]  # None is the batch dimension
@@ -351,7 +354,11 @@ def with_defaults(spec: ModelSpec) -> ModelSpec:
         )
     layers = tuple(_layer_with_defaults(i, layer, spec.layers) for i, layer in enumerate(spec.layers))
     resolved = ModelSpec(
-        spec.timesteps, spec.features, layers, _head_with_defaults(spec.head), _optimizer_with_defaults(spec.optimizer)
+        spec.timesteps,
+        spec.features,
+        layers,
+        _head_with_defaults(spec.head),
+        _optimizer_with_defaults(spec.optimizer),
     )
     plan(resolved)  # shape arithmetic: raises when the tensor cannot flow through
     return resolved

@@ -1,4 +1,5 @@
-"""A serving process's way to its instance's trainer process: forwards Train streams over a unix socket.
+"""A serving process's way to its instance's trainer process over a unix socket: it forwards Train
+streams, imports, SavedModel exports, and asks for the serving graph of a version stored without one.
 
 Under a supervisor, every worker connects to the trainer the supervisor runs (``trainer_address``). A
 single-process server owns a trainer of its own: started on the first Train (servers that never train
@@ -17,12 +18,13 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from model_service import model_messages
 from model_service.settings import TRAINER_FACTORY, TRAINER_SOCKET_NAME, ModelSettings, trainer_settings
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common.errors import ServiceError, Unavailable
@@ -128,6 +130,65 @@ class TrainerLink:
             raise self._error(exc, started) from None
         finally:
             call.cancel()  # a no-op once the call ended; stops the job when the client went away
+
+    async def import_model(
+        self, header: model_pb2.ImportHeader, data: bytes, timeout: float | None
+    ) -> model_pb2.ModelInfo:
+        """The archive checked, converted and committed by the trainer; its ModelInfo."""
+        stub = await self._ready_stub()
+
+        def chunks() -> Iterator[model_pb2.ImportModelChunk]:
+            yield model_pb2.ImportModelChunk(header=header)
+            view = memoryview(data)
+            for start in range(0, len(view), model_messages.EXPORT_CHUNK_BYTES):
+                yield model_pb2.ImportModelChunk(
+                    data=bytes(view[start : start + model_messages.EXPORT_CHUNK_BYTES])
+                )
+
+        try:
+            info: model_pb2.ModelInfo = await stub.ImportModel(chunks(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, None) from None
+        return info
+
+    async def export(
+        self, request: model_pb2.ExportModelRequest, timeout: float | None
+    ) -> AsyncIterator[model_pb2.ExportModelChunk]:
+        """The trainer's ExportModel stream for a stored version (its number resolved)."""
+        stub = await self._ready_stub()
+        call = stub.ExportModel(request, timeout=timeout)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, None) from None
+        finally:
+            call.cancel()
+
+    def make_graph(self, model_id: str, version: int) -> None:
+        """Blocking (from a worker thread): the trainer makes and stores the serving graph of a version
+        stored without one. A channel of its own: this runs off the event loop, once per such version."""
+        if self._owned is not None:
+            self._owned.ensure_running()
+        request = model_pb2.ExportModelRequest(
+            model_id=model_id, version=version, format=model_pb2.EXPORT_ONNX
+        )
+        with grpc.insecure_channel(self.address, options=self._options) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=self._start_timeout)
+            except grpc.FutureTimeoutError:
+                raise Unavailable(
+                    f"the trainer process at {self.address} did not come up within "
+                    f"{self._start_timeout:.0f}s to make the serving graph of {model_id} v{version}; retry"
+                ) from None
+            try:
+                for _ in model_pb2_grpc.ModelServiceStub(channel).ExportModel(
+                    request, timeout=self._start_timeout
+                ):
+                    pass
+            except grpc.RpcError as exc:
+                kind = ERROR_BY_STATUS.get(exc.code(), Unavailable)
+                raise kind(f"making the serving graph of {model_id} v{version}: {exc.details()}") from None
 
     def _error(self, exc: grpc.aio.AioRpcError, started: model_pb2.TrainStarted | None) -> ServiceError:
         code, details = exc.code(), exc.details() or ""

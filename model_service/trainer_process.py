@@ -1,6 +1,9 @@
-"""The trainer process: training jobs run here, never in a process that answers Predict.
+"""The trainer process: everything that needs TensorFlow runs here, never in a process that answers Predict.
 
-It serves one RPC, ``lstm_stack.v1.ModelService/Train``, on a unix socket only the serving processes of
+It serves three RPCs of ``lstm_stack.v1.ModelService`` on a unix socket: Train; ImportModel (Keras reads
+the archive, and the version is committed with its checked serving graph); ExportModel, for SavedModel
+files and for the serving graph of a version stored before versions carried one (made once, kept in
+the store). It listens on a unix socket only the serving processes of
 its instance know (a 0700 directory). Serving processes forward their Train streams to it
 (model_service.trainer_link), so the job limit holds per instance across workers, a job's epochs never
 compete with Predict for one process's GIL, and the trainer runs at a lower CPU priority (``nice``).
@@ -20,13 +23,17 @@ import grpc
 
 from model_service import model_messages
 from model_service.datasets.dataset_store import open_dataset_store
+from model_service.export import ExportFormat
+from model_service.importing import ModelImporter
 from model_service.model_registry import VersionState, VersionView
-from model_service.model_store import ModelPublisher, logdir, open_model_store
+from model_service.model_store import ModelPublisher, logdir, open_graph_store, open_model_store
 from model_service.records import EpochProgress, ModelRecord
 from model_service.scaler_gateway import ScalerGateway
 from model_service.serving import serving_options
 from model_service.settings import ModelSettings
-from model_service.training import DatasetOptions, TrainingManager, TrainStarted
+from model_service.training import DatasetOptions, TrainStarted
+from model_service.training.graph import StoredGraphs
+from model_service.training.jobs import TrainingManager
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc
 from service_common.artifacts import StoredArtifacts
 from service_common.grpc_errors import map_errors
@@ -38,11 +45,21 @@ SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
 class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
-    """Train only; every other ModelService method is UNIMPLEMENTED here (serving processes answer them)."""
+    """Train, ImportModel and ExportModel; every other ModelService method is UNIMPLEMENTED here
+    (serving processes answer them)."""
 
-    def __init__(self, trainer: TrainingManager, recycle_after: int, store: StoredArtifacts) -> None:
+    def __init__(
+        self,
+        trainer: TrainingManager,
+        recycle_after: int,
+        store: StoredArtifacts,
+        importer: ModelImporter,
+        graphs: StoredGraphs,
+    ) -> None:
         self._trainer = trainer
         self._store = store
+        self._importer = importer
+        self._graphs = graphs
         self._recycle_after = recycle_after
         self._jobs_done = 0
 
@@ -72,6 +89,28 @@ class TrainerServicer(model_pb2_grpc.ModelServiceServicer):
             self._jobs_done += 1
             # Checked a moment after the stream ended, so its status reaches the forwarding process first.
             asyncio.get_running_loop().call_later(0.5, self._recycle_if_due)
+
+    @map_errors
+    async def ImportModel(
+        self, request_iterator: AsyncIterator[model_pb2.ImportModelChunk], context: grpc.aio.ServicerContext
+    ) -> model_pb2.ModelInfo:
+        header, data = await model_messages.read_import(request_iterator, lambda n: None)
+        imported, x_ref, y_ref = model_messages.import_request(header, data)
+        record = await asyncio.to_thread(self._importer.run, imported, x_ref, y_ref)
+        return model_messages.record_to_info(VersionView(record, VersionState.READY))
+
+    @map_errors
+    async def ExportModel(
+        self, request: model_pb2.ExportModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pb2.ExportModelChunk]:
+        # The serving process resolved the version (0 = latest) and checked it is stored.
+        fmt = model_messages.export_format(request.format)
+        if fmt is ExportFormat.ONNX:
+            exported = await asyncio.to_thread(self._graphs.ensure, request.model_id, request.version)
+        else:
+            exported = await asyncio.to_thread(self._graphs.saved_model, request.model_id, request.version)
+        for chunk in model_messages.export_chunks(exported, fmt):
+            yield chunk
 
     def _recycle_if_due(self) -> None:
         """After ``recycle_after`` jobs (0 = never), stop this process once no job runs; its owner
@@ -104,7 +143,11 @@ def create_trainer_server(settings: ModelSettings) -> tuple[ManagedServer, int]:
     )
     # The generated base answers UNIMPLEMENTED for every method not overridden, which is the point here;
     # mypy-protobuf's stubs declare them abstract all the same.
-    servicer = TrainerServicer(trainer, settings.trainer_recycle_jobs, store)  # type: ignore[abstract]
+    importer = ModelImporter(ModelPublisher(store), gateway, serving.admission)
+    graphs = StoredGraphs(store, open_graph_store(settings))
+    servicer = TrainerServicer(  # type: ignore[abstract]
+        trainer, settings.trainer_recycle_jobs, store, importer, graphs
+    )
 
     def register(server: grpc.aio.Server) -> list[str]:
         model_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)

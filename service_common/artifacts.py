@@ -49,7 +49,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -219,7 +219,12 @@ class StoredArtifacts(Protocol):
 
     def commit(self, reservation: HeldVersion, files: dict[str, bytes]) -> object: ...
 
-    def read(self, artifact_id: str, version: int) -> dict[str, bytes]: ...
+    def read(
+        self, artifact_id: str, version: int, names: Collection[str] | None = None
+    ) -> dict[str, bytes]:
+        """Every payload file of a verified artifact, or only those of ``names`` that it holds (a name it
+        does not hold is left out, so callers can tell an older artifact's layout)."""
+        ...
 
     def delete(self, artifact_id: str, version: int) -> bool: ...
 
@@ -586,12 +591,17 @@ class ArtifactStore:
         reservation.release()
         return path
 
-    def read(self, artifact_id: str, version: int) -> dict[str, bytes]:
-        """Every payload file of a verified artifact; IntegrityError when anything does not match."""
+    def read(
+        self, artifact_id: str, version: int, names: Collection[str] | None = None
+    ) -> dict[str, bytes]:
+        """Every payload file of a verified artifact (or those of ``names`` it holds); IntegrityError
+        when anything read does not match."""
         path = self.root / artifact_id / str(version)
         digests = self._signed_digests(path)
         files: dict[str, bytes] = {}
         for name, digest in digests.items():
+            if names is not None and name not in names:
+                continue
             try:
                 data = (path / name).read_bytes()
             except OSError as exc:

@@ -48,7 +48,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -367,9 +367,11 @@ class S3ArtifactStore:
         reservation.release()
         return location
 
-    def read(self, artifact_id: str, version: int) -> dict[str, bytes]:
-        """Every payload of a verified version; FileNotFoundError when it is not stored (deleted),
-        IntegrityError when the manifest or any part does not match."""
+    def read(
+        self, artifact_id: str, version: int, names: Collection[str] | None = None
+    ) -> dict[str, bytes]:
+        """Every payload of a verified version (or those of ``names`` it holds); FileNotFoundError when
+        it is not stored (deleted), IntegrityError when the manifest or any part read does not match."""
         where = self.location(artifact_id, version)
         body = self._get(self._key(MANIFESTS, artifact_id, str(version)))
         if body is None:
@@ -389,6 +391,8 @@ class S3ArtifactStore:
         for name, digest in digests.items():
             if not is_payload_name(name):
                 raise IntegrityError(f"{where}: bad file name {name!r} in signature")
+            if names is not None and name not in names:
+                continue
             data = self._get(self._key(PARTS, artifact_id, str(version), upload, name))
             if data is None:
                 raise IntegrityError(f"{where}: {name} is missing")

@@ -256,9 +256,15 @@ class RefusedVersions:
         except FileNotFoundError:
             pass
         except Exception as exc:  # noqa: BLE001 - logged and skipped, never trusted
-            log.error("skipping %s artifact %s: %s", self._kind, location, exc)
+            self.refuse(key, location, exc)
+            return None
         self._keys.add(key)
         return None
+
+    def refuse(self, key: Key, location: str, exc: Exception) -> None:
+        """Refuse a version that failed after it was listed (e.g. its graph, read when first called)."""
+        log.error("skipping %s artifact %s: %s", self._kind, location, exc)
+        self._keys.add(key)
 
 
 def delete_versions(

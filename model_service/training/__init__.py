@@ -1,9 +1,11 @@
 """Training: a request is prepared (request.py), then a job (jobs.py) runs its steps on a worker thread:
 fit the scalers on the training split (scalers.py), fit the model (fitting.py), score the time-ordered
-holdout (holdout.py), publish the version (publish.py)."""
+holdout (holdout.py), make and check the serving graph (graph.py), publish the version (publish.py).
 
-from model_service.training.fitting import Progress, dataset, fit_model
-from model_service.training.jobs import TrainingJob, TrainingManager
+Only the request types are exported here: serving processes parse Train requests without TensorFlow,
+which jobs.py and fitting.py import (the trainer process only).
+"""
+
 from model_service.training.request import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -30,15 +32,10 @@ __all__ = [
     "MAX_EPOCHS",
     "MAX_PATIENCE",
     "Prepared",
-    "Progress",
     "Publisher",
     "TrainEvent",
     "TrainInput",
     "TrainOptions",
     "TrainStarted",
-    "TrainingJob",
-    "TrainingManager",
-    "dataset",
-    "fit_model",
     "prepare",
 ]

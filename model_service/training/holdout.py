@@ -1,4 +1,5 @@
-"""The score-holdout step: the time-ordered holdout scored through the serving path, in original units."""
+"""The score-holdout step: the time-ordered holdout scored through the serving path (the version's own
+serving graph, before it is published), in original units."""
 
 from __future__ import annotations
 
@@ -6,40 +7,23 @@ import math
 from collections.abc import Iterable
 from dataclasses import replace
 
-import keras
 import numpy as np
 
 from model_service.forecasting import calibration
 from model_service.forecasting.forecaster import holdout_scores
 from model_service.forecasting.quantiles import sorted_levels
 from model_service.records import ModelRecord
-from model_service.serving import ServedModel, ServingOptions, predictor_for
-
-
-def _scorer(record: ModelRecord, model: keras.Model, serving: ServingOptions) -> ServedModel:
-    predictor = predictor_for(record, model, serving)
-    # Raw units in, original units out, unbatched; chunked as served, but not counted against the
-    # budget again: the job's reservation covers the scoring.
-    return ServedModel(
-        record,
-        predictor,
-        ServingOptions(
-            max_batch_size=1,
-            jit_compile=serving.jit_compile,
-            flat_call=serving.flat_call,
-            admission=serving.admission.untracked() if serving.admission else None,
-        ),
-    )
+from model_service.serving import ServingOptions, graph_scorer
 
 
 def score_holdout(
-    record: ModelRecord, model: keras.Model, serving: ServingOptions, x: np.ndarray, y: np.ndarray
+    record: ModelRecord, graph: bytes, serving: ServingOptions, x: np.ndarray, y: np.ndarray
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Metrics of ``model`` on the raw-unit holdout (x, y), and a quantile model's coverage there;
+    """Metrics of the version (its serving ``graph``) on the raw-unit holdout (x, y), and a quantile model's coverage there;
     empty when there is no holdout."""
     if not x.shape[0]:
         return {}, {}
-    scorer = _scorer(record, model, serving)
+    scorer = graph_scorer(record, graph, serving)
     try:
         if record.forecast is None:
             return scorer.evaluate(x, y), {}
@@ -52,13 +36,13 @@ def score_holdout(
 
 def score_holdout_blocks(
     record: ModelRecord,
-    model: keras.Model,
+    graph: bytes,
     serving: ServingOptions,
     blocks: Iterable[tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, float]:
     """The metrics of score_holdout over a holdout read block by block: every metric but rmse is a
     mean over samples, so the blocks' figures are combined weighted by their samples."""
-    scorer = _scorer(record, model, serving)
+    scorer = graph_scorer(record, graph, serving)
     totals: dict[str, float] = {}
     n = 0
     try:
@@ -78,13 +62,13 @@ def score_holdout_blocks(
 
 
 def calibrate(
-    record: ModelRecord, model: keras.Model, serving: ServingOptions, x: np.ndarray, y: np.ndarray
+    record: ModelRecord, graph: bytes, serving: ServingOptions, x: np.ndarray, y: np.ndarray
 ) -> ModelRecord:
     """``record`` with its quantile intervals calibrated (forecasting/calibration.py) on raw-unit
     calibration windows (x, y) the model was not fitted on, scored through the serving path."""
     config = record.forecast
     assert config is not None and config.quantiles and not config.widening
-    scorer = _scorer(record, model, serving)
+    scorer = graph_scorer(record, graph, serving)
     try:
         values = scorer.infer(x, reply=False).values
     finally:

@@ -25,13 +25,14 @@ from model_service.cost import Reservation
 from model_service.datasets.dataset_store import DatasetStore
 from model_service.datasets.pipeline import sample_set
 from model_service.forecasting import calibration
-from model_service.forecasting.quantiles import PinballLoss
 from model_service.records import ModelRecord
 from model_service.serving import ServingOptions
 from model_service.spec import Task
 from model_service.training import fitting, tensorboard
 from model_service.training.fitting import Progress, Sets, fit_model, fit_model_on
+from model_service.training.graph import PROBE_ROWS, serving_graph
 from model_service.training.holdout import calibrate, score_holdout, score_holdout_blocks
+from model_service.training.pinball import PinballLoss
 from model_service.training.publish import publish
 from model_service.training.request import (
     DatasetOptions,
@@ -177,10 +178,16 @@ class TrainingJob:
             self._check_cancelled()
         # The model trains in float32: refuse what float32 cannot hold rather than train on inf.
         scaled = " (scaled by the x scaler)" if x_scaler else ""
-        x_train, x_val = input_checks.narrowed(x_train, f"x{scaled}"), input_checks.narrowed(x_val, f"x{scaled}")
+        x_train, x_val = (
+            input_checks.narrowed(x_train, f"x{scaled}"),
+            input_checks.narrowed(x_val, f"x{scaled}"),
+        )
         if spec.task is not Task.MULTICLASS:
             scaled = " (scaled by the y scaler)" if y_scaler else ""
-            y_train, y_val = input_checks.narrowed(y_train, f"y{scaled}"), input_checks.narrowed(y_val, f"y{scaled}")
+            y_train, y_val = (
+                input_checks.narrowed(y_train, f"y{scaled}"),
+                input_checks.narrowed(y_val, f"y{scaled}"),
+            )
         self._started(n_train, p.n_validation, x_scaler, y_scaler)
         # A calibrated quantile model is fitted on the split's first windows only (calibration.split).
         cut = calibration.split(n_train, p.forecast) if p.forecast else None
@@ -204,17 +211,20 @@ class TrainingJob:
             forecast=p.forecast,
             recipe=self._request.recipe,
         )
+        self._check_cancelled()
+        graph = serving_graph(record, model, p.x[:n_train])
         if cut is not None:
             self._check_cancelled()
             record = calibrate(
-                record, model, self._serving, p.x[cut.start : n_train], p.y[cut.start : n_train]
+                record, graph, self._serving, p.x[cut.start : n_train], p.y[cut.start : n_train]
             )
         scored = record
         return self._finish(
             scored,
             model,
+            graph,
             progress,
-            lambda: score_holdout(scored, model, self._serving, p.x[n_train:], p.y[n_train:]),
+            lambda: score_holdout(scored, graph, self._serving, p.x[n_train:], p.y[n_train:]),
             n_train,
             p.n_validation,
             started,
@@ -239,6 +249,7 @@ class TrainingJob:
         self,
         record: ModelRecord,
         model: keras.Model,
+        graph: bytes,
         progress: Progress,
         score: Callable[[], tuple[dict[str, float], dict[str, float]]],
         n_train: int,
@@ -255,6 +266,7 @@ class TrainingJob:
             self._registry,
             record,
             model,
+            graph,
             progress.history,
             holdout,
             n_train,
@@ -340,15 +352,19 @@ class TrainingJob:
             recipe=self._request.recipe,
         )
 
+        self._check_cancelled()
+        first, _ = p.samples.block(0, min(n_train, PROBE_ROWS))
+        graph = serving_graph(record, model, first.reshape(len(first), spec.timesteps, spec.features))
+
         def score() -> tuple[dict[str, float], dict[str, float]]:
             if n == n_train:
                 return {}, {}
             blocks = (
                 (x.reshape(len(x), spec.timesteps, spec.features), y) for x, y in p.samples.blocks(n_train, n)
             )
-            return score_holdout_blocks(record, model, self._serving, blocks), {}
+            return score_holdout_blocks(record, graph, self._serving, blocks), {}
 
-        return self._finish(record, model, progress, score, n_train, p.n_validation, started)
+        return self._finish(record, model, graph, progress, score, n_train, p.n_validation, started)
 
 
 class TrainingManager:

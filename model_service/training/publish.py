@@ -16,6 +16,7 @@ def publish(
     publisher: Publisher,
     record: ModelRecord,
     model: keras.Model,
+    graph: bytes,
     history: list[EpochProgress],
     holdout: dict[str, float],
     n_train: int,
@@ -25,7 +26,7 @@ def publish(
     extra_files: dict[str, bytes] | None = None,
     coverage: dict[str, float] | None = None,
 ) -> ModelRecord:
-    """The final record, committed with the model and ``extra_files`` (its TensorBoard event files) in
+    """The final record, committed with the model, its serving graph and ``extra_files`` (its TensorBoard event files) in
     one signed artifact (nothing is written once the job is cancelled)."""
     keras_bytes = builder.to_keras_bytes(model)
     record = replace(
@@ -40,5 +41,5 @@ def publish(
         holdout_coverage=coverage or {},
     )
     check_cancelled()
-    publisher.commit(record, keras_bytes, extra_files or {})
+    publisher.commit(record, keras_bytes, graph, extra_files or {})
     return record

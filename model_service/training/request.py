@@ -39,7 +39,11 @@ class Publisher(Protocol):
     def release(self, model_id: str, version: int) -> None: ...
 
     def commit(
-        self, record: ModelRecord, keras_bytes: bytes, extra_files: dict[str, bytes] | None = None
+        self,
+        record: ModelRecord,
+        keras_bytes: bytes,
+        graph: bytes,
+        extra_files: dict[str, bytes] | None = None,
     ) -> None: ...
 
 
@@ -273,7 +277,9 @@ def prepare_streamed(
                 f"y_scaling is for REGRESSION only; a {spec.task.value} model predicts class labels"
             )
         for lo, hi in samples.ranges(0, samples.n, 1 << 20):
-            input_checks.targets(samples.targets_block(lo, hi), hi - lo, spec, name=f"y (samples {lo}..{hi - 1})")
+            input_checks.targets(
+                samples.targets_block(lo, hi), hi - lo, spec, name=f"y (samples {lo}..{hi - 1})"
+            )
         n_train = samples.n - input_checks.holdout_size(samples.n, options.validation_fraction)
         _check_work(options, n_train, max_work)
         estimate = None

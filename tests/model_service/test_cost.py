@@ -149,8 +149,10 @@ import json, sys
 import numpy as np
 from model_service import builder
 from model_service.cost import ModelCost
-from model_service.predictor import CompiledPredictor
+from model_service.graph_session import GraphSession
+from model_service.records import ModelRecord
 from model_service.spec import ModelSpec, plan, with_defaults
+from model_service.training.graph import serving_graph
 
 def status(field):
     for line in open("/proc/self/status"):
@@ -159,13 +161,14 @@ def status(field):
 
 spec = with_defaults(ModelSpec.from_dict(json.loads(sys.argv[1])))
 rows = int(sys.argv[2])
-predictor = CompiledPredictor(builder.build(spec, 0), spec.timesteps, spec.features, False, max_bucket=rows)
-x = np.ones((rows, spec.timesteps, spec.features), np.float32)
-predictor(x[:1])
+record = ModelRecord("m", 1, spec, 0, "now")
+session = GraphSession(serving_graph(record, builder.build(spec, 0)), "values", "m v1")
+x = np.ones((rows, spec.timesteps, spec.features), np.float64)
+session.run(x[:1])
 before = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")  # reset the peak (VmHWM) to the current size
-predictor(x)
+session.run(x)
 print(json.dumps({"peak": status("VmHWM") - before, "estimate": ModelCost.of(plan(spec)).forward_bytes(rows)}))
 """
 

@@ -17,12 +17,14 @@ import tensorflow as tf
 
 from model_service import builder
 from model_service.affine_scalers import PER_COLUMN, AffineScaler, ScalerRef
-from model_service.export import METADATA_FILE, METADATA_KEY, ExportFormat
-from model_service.export import export as export_version
+from model_service.export import METADATA_FILE, METADATA_KEY, onnx_export
+from model_service.model_store import GRAPH_FILE
 from model_service.records import ModelRecord
 from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
+from model_service.training.graph import serving_graph
 from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2
 from service_common import codec
+from service_common.artifacts import ArtifactStore, load_signing_key
 from tests.model_service.conftest import ModelServerHandle
 from tests.model_service.helpers import (
     lstm,
@@ -196,5 +198,21 @@ def test_per_column_and_clipped_scalers_are_folded_in_as_the_serving_path_applie
     assert np.any(scaled == 1.0) and np.any(scaled == -1.0)  # the clip matters for this input
     forward = model(scaled.astype(np.float32), training=False)
     want = y_scaler.inverse_transform(tf.cast(forward, tf.float64).numpy())
-    got = onnx_outputs(export_version(record, model, ExportFormat.ONNX).data, x)["values"]
+    got = onnx_outputs(onnx_export(record, serving_graph(record, model)).data, x)["values"]
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_the_onnx_export_is_the_stored_serving_graph_with_the_metadata_added(
+    model_server: ModelServerHandle,
+    regression: model_pb2.ModelInfo,
+    regression_onnx: tuple[model_pb2.ExportInfo, bytes],
+) -> None:
+    _, data = regression_onnx
+    store = ArtifactStore(model_server.store / "models", load_signing_key("", "", model_server.store))
+    stored = store.read(regression.id, regression.version, (GRAPH_FILE,))[GRAPH_FILE]
+    assert data.startswith(stored)  # byte for byte what the service runs, metadata appended
+    exported, kept = onnx.load_from_string(data), onnx.load_from_string(stored)
+    assert not kept.metadata_props and [p.key for p in exported.metadata_props] == [METADATA_KEY]
+    exported.ClearField("metadata_props")
+    assert exported.SerializeToString() == kept.SerializeToString()
+    assert [n.op_type for n in kept.graph.node].count("LSTM") >= 1  # not an unrolled function graph

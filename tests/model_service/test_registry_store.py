@@ -2,11 +2,12 @@
 
 Versions committed anywhere are served everywhere (at once on a miss, within the poll interval
 otherwise), deletes and unloads apply store-wide, TRAINING comes from live reservations, tampered
-artifacts are refused before anything is deserialized, and numbers are never reused.
+artifacts are refused before anything is loaded, and numbers are never reused.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -20,19 +21,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_service import builder
+from model_service import builder, serving
 from model_service.model_registry import ModelRegistry, VersionState
-from model_service.model_store import MODEL_FILE, ModelWriter
+from model_service.model_store import GRAPH_FILE, ModelWriter
 from model_service.records import ModelRecord
 from model_service.serving import ServingOptions
 from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
+from model_service.training.graph import serving_graph
 from service_common.artifacts import ArtifactStore
 from service_common.errors import FailedPrecondition, NotFound
 from service_common.versioning import StoreWatcher
 
 KEY = b"test-signing-key-0123456789"
 SPEC = with_defaults(ModelSpec(3, 1, (Lstm(4),), Head(Task.REGRESSION)))
-OPTIONS = ServingOptions(max_batch_size=8, jit_compile=False)
+OPTIONS = ServingOptions(max_batch_size=8)
 X = np.arange(6, dtype=np.float64).reshape(2, 3, 1)
 # What the issue asks of a version committed or deleted through another instance.
 WITHIN_SECONDS = 2.0
@@ -42,6 +44,12 @@ POLL_SECONDS = 1.0
 @pytest.fixture(scope="module")
 def keras_bytes() -> bytes:
     return builder.to_keras_bytes(builder.build(SPEC, 3))
+
+
+@functools.cache
+def stored_graph() -> bytes:
+    """The serving graph of that model (it depends on the spec and weights, not the id or version)."""
+    return serving_graph(ModelRecord("any", 1, SPEC, 3, "now"), builder.build(SPEC, 3))
 
 
 @pytest.fixture
@@ -60,11 +68,11 @@ def registries(tmp_path: Path) -> Iterator[Callable[[], ModelRegistry]]:
         registry.close()
 
 
-def publish(root: Path, keras_bytes: bytes, model_id: str) -> ModelRecord:
+def publish(root: Path, keras_bytes: bytes, model_id: str, graph: bytes = b"") -> ModelRecord:
     """Commit a version the way a trainer process does: through a writer, serving nothing."""
     writer = ModelWriter(ArtifactStore(root, KEY))
     record, reservation = writer.reserve(model_id, SPEC, 3)
-    writer.commit(record, keras_bytes, reservation)
+    writer.commit(record, keras_bytes, graph or stored_graph(), reservation)
     return record
 
 
@@ -224,11 +232,12 @@ def test_commit_serves_the_new_version_in_the_committing_process_before_it_retur
     a = registries()
     record = a.reserve("", SPEC, 1)
     assert record.model_id.startswith("model-")
-    a.commit(record, keras_bytes)
+    a.commit(record, keras_bytes, stored_graph())
     served = a.served(record.model_id)
-    assert served.version == 1 and served.predictor._warm  # traced before it was published
+    assert served.version == 1 and not served.loaded  # listed; its session is built on its first call
+    assert served.infer(X).values.shape == (2, 1) and served.loaded
     with pytest.raises(FailedPrecondition, match="not reserved by this process"):
-        a.commit(record, keras_bytes)
+        a.commit(record, keras_bytes, stored_graph())
 
 
 TRAINER = textwrap.dedent(
@@ -266,7 +275,7 @@ def test_the_reservation_of_a_killed_trainer_vanishes_from_every_listing(
     assert b.reserve("killed", SPEC, 1).version == 2
 
 
-def test_refresh_refuses_a_tampered_artifact_without_deserializing_it(
+def test_refresh_refuses_a_tampered_artifact_without_loading_it(
     registries: Callable[[], ModelRegistry],
     tmp_path: Path,
     keras_bytes: bytes,
@@ -276,24 +285,25 @@ def test_refresh_refuses_a_tampered_artifact_without_deserializing_it(
     a = registries()
     publish(tmp_path, keras_bytes, "good")
     publish(tmp_path, keras_bytes, "bad")
-    model_file = tmp_path / "bad" / "1" / MODEL_FILE
-    model_file.write_bytes(model_file.read_bytes() + b"\x00")
-    deserialized: list[str] = []
-    real = builder.from_keras_bytes
-    monkeypatch.setattr(
-        builder,
-        "from_keras_bytes",
-        lambda data, spec, name: deserialized.append(name) or real(data, spec, name),
-    )
+    graph_file = tmp_path / "bad" / "1" / GRAPH_FILE
+    graph_file.write_bytes(graph_file.read_bytes() + b"\x00")
+    sessions: list[str] = []
+    real = serving.GraphSession.__init__
+
+    def counting(self: serving.GraphSession, graph: bytes, output: str, where: str) -> None:
+        sessions.append(where)
+        real(self, graph, output, where)
+
+    monkeypatch.setattr(serving.GraphSession, "__init__", counting)
     with caplog.at_level(logging.ERROR, logger="model_service.model_registry"):
         a.refresh()
-        assert deserialized == ["good v1"]
         assert listed(a) == [("good", 1, VersionState.READY)]
         with pytest.raises(NotFound):
             a.served("bad")  # the miss looks again, and refuses again
+        a.served("good").infer(X)
         publish(tmp_path, keras_bytes, "good")
         a.refresh()
-    assert deserialized == ["good v1", "good v2"]  # the refused one was never handed to Keras
+    assert sessions == ["model 'good' v1"]  # the refused one never reached ONNX Runtime
     refusals = [r.getMessage() for r in caplog.records if "bad" in r.getMessage()]
     assert (
         refusals

@@ -1,5 +1,5 @@
 """The serving path (serving.py) under the cost admission: chunked big requests, refusals before any
-work, inputs narrowed to float32 only when they fit."""
+work, inputs taken only when they fit the model's float32; sessions built on first use, within a budget."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from model_service import builder
 from model_service.affine_scalers import AffineScaler, ScalerRef
 from model_service.cost import MIB, Admission
-from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
-from model_service.serving import ServedModel, ServingOptions, serving_options
+from model_service.serving import ServedModel, ServingOptions, SessionBudget, serving_options
 from model_service.settings import ModelSettings
 from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, with_defaults
+from model_service.training.graph import serving_graph
 from service_common.errors import InvalidArgument, ResourceExhausted
 
 SPEC = with_defaults(
@@ -32,9 +32,9 @@ def served(
     keras_model: object, admission: Admission | None, batches: list[int] | None = None, x_scaler=None
 ) -> ServedModel:
     record = ModelRecord("m", 1, SPEC, 4, "now", x_scaler=x_scaler)
-    predictor = CompiledPredictor(keras_model, SPEC.timesteps, SPEC.features, jit_compile=False)
+    graph = serving_graph(record, keras_model)
     options = ServingOptions(max_batch_size=8, admission=admission)
-    return ServedModel(record, predictor, options, None if batches is None else batches.append)
+    return ServedModel(record, lambda: graph, options, None if batches is None else batches.append)
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_a_request_over_the_budget_is_refused_before_the_model_runs(
         model.infer(np.repeat(rows, 10, axis=0))
     assert "3000 row(s) on model 'm' v1 needs an estimated" in str(info.value)
     assert "memory_budget_mb=1" in str(info.value)
-    assert model.predictor.graph_calls == 0
+    assert not model.loaded  # refused before its session was even built
 
 
 def test_a_reply_over_the_message_limit_is_refused_before_the_model_runs(
@@ -76,7 +76,7 @@ def test_a_reply_over_the_message_limit_is_refused_before_the_model_runs(
     model = served(keras_model, Admission(2048 * MIB, 64 * 1024))  # replies up to 64 KiB
     with pytest.raises(ResourceExhausted, match="the reply would be about"):
         model.infer(np.repeat(rows, 40, axis=0))
-    assert model.predictor.graph_calls == 0
+    assert not model.loaded  # refused before its session was even built
     # Evaluate replies with metrics only: the same rows are fine.
     metrics = model.evaluate(rows, np.zeros(len(rows)))
     assert set(metrics) == {"mse", "mae", "rmse"}
@@ -118,7 +118,61 @@ def test_values_the_x_scaler_pushes_beyond_float32_are_refused(keras_model: obje
 
 
 def test_the_settings_reach_the_serving_options_in_their_units() -> None:
-    settings = ModelSettings(max_batch_size=16, max_batch_wait_ms=2.0, jit_compile=False, flat_call=False)
+    settings = ModelSettings(max_batch_size=16, max_batch_wait_ms=2.0)
     options = serving_options(settings)
     assert (options.max_batch_size, options.max_batch_wait_seconds) == (16, 0.002)
-    assert options.jit_compile is False and options.flat_call is False
+
+
+def test_a_session_is_built_on_the_first_call_and_dropped_past_the_budget(
+    keras_model: object, rows: np.ndarray
+) -> None:
+    record = ModelRecord("m", 1, SPEC, 4, "now")
+    graph = serving_graph(record, keras_model)
+    reads: list[int] = []
+
+    def source() -> bytes:
+        reads.append(1)
+        return graph
+
+    budget = SessionBudget(2)
+    models = [ServedModel(record, source, ServingOptions(max_batch_size=1), budget=budget) for _ in range(3)]
+    assert not any(m.loaded for m in models) and not reads  # listing builds nothing
+    first = models[0].infer(rows[:2]).values
+    assert models[0].loaded and len(reads) == 1
+    models[1].infer(rows[:2])
+    models[0].infer(rows[:2])  # the most recently used now: models[1] is the oldest
+    models[2].infer(rows[:2])
+    assert [m.loaded for m in models] == [True, False, True] and len(budget) == 2
+    assert budget.evictions == 1
+    again = models[1].infer(rows[:2]).values  # built again on its next call
+    assert models[1].loaded and len(reads) == 4
+    np.testing.assert_array_equal(first, again)
+    pinned = ServedModel(record, source, ServingOptions(max_batch_size=1), budget=budget, pinned=True)
+    pinned.load()
+    for m in models:
+        m.infer(rows[:1])
+    assert pinned.loaded  # never dropped, whatever else is used
+    for m in (*models, pinned):
+        m.close("done")
+
+
+def test_with_inline_passes_a_lone_call_runs_on_the_loop_and_answers_the_same(
+    keras_model: object, rows: np.ndarray
+) -> None:
+    import asyncio
+
+    record = ModelRecord("m", 1, SPEC, 4, "now")
+    graph = serving_graph(record, keras_model)
+    batched = ServedModel(record, lambda: graph, ServingOptions(max_batch_size=8))
+    inline = ServedModel(record, lambda: graph, ServingOptions(max_batch_size=8, inline_passes=True))
+
+    async def both() -> tuple[np.ndarray, np.ndarray]:
+        a = (await batched.infer_async(rows[:3])).values
+        b = (await inline.infer_async(rows[:3])).values
+        return a, b
+
+    a, b = asyncio.run(both())
+    np.testing.assert_array_equal(a, b)
+    assert batched._batcher._started and not inline._batcher._started  # no thread hop for the lone call
+    for m in (batched, inline):
+        m.close("done")

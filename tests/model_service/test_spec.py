@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from model_service import builder
-from model_service.predictor import CompiledPredictor
+from model_service.graph_session import GraphSession
+from model_service.records import ModelRecord
 from model_service.spec import (
     ACTIVATIONS,
     MAX_SAMPLE_VALUES,
@@ -23,6 +24,7 @@ from model_service.spec import (
     plan,
     with_defaults,
 )
+from model_service.training.graph import serving_graph
 from service_common.errors import InvalidArgument
 
 REGRESSION = Head(Task.REGRESSION)
@@ -208,7 +210,7 @@ def test_a_spec_whose_reshape_rank_exceeds_tensorflows_limit_is_refused() -> Non
 
 def test_a_reshape_to_tensorflows_largest_rank_builds_trains_and_serves() -> None:
     """The boundary is TensorFlow's: a rank-8 tensor (batch included) through Dense, Dropout and an
-    activation trains and predicts, with the graph function and with XLA."""
+    activation trains and is served by its ONNX serving graph."""
     target = (2, *([1] * (MAX_TENSOR_RANK - 2)))
     spec = with_defaults(
         ModelSpec(
@@ -219,9 +221,11 @@ def test_a_reshape_to_tensorflows_largest_rank_builds_trains_and_serves() -> Non
     model = builder.build(spec, seed=1)
     x = np.zeros((4, 3, 1), np.float32)
     model.fit(x, np.zeros((4, 1), np.float32), epochs=1, verbose=0)
-    predictor = CompiledPredictor(model, 3, 1, jit_compile=True)
-    predictor.compile_now(4)
-    assert predictor(x).shape == (4, 1) and predictor.xla_calls == 1
+    record = ModelRecord("rank", 1, spec, 1, "now")
+    session = GraphSession(serving_graph(record, model), "values", "rank v1")
+    got = session.run(x.astype(np.float64))
+    assert got.shape == (4, 1)
+    np.testing.assert_allclose(got, model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_values_per_sample_are_bounded_in_every_layer() -> None:

@@ -13,17 +13,18 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from model_service import builder, training
 from model_service.affine_scalers import PER_FEATURE, AffineScaler, ScalerRef
 from model_service.cost import MIB, Admission, ModelCost
 from model_service.model_registry import ModelRegistry, VersionState
-from model_service.model_store import META_FILE, MODEL_FILE
+from model_service.model_store import GRAPH_FILE, META_FILE, MODEL_FILE
 from model_service.records import EpochProgress, ModelRecord
 from model_service.serving import ModelSignature, ServedModel, ServingOptions
 from model_service.spec import Dense, Head, Lstm, ModelSpec, Task, plan, with_defaults
-from model_service.training import TrainingManager, TrainInput, TrainOptions, TrainStarted
+from model_service.training import TrainInput, TrainOptions, TrainStarted
+from model_service.training.graph import StoredGraphs
+from model_service.training.jobs import TrainingManager
 from scaler_service import sklearn_scalers as fitting
 from service_common.artifacts import ArtifactStore
 from service_common.errors import Cancelled, FailedPrecondition, IntegrityError, NotFound, ResourceExhausted
@@ -53,9 +54,14 @@ class LocalFitter:
 class Stack:
     def __init__(self, root: Path, max_jobs: int = 2) -> None:
         self.store = ArtifactStore(root, b"test-signing-key-0123456789")
+        self.graphs = ArtifactStore(root.parent / "serving-graphs", b"test-signing-key-0123456789")
         self.fitter = LocalFitter()
         self.options = ServingOptions(max_batch_size=16)
-        self.registry = ModelRegistry(self.store, self.options)
+        # What the trainer process does for a version stored without a serving graph.
+        made = StoredGraphs(self.store, self.graphs)
+        self.registry = ModelRegistry(
+            self.store, self.options, graphs=self.graphs, make_graph=lambda i, v: made.ensure(i, v) and None
+        )
         self.registry.load_all()
         self.trainer = TrainingManager(self.registry, self.fitter, self.options, max_jobs, max_work=10**9)
 
@@ -171,7 +177,9 @@ def test_job_limit_and_serving_rules_while_training(stack: Stack) -> None:
         job.cancel()
         assert job.join(10)
     assert stack.trainer.running() == 0
-    assert [(e.model_id, e.version, e.state) for e in stack.registry.index()] == [("m", 1, VersionState.READY)]
+    assert [(e.model_id, e.version, e.state) for e in stack.registry.index()] == [
+        ("m", 1, VersionState.READY)
+    ]
     assert ready.version == 1
 
 
@@ -265,7 +273,7 @@ def test_holdout_is_the_time_ordered_tail_scaled_with_the_training_fit(
     )  # ...training rows only
 
 
-def test_serving_is_a_warmed_compiled_function_never_model_predict(
+def test_serving_runs_the_versions_onnx_graph_never_model_predict(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def forbidden(*args: object, **kwargs: object) -> None:
@@ -274,25 +282,45 @@ def test_serving_is_a_warmed_compiled_function_never_model_predict(
     monkeypatch.setattr(keras.Model, "predict", forbidden)
     monkeypatch.setattr(keras.Model, "predict_on_batch", forbidden)
     _, record = run(stack, seed_input(validation_fraction=0.25))  # the holdout is scored by serving too
+    files = stack.store.read(record.model_id, record.version)
+    assert set(files) >= {MODEL_FILE, GRAPH_FILE, META_FILE}  # the graph is committed with the version
+    keras_model = builder.from_keras_bytes(files[MODEL_FILE], record.spec, "trained")
     model = stack.registry.served(record.model_id)
-    predictor = model.predictor
-    assert predictor._warm  # traced before the version was published: no request pays for it
-    (signature,), _ = predictor._call.structured_input_signature
-    assert signature.shape.as_list() == [None, 3, 1] and signature.dtype == tf.float32
+    assert not model.loaded  # built on its first call
     rng = np.random.default_rng(2)
-    for batch in (1, 7, 64):  # one concrete function serves every batch size
+    for batch in (1, 7, 64):  # one graph serves every batch size
         x = rng.uniform(0, 60, size=(batch, 3, 1))
         got = model.infer(x).values
         scaled = record_scalers(stack, record.model_id)
-        direct = predictor.model(scaled[0].transform(x).astype(np.float32), training=False).numpy()
+        direct = keras_model(scaled[0].transform(x).astype(np.float32), training=False).numpy()
         np.testing.assert_allclose(got, scaled[1].inverse_transform(direct), rtol=1e-5, atol=1e-5)
-    # After a restart the loaded model is served the same way.
-    reopened = ModelRegistry(stack.store, ServingOptions())
+    # After a restart the stored graph is served the same way.
+    reopened = ModelRegistry(stack.store, ServingOptions(), graphs=stack.graphs)
     reopened.load_all()
     again = reopened.served(record.model_id)
-    assert again.predictor._call.structured_input_signature[0][0].shape.as_list() == [None, 3, 1]
     np.testing.assert_allclose(again.infer(x).values, got, rtol=1e-6)
     reopened.close()
+
+
+def test_a_version_stored_without_a_graph_gets_one_made_once(stack: Stack) -> None:
+    """As versions stored before serving graphs existed: the first call has the trainer make it."""
+    _, record = run(stack, seed_input(model_id="old"))
+    files = stack.store.read("old", 1)
+    legacy = {name: data for name, data in files.items() if name in (MODEL_FILE, META_FILE)}
+    stack.store.write(
+        "legacy", 1, {**legacy, META_FILE: dataclasses.replace(record, model_id="legacy").to_json()}
+    )
+    x = np.random.default_rng(3).uniform(0, 60, size=(5, 3, 1))
+    want = stack.registry.served("old").infer(x).values
+    got = stack.registry.served("legacy").infer(x).values
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert [ref.version for ref in stack.graphs.scan("legacy")] == [1]  # kept for every process
+    reopened = ModelRegistry(stack.store, ServingOptions(), graphs=stack.graphs)  # no trainer at all
+    reopened.load_all()
+    np.testing.assert_allclose(reopened.served("legacy").infer(x).values, want, rtol=1e-6)
+    reopened.close()
+    stack.registry.delete("legacy")
+    assert list(stack.graphs.scan("legacy")) == []  # deleted with its version
 
 
 def record_scalers(stack: Stack, model_id: str) -> tuple[AffineScaler, AffineScaler]:
@@ -301,8 +329,8 @@ def record_scalers(stack: Stack, model_id: str) -> tuple[AffineScaler, AffineSca
     return record.x_scaler, record.y_scaler
 
 
-class GatedPredictor:
-    """The real compiled pass; the first one blocks until released, so the next requests queue up behind it."""
+class GatedSession:
+    """The real session; its first pass blocks until released, so the next requests queue up behind it."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -310,18 +338,25 @@ class GatedPredictor:
         self.first_pass = threading.Event()
         self.release = threading.Event()
 
-    def warm(self) -> None:
-        self.inner.warm()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> np.ndarray:
         self.passes.append(int(x.shape[0]))
         if len(self.passes) == 1:
             self.first_pass.set()
             assert self.release.wait(10)
-        return self.inner(x)
+        return self.inner.run(x)
+
+
+def gated_copy(
+    stack: Stack, served: ServedModel, options: ServingOptions, observe: Any = None
+) -> tuple[ServedModel, GatedSession]:
+    """A second ServedModel of ``served``'s version whose passes go through a GatedSession."""
+    record = served.record
+    model = ServedModel(
+        record, lambda: stack.registry.graph(record.model_id, record.version), options, observe
+    )
+    gated = GatedSession(model.load())
+    model._session = gated  # type: ignore[assignment]
+    return model, gated
 
 
 def wait_until_queued(model: ServedModel, requests: int) -> None:
@@ -334,10 +369,8 @@ def wait_until_queued(model: ServedModel, requests: int) -> None:
 def test_concurrent_requests_share_forward_passes_in_the_serving_path(stack: Stack) -> None:
     _, record = run(stack, seed_input())
     served = stack.registry.served(record.model_id)
-    gated = GatedPredictor(served.predictor)
     observed: list[int] = []
-    options = ServingOptions(max_batch_size=64)
-    model = ServedModel(served.record, gated, options, observed.append)  # type: ignore[arg-type]
+    model, gated = gated_copy(stack, served, ServingOptions(max_batch_size=64), observed.append)
     queries = [np.full((1, 3, 1), float(i)) + np.arange(3.0).reshape(1, 3, 1) for i in range(12)]
     expected = [served.infer(q).values for q in queries]
     with ThreadPoolExecutor(13) as pool:
@@ -357,8 +390,7 @@ def test_concurrent_requests_share_forward_passes_in_the_serving_path(stack: Sta
 def test_each_prediction_names_the_forward_pass_that_computed_it_and_how_long_it_waited(stack: Stack) -> None:
     _, record = run(stack, seed_input())
     served = stack.registry.served(record.model_id)
-    gated = GatedPredictor(served.predictor)
-    model = ServedModel(served.record, gated, ServingOptions(max_batch_size=64))  # type: ignore[arg-type]
+    model, gated = gated_copy(stack, served, ServingOptions(max_batch_size=64))
     held_ns = 100_000_000
     with ThreadPoolExecutor(4) as pool:
         blocker = pool.submit(model.infer, np.ones((1, 3, 1)))
@@ -401,15 +433,15 @@ def test_a_signed_artifact_with_code_in_it_is_refused_by_safe_mode(
     with pytest.raises(IntegrityError, match="Keras refused the model"):
         builder.from_keras_bytes(keras_bytes, record.spec, "sneaky v1")
     sneaky = dataclasses.replace(record, model_id="sneaky", version=1)
+    # Stored as versions were before they carried a serving graph: making one needs Keras to load it.
     stack.store.write("sneaky", 1, {MODEL_FILE: keras_bytes, META_FILE: sneaky.to_json()})
-    reopened = ModelRegistry(stack.store, ServingOptions())
-    reopened.load_all()
-    try:
-        assert [(e.model_id, e.version) for e in reopened.index()] == [("kept", 1)]
-        with pytest.raises(NotFound):
-            reopened.served("sneaky")
-    finally:
-        reopened.close()
+    stack.registry.refresh()
+    with pytest.raises(IntegrityError, match="Keras refused the model"):
+        stack.registry.served("sneaky").infer(np.ones((1, 3, 1)))
+    assert [(e.model_id, e.version) for e in stack.registry.index()] == [("kept", 1)]
+    with pytest.raises(NotFound):
+        stack.registry.served("sneaky")
+    assert list(stack.graphs.scan("sneaky")) == []
     assert any(
         "skipping model artifact" in r.getMessage() and "sneaky" in r.getMessage() for r in caplog.records
     )

@@ -92,11 +92,9 @@ def test_every_setting_says_what_it_means_in_help(
 
 
 def test_the_batch_ceiling_has_one_default() -> None:
-    from model_service.predictor import CompiledPredictor
     from model_service.serving import ServingOptions
 
-    predictor_default = inspect.signature(CompiledPredictor).parameters["max_bucket"].default
-    assert ModelSettings().max_batch_size == ServingOptions().max_batch_size == predictor_default
+    assert ModelSettings().max_batch_size == ServingOptions().max_batch_size
 
 
 def test_the_client_leaves_the_epoch_default_to_the_service() -> None:

@@ -17,7 +17,8 @@ from model_service.model_registry import ModelRegistry
 from model_service.records import ModelRecord
 from model_service.serving import ServingOptions
 from model_service.spec import Head, Lstm, ModelSpec, Task
-from model_service.training import DatasetOptions, DatasetRequest, TrainingManager, TrainInput, TrainOptions
+from model_service.training import DatasetOptions, DatasetRequest, TrainInput, TrainOptions
+from model_service.training.jobs import TrainingManager
 from scaler_service import sklearn_scalers as fitting
 from service_common.artifacts import ArtifactStore
 from service_common.errors import FailedPrecondition, ResourceExhausted

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_service.forecasting.quantiles import PinballLoss, coverage, sorted_levels
+from model_service.forecasting.quantiles import coverage, sorted_levels
+from model_service.training.pinball import PinballLoss
 
 
 def test_the_pinball_loss_weighs_under_and_over_prediction_by_the_level() -> None:
