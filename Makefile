@@ -25,9 +25,10 @@ lint: $(STAMP) buf-deps
 	$(PY) -m mypy
 	bash scripts/check_protos.sh
 
-## Node client packages (clients/node) for tests/clients/test_node_client.py; Node.js from Debian if missing.
+## Node client packages (clients/node) for tests/clients/test_node_*.py; Node.js from Debian if missing.
 NODE_STAMP := clients/node/node_modules/.installed-stamp
-$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+# npm ci runs the package's prepare script: the .proto copy and the generated types follow protos/.
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json clients/node/scripts/prepare.js $(wildcard protos/lstm_stack/v1/*.proto)
 	command -v node >/dev/null && command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
 	cd clients/node && npm ci --no-audit --no-fund
 	touch $(NODE_STAMP)
