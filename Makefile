@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install protos lint test run bench node-deps buf-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# The client distribution first: the services' one requires it, and it is not on PyPI.
+	$(PY) -m pip install --quiet -e clients/python
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
