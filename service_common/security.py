@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from lstm_stack_client.channels import AUTH_METADATA_KEY, read_file
+from lstm_stack_client.channels import bearer_metadata as bearer_metadata  # re-exported for the services
 
 from service_common.errors import echo
 from service_common.handlers import refusing_handler
 
 log = logging.getLogger(__name__)
 
-AUTH_METADATA_KEY = "authorization"
 BEARER_PREFIX = "bearer "
 # Probes (load balancers, container healthchecks) must reach health without a secret.
 EXEMPT_METHOD_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/",)
@@ -53,11 +54,6 @@ def load_tokens(token: str = "", token_file: str = "") -> list[str]:
                 "an auth token is shorter than %d characters; use a long random one", MIN_TOKEN_LENGTH
             )
     return tokens
-
-
-def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    """Metadata to pass as ``metadata=`` on a call when the channel does not add the token itself."""
-    return ((AUTH_METADATA_KEY, f"Bearer {token}"),)
 
 
 def _presented_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
@@ -118,14 +114,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or self._refused is None:
             return refusal
         return self._refused(method, refusal)
-
-
-def read_file(path: str | Path, what: str) -> bytes:
-    """A certificate/key file's bytes; unreadable is a ValueError naming what it is and where."""
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{what} {path} cannot be read: {exc}") from exc
 
 
 def server_credentials(

@@ -34,6 +34,8 @@ LONG_CHECKS = [
     "clients/test_cli_model_export.py",
     "clients/test_demo.py",
     "clients/test_node_client.py",
+    "clients/test_node_package_install.py",
+    "clients/test_python_client_wheel.py",
     "model_service/datasets/test_streamed_jobs.py",
     "model_service/datasets/test_train_by_reference.py",
     "model_service/forecasting/test_rpcs.py",

@@ -1,9 +1,10 @@
 'use strict';
 // A small Node.js client for the lstm-stack scaler and model services.
 //
-// The .proto files are loaded at run time from the repo's protos/ folder (no generated code), so this
-// client always speaks the current contract. Tensors cross the wire as dtype + shape + little-endian raw
-// bytes, exactly like the Python codec (service_common/codec.py).
+// The .proto files are loaded at run time (no generated code) from the package's own protos/ folder: a
+// copy of the repo's protos/ that `npm run prepare` makes (npm runs it after `npm ci` here and before
+// `npm pack`), so an installed package needs nothing outside itself. Tensors cross the wire as dtype +
+// shape + little-endian raw bytes, exactly like the Python client's codec.
 
 const crypto = require('node:crypto');
 const fs = require('node:fs');
@@ -13,14 +14,14 @@ const readline = require('node:readline');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-// Proto imports are written relative to the repo root ("protos/lstm_stack/v1/tensor.proto").
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const PROTO_FILES = [
+// Proto imports are written relative to the folder holding protos/ ("protos/lstm_stack/v1/tensor.proto").
+const PROTO_ROOT = __dirname;
+const PROTO_FILES = Object.freeze([
   'protos/lstm_stack/v1/tensor.proto',
   'protos/lstm_stack/v1/scaler.proto',
   'protos/lstm_stack/v1/dataset.proto',
   'protos/lstm_stack/v1/model.proto',
-];
+]);
 
 // keepCase: field names as in the .proto (snake_case), the same names grpcurl and Python use.
 // longs: Number — int64 fields here are shapes, counts and seeds, all far below 2^53.
@@ -33,7 +34,7 @@ const LOADER_OPTIONS = Object.freeze({
   enums: String,
   defaults: true,
   oneofs: true,
-  includeDirs: [REPO_ROOT],
+  includeDirs: [PROTO_ROOT],
 });
 
 const DEFAULT_DEADLINE_MS = 30_000;
@@ -46,15 +47,20 @@ const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
 
 let cachedPackage = null;
 
-/** Load the lstm_stack.v1 package definitions (cached). `protoRoot` overrides the repo root. */
-function loadProtos(protoRoot = REPO_ROOT) {
-  if (protoRoot === REPO_ROOT && cachedPackage) return cachedPackage;
-  const definition = protoLoader.loadSync(
-    PROTO_FILES.map((file) => path.join(protoRoot, file)),
-    { ...LOADER_OPTIONS, includeDirs: [protoRoot] },
-  );
+/** Load the lstm_stack.v1 package definitions (cached). `protoRoot` overrides the folder holding protos/. */
+function loadProtos(protoRoot = PROTO_ROOT) {
+  if (protoRoot === PROTO_ROOT && cachedPackage) return cachedPackage;
+  const files = PROTO_FILES.map((file) => path.join(protoRoot, file));
+  const missing = files.filter((file) => !fs.existsSync(file));
+  if (missing.length) {
+    throw new Error(
+      `missing ${missing.join(', ')}: in a checkout of the repo, \`npm ci\` (or \`npm run prepare\`) in ` +
+        'clients/node copies them from protos/',
+    );
+  }
+  const definition = protoLoader.loadSync(files, { ...LOADER_OPTIONS, includeDirs: [protoRoot] });
   const pkg = grpc.loadPackageDefinition(definition).lstm_stack.v1;
-  if (protoRoot === REPO_ROOT) cachedPackage = pkg;
+  if (protoRoot === PROTO_ROOT) cachedPackage = pkg;
   return pkg;
 }
 
@@ -749,7 +755,7 @@ module.exports = {
   readNpyHeader,
   status: grpc.status,
   Metadata: grpc.Metadata,
-  REPO_ROOT,
+  PROTO_ROOT,
   PROTO_FILES,
   LOADER_OPTIONS,
 };

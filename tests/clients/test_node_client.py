@@ -47,15 +47,11 @@ def _require_tool(name: str) -> str:
 def node() -> str:
     node_path = _require_tool("node")
     npm_path = _require_tool("npm")
-    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        result = subprocess.run(
-            [npm_path, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
+    # npm ci runs the package's prepare script; otherwise run it here, so its copy of protos/ is current.
+    installed = (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir()
+    command = [node_path, "scripts/prepare.js"] if installed else [npm_path, "ci", "--no-audit", "--no-fund"]
+    result = subprocess.run(command, cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return node_path
 
 
@@ -197,7 +193,7 @@ def test_node_encoded_tensor_decodes_with_the_python_codec(node: str) -> None:
         "const path = require('node:path');"
         "const loader = require('@grpc/proto-loader');"
         "const c = require('./index.js');"
-        "const defs = loader.loadSync(c.PROTO_FILES.map((f) => path.join(c.REPO_ROOT, f)), c.LOADER_OPTIONS);"
+        "const defs = loader.loadSync(c.PROTO_FILES.map((f) => path.join(c.PROTO_ROOT, f)), c.LOADER_OPTIONS);"
         "const t = defs['lstm_stack.v1.Tensor'];"
         "const out = [c.encodeTensor([[1.5, -2], [1e-300, 7]]),"
         " c.encodeTensor(Float32Array.from([0.25, 3]), {shape: [2, 1]}),"

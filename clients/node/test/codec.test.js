@@ -5,7 +5,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const path = require('node:path');
 const protoLoader = require('@grpc/proto-loader');
-const { encodeTensor, decodeTensor, toNested, PROTO_FILES, REPO_ROOT, LOADER_OPTIONS } = require('../index.js');
+const { encodeTensor, decodeTensor, toNested, PROTO_FILES, PROTO_ROOT, LOADER_OPTIONS } = require('../index.js');
 
 test('nested arrays round-trip as FLOAT64 with the inferred shape', () => {
   const x = [[[1], [2], [3]], [[2.5], [-3.25], [1e-9]]];
@@ -45,7 +45,7 @@ test('typed arrays keep their dtype and take an explicit shape', () => {
 test('the encoded message survives protobuf serialization', () => {
   // grpc-js serializes through the package definition; do the same round trip by hand.
   const definition = protoLoader.loadSync(
-    PROTO_FILES.map((file) => path.join(REPO_ROOT, file)),
+    PROTO_FILES.map((file) => path.join(PROTO_ROOT, file)),
     LOADER_OPTIONS,
   );
   const type = definition['lstm_stack.v1.Tensor'];

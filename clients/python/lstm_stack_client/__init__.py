@@ -12,8 +12,7 @@ with connect(scaler_address="127.0.0.1:50051", model_address="127.0.0.1:50052") 
     stack.model.train(spec, dataset=data.id, target_columns=["load"], epochs=5).result()
 """
 
-from service_common.channels import channel_credentials, open_channel
-
+from .channels import channel_credentials, open_channel
 from .client import (
     DEFAULT_MODEL_ADDRESS,
     DEFAULT_SCALER_ADDRESS,

@@ -20,7 +20,6 @@ from typing import Any, Self, TypeVar
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.lstm_stack.v1 import (
     dataset_pb2,
@@ -31,10 +30,9 @@ from protos.lstm_stack.v1 import (
     scaler_pb2_grpc,
     tensor_pb2,
 )
-from service_common import codec
-from service_common.channels import message_size_options, open_channel
-from service_common.security import bearer_metadata
 
+from . import codec, health
+from .channels import bearer_metadata, message_size_options, open_channel
 from .datasets import array_chunks
 from .datasets import rows_per_chunk as _rows_per_chunk
 from .specs import scaler_spec
@@ -155,15 +153,10 @@ class _Rpc:
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The grpc.health.v1 status name (SERVING, NOT_SERVING, ...) for ``service``."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        response = self.call(
-            "Health/Check",
-            stub.Check,
-            health_pb2.HealthCheckRequest(service=service),
-            idempotent=True,
-            timeout=timeout,
+        status: str = self.call(
+            "Health/Check", health.check_method(self.channel), service, idempotent=True, timeout=timeout
         )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return status
 
     def wait_until_serving(self, service: str, timeout: float) -> None:
         """Poll the health service until ``service`` reports SERVING; raises LstmStackError on timeout."""

@@ -70,5 +70,3 @@ def csv_chunks(path: str | Path, rows: int = 0, dtype: Any = np.float64) -> Iter
                 batch = []
         if batch:
             yield np.asarray(batch, dtype=dtype)
-
-

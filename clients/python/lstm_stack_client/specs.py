@@ -188,5 +188,3 @@ def load_model_spec(path: str | Path) -> model_pb2.ModelSpec:
         return json_format.Parse(text, model_pb2.ModelSpec())
     except json_format.ParseError as exc:
         raise SpecError(f"{path}: not a ModelSpec in proto JSON: {exc}") from None
-
-
