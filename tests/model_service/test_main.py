@@ -88,13 +88,14 @@ def test_module_entry_point_serves_both_protocols_and_stops_on_sigterm(
         assert "model service stopped" in output
         version_dir = tmp_path / "store" / "models" / "cli" / "1"
         names = sorted(p.name for p in version_dir.iterdir())
-        # A trained version also holds its TensorBoard events (signed like the rest).
+        # A trained version also holds its serving graph and TensorBoard events (signed like the rest).
         assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
             "SIGNATURE",
             "meta.json",
             "model.keras",
+            "model.onnx",
         ]
-        assert len(names) == 4
+        assert len(names) == 5
     finally:
         if process.poll() is None:
             process.kill()

@@ -16,9 +16,8 @@ import pytest
 from model_service import builder, serving_graph_keras
 from model_service.affine_scalers import PER_COLUMN, PER_FEATURE, AffineScaler, ScalerRef
 from model_service.forecasting.config import ForecastConfig, Strategy
-from model_service.predictor import CompiledPredictor
 from model_service.records import ModelRecord
-from model_service.serving import Prediction, ServedModel, ServingOptions
+from model_service.serving import ForwardPass, InferTiming, Prediction
 from model_service.serving_graph import (
     LSTM_OP_ACTIVATIONS,
     METADATA_KEY,
@@ -92,14 +91,29 @@ def predicted_values(record: ModelRecord, model: keras.Model, x: np.ndarray) -> 
 
 
 def predict(record: ModelRecord, model: keras.Model, x: np.ndarray) -> Prediction:
-    """What Predict answers: the serving path itself, without XLA."""
-    spec = record.spec
-    predictor = CompiledPredictor(model, spec.timesteps, spec.features, jit_compile=False)
-    served = ServedModel(record, predictor, ServingOptions(max_batch_size=64))
-    try:
-        return served.infer(x)
-    finally:
-        served.close("done")
+    """What Predict answered when Keras served it: the x scaler in float64, the model in float32, the
+    y scaler inverted per value (every quantile level of a value as that value), labels from the
+    probabilities."""
+    scaled = record.x_scaler.transform(x) if record.x_scaler is not None else x
+    out = keras_out(model, scaled.astype(np.float32)).astype(np.float64)
+    task = record.spec.task
+    if task is not Task.REGRESSION:
+        labels = (out[:, 0] >= 0.5) if task is Task.BINARY else np.argmax(out, axis=1)
+        return Prediction(None, out, labels.astype(np.int64), TIMING)
+    if record.y_scaler is not None:
+        levels = record.forecast.levels if record.forecast else 1
+        n = out.shape[0]
+        per_level = out.reshape(n, -1, levels).transpose(0, 2, 1).reshape(n * levels, -1)
+        out = (
+            record.y_scaler.inverse_transform(per_level)
+            .reshape(n, levels, -1)
+            .transpose(0, 2, 1)
+            .reshape(n, -1)
+        )
+    return Prediction(out, None, None, TIMING)
+
+
+TIMING = InferTiming(0, 0, ForwardPass(0, 0, 0), 0)
 
 
 def stack(act: str) -> ModelSpec:
