@@ -485,3 +485,53 @@ def _method_descriptor(path: str) -> MethodDescriptor:
             if service.full_name == service_name:
                 return service.methods_by_name[method_name]
     raise AssertionError(f"no service {service_name}")
+
+
+# ---- 9. a forecast whose reply could not be sent is refused before it is computed ------------------
+
+
+def test_a_forecast_whose_reply_is_past_the_message_limit_is_refused_before_any_pass(
+    model_stack, stubs
+) -> None:
+    """A recursive model's passes are each small (one step), so each passed the per-pass reply check;
+    the forecast they add up to was computed in full, then the transport refused to send it."""
+    _scaler, model_stub, _oip = stubs
+    series = 50 + 10 * np.sin(np.arange(64.0) / 3)
+    request = model_pb2.TrainRequest(
+        model_id="recursive-reply",
+        spec=model_pb2.ModelSpec(
+            input=model_pb2.InputShape(timesteps=4, features=1),
+            layers=[model_pb2.Layer(lstm=model_pb2.LstmLayer(units=4))],
+            head=model_pb2.Head(task=model_pb2.REGRESSION),
+        ),
+        series=model_pb2.SeriesData(series=codec.from_numpy(series), window=4, strategy=model_pb2.RECURSIVE),
+        epochs=1,
+        batch_size=16,
+    )
+    with model_stack[1].channel() as channel:
+        workloads.train_when_a_slot_is_free(channel, request)
+    histories = np.tile(series[-4:], (2000, 1))[..., None]  # 64 KB of request
+    expected_bytes = 2000 * 100 * 8 + 64 * 1024  # 2000 series x 100 steps, 8 bytes a value
+
+    def forecast(horizon: int) -> Any:
+        return model_stub.Forecast(
+            model_pb2.ForecastRequest(
+                model_id="recursive-reply", history=codec.from_numpy(histories), horizon=horizon
+            ),
+            timeout=120,
+        )
+
+    started = time.monotonic()
+    code, details = failure(lambda: forecast(100))
+    assert code == EXHAUSTED, (code, details)
+    assert (
+        "a forecast of 2000 series x 100 step(s) x 1 target(s) on model 'recursive-reply' v1: "
+        f"the reply would be about {expected_bytes} bytes, above the max message size of "
+        f"{MODEL_MAX_MESSAGE_MB * 1024 * 1024} bytes"
+    ) in details, details
+    assert "send fewer series per call" in details, details
+    assert time.monotonic() - started < 5, "refused before the 100 passes"
+    # A reply that fits goes through.
+    assert codec.to_numpy(forecast(10).point).shape == (2000, 10, 1)
+    model_stub.DeleteModel(model_pb2.DeleteModelRequest(model_id="recursive-reply"), timeout=30)
+    assert_still_serving(model_stack)
