@@ -124,6 +124,13 @@ def _values(shape: tuple[int | None, ...]) -> int:
     return total
 
 
+def forecast_reply_bytes(series: int, horizon: int, targets: int, quantile_levels: int) -> int:
+    """A forecast reply's size: the point forecast (series, horizon, targets), and for a quantile model
+    the quantiles as well (series, horizon, targets, levels), 8 bytes a value either way."""
+    values = series * horizon * targets * (1 + quantile_levels)
+    return values * REPLY_BYTES_PER_VALUE + REPLY_OVERHEAD_BYTES
+
+
 @dataclass(frozen=True)
 class Estimate:
     what: str  # e.g. "6000 row(s) on model 'm' v1"
@@ -230,13 +237,17 @@ class Admission:
 
     # ---- admission -------------------------------------------------------------------------------
 
-    def reserve(self, estimate: Estimate, hint: str = "send fewer rows per call") -> Reservation:
-        """Hold ``estimate`` against the budget (release the reservation when the work is done)."""
-        if estimate.reply_bytes > self.max_reply_bytes:
+    def check_reply(self, what: str, reply_bytes: int, hint: str) -> None:
+        """ResourceExhausted when a reply of ``reply_bytes`` could not be sent (above the message limit)."""
+        if reply_bytes > self.max_reply_bytes:
             raise ResourceExhausted(
-                f"{estimate.what}: the reply would be about {estimate.reply_bytes} bytes, above the max "
+                f"{what}: the reply would be about {reply_bytes} bytes, above the max "
                 f"message size of {self.max_reply_bytes} bytes (max_message_mb); {hint}"
             )
+
+    def reserve(self, estimate: Estimate, hint: str = "send fewer rows per call") -> Reservation:
+        """Hold ``estimate`` against the budget (release the reservation when the work is done)."""
+        self.check_reply(estimate.what, estimate.reply_bytes, hint)
         needed = estimate.memory_bytes
         if needed > self.memory_budget_bytes:
             raise ResourceExhausted(

@@ -2,8 +2,14 @@
 (auth).
 
 A method handler comes in four kinds (unary/stream request x unary/stream response); whoever wraps or
-replaces behaviour must hand back a handler of the same kind, with the same (de)serializers. These two
+replaces behaviour must hand back a handler of the same kind, with the same serializers. These two
 helpers are the only places that know the four kinds.
+
+The wrapped handler's request deserializer never raises. grpc.aio answers an exception raised while it
+deserializes a request with UNKNOWN ("Unexpected <class DecodeError>") and a logged traceback, and it
+calls the deserializer before any of our code runs. So the deserializer hands on an ``Undecodable`` in
+place of the message, and the wrapped behaviour refuses the call with INVALID_ARGUMENT when it sees one:
+for a request stream, at the message that could not be decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 
 class CallHook(Protocol):
@@ -46,8 +53,58 @@ def _require_async(behaviour: Callable[..., Any]) -> None:
         )
 
 
+class Undecodable:
+    """What a wrapped deserializer hands on in place of a request it could not decode."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def message_type_name(deserializer: Callable[[bytes], Any]) -> str:
+    """The protobuf type a generated deserializer (``SomeMessage.FromString``) parses, by full name."""
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", None)
+    return name if isinstance(name, str) else getattr(deserializer, "__qualname__", repr(deserializer))
+
+
+def tolerant_deserializer(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    """``deserializer``, handing on an ``Undecodable`` naming the expected type instead of raising."""
+    if deserializer is None:
+        return None
+    expected = message_type_name(deserializer)
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return Undecodable(f"the request is not a valid {expected} ({len(raw)} bytes came): {exc}")
+
+    return deserialize
+
+
+async def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+async def _decoded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    """A request stream that ends the call with INVALID_ARGUMENT at a message that could not be decoded
+    (``context.abort`` sends the status, then raises through the handler's loop)."""
+    async for request in requests:
+        await _refuse_undecodable(request, context)
+        yield request
+
+
 def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMethodHandler:
-    """The same kind of handler, calling ``hook.started`` / ``hook.finished`` around each call."""
+    """The same kind of handler, calling ``hook.started`` / ``hook.finished`` around each call, and
+    refusing a request that could not be decoded with INVALID_ARGUMENT."""
+
+    def checked(request: Any, streamed_requests: bool, context: grpc.aio.ServicerContext) -> Any:
+        return _decoded(request, context) if streamed_requests else request
 
     def unary_response(behaviour: Callable[..., Any], streamed_requests: bool) -> Callable[..., Any]:
         _require_async(behaviour)
@@ -58,7 +115,8 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
             try:
                 if (refused := hook.refusal()) is not None:
                     await context.abort(*refused)
-                result = await behaviour(request, context)
+                await _refuse_undecodable(request, context)
+                result = await behaviour(checked(request, streamed_requests, context), context)
                 if streamed_requests:
                     await _let_a_cancellation_land()
                 return result
@@ -79,11 +137,13 @@ def wrap_behaviour(handler: grpc.RpcMethodHandler, hook: CallHook) -> grpc.RpcMe
             try:
                 if (refused := hook.refusal()) is not None:
                     await context.abort(*refused)
+                await _refuse_undecodable(request, context)
+                requests = checked(request, streamed_requests, context)
                 if inspect.isasyncgenfunction(behaviour):
-                    async for item in behaviour(request, context):
+                    async for item in behaviour(requests, context):
                         yield item
                 else:  # a coroutine that writes with context.write()
-                    await behaviour(request, context)
+                    await behaviour(requests, context)
                 if streamed_requests:
                     await _let_a_cancellation_land()
             except BaseException as exc:
@@ -143,7 +203,7 @@ def _rebuild(
     unary_response: Callable[[Callable[..., Any], bool], Callable[..., Any]],
     stream_response: Callable[[Callable[..., Any], bool], Callable[..., Any]],
 ) -> grpc.RpcMethodHandler:
-    serialization = (handler.request_deserializer, handler.response_serializer)
+    serialization = (tolerant_deserializer(handler.request_deserializer), handler.response_serializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary, False), *serialization)
     if handler.unary_stream:

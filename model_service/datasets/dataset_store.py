@@ -3,12 +3,15 @@
 A dataset is immutable and named by its content (upload.py), so it has one version, 1. Parts are
 written one by one as they arrive (ArtifactStore.draft) and read back memory-mapped once every file's
 signature verified; a job holds the dataset (ArtifactStore.hold) so it cannot be deleted under it.
+A part is mapped only while rows are copied out of it (``StoredPart.load``): a mapping holds a file
+descriptor, and a dataset may have more parts than a process may have descriptors open.
 Persistence only: no grpc, no TensorFlow.
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
 import json
 import logging
 import re
@@ -20,12 +23,21 @@ import numpy as np
 
 from model_service.settings import ModelSettings
 from service_common.artifacts import ArtifactDraft, ArtifactStore, Hold, load_signing_key
-from service_common.errors import FailedPrecondition, IntegrityError, InvalidArgument, NotFound, echo
+from service_common.errors import (
+    FailedPrecondition,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    echo,
+)
 from service_common.versioning import Page
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "datasets"
+# Errors opening a part that say the process is out of descriptors or memory, not that the part is bad.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 VERSION = 1  # content-named, immutable: the only version
 META_FILE = "meta.json"
 FORMAT = 1
@@ -132,12 +144,50 @@ class DatasetMeta:
             raise IntegrityError(f"malformed dataset metadata: {type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class StoredPart:
+    """One part file of one array, verified, mapped only by ``load``."""
+
+    dataset_id: str
+    path: Path
+    rows: int
+    dtype: np.dtype
+    sample_shape: tuple[int, ...]
+
+    def load(self) -> np.ndarray:
+        """The part memory-mapped, its dtype and shape checked against the metadata. The mapping (and
+        its file descriptor) lives as long as the array or a view of it: copy rows out, then drop it."""
+        try:
+            part = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:
+                # The process, not the data, is short of something: the part is intact.
+                raise ResourceExhausted(
+                    f"dataset {self.dataset_id}: part {self.path.name} could not be opened ({exc.strerror}); "
+                    "the data is intact, retry when fewer jobs run"
+                ) from exc
+            raise IntegrityError(
+                f"dataset {self.dataset_id}: part {self.path.name} is unreadable ({exc})"
+            ) from exc
+        except ValueError as exc:
+            raise IntegrityError(
+                f"dataset {self.dataset_id}: part {self.path.name} is unreadable ({exc})"
+            ) from exc
+        expected = (self.rows, *self.sample_shape)
+        if part.dtype != self.dtype or part.shape != expected:
+            raise IntegrityError(
+                f"dataset {self.dataset_id}: part {self.path.name} is {part.dtype.str} {list(part.shape)}, its "
+                f"metadata says {self.dtype.str} {list(expected)}"
+            )
+        return part
+
+
 @dataclass
 class OpenedDataset:
-    """A verified dataset, its parts memory-mapped (nothing read yet), held until ``close``."""
+    """A verified dataset, its parts checked (nothing read, nothing left open), held until ``close``."""
 
     meta: DatasetMeta
-    parts: dict[str, builtins.list[np.ndarray]]  # array name -> memory-mapped parts, in order
+    parts: dict[str, builtins.list[StoredPart]]  # array name -> parts, in order
     hold: Hold
 
     def close(self) -> None:
@@ -202,12 +252,13 @@ class DatasetStore:
             raise NotFound(f"dataset {dataset_id!r} is not stored")
 
     def open(self, dataset_id: str) -> OpenedDataset:
-        """Hold the dataset, verify every file (hashed in blocks), memory-map its parts."""
+        """Hold the dataset, verify every file (hashed in blocks), check every part's dtype and shape
+        (one part mapped at a time)."""
         hold = self._hold(dataset_id)
         try:
             files = self.artifacts.verified_files(dataset_id, VERSION)
             meta = DatasetMeta.from_json(files[META_FILE].read_bytes(), dataset_id)
-            parts = {info.name: self._map_parts(meta, info, files) for info in meta.arrays}
+            parts = {info.name: self._checked_parts(meta, info, files) for info in meta.arrays}
         except BaseException:
             hold.release()
             raise
@@ -263,32 +314,35 @@ class DatasetStore:
             index = len(meta.part_rows)
             while needed > 0:
                 index -= 1
-                part = self._map_part(meta, info, files, index)
+                part = self._part(meta, info, files, index).load()
                 take = min(needed, part.shape[0])
-                pieces.append(np.asarray(part[part.shape[0] - take :], dtype=np.float64))
+                # A copy: the part's mapping is released before the next one is made.
+                pieces.append(np.array(part[part.shape[0] - take :], dtype=np.float64))
+                del part
                 needed -= take
             return np.concatenate(pieces[::-1]).reshape(rows, -1)
         finally:
             hold.release()
 
     @staticmethod
-    def _map_parts(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path]) -> builtins.list[np.ndarray]:
-        return [DatasetStore._map_part(meta, info, files, index) for index in range(len(meta.part_rows))]
+    def _checked_parts(
+        meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path]
+    ) -> builtins.list[StoredPart]:
+        parts = [DatasetStore._part(meta, info, files, index) for index in range(len(meta.part_rows))]
+        for part in parts:
+            part.load()  # checked, then unmapped at once
+        return parts
 
     @staticmethod
-    def _map_part(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path], index: int) -> np.ndarray:
-        """Part ``index`` of array ``info``, memory-mapped, its dtype and shape checked."""
-        rows = meta.part_rows[index]
+    def _part(meta: DatasetMeta, info: ArrayInfo, files: dict[str, Path], index: int) -> StoredPart:
+        """Part ``index`` of array ``info`` (not opened)."""
         name = part_name(info.name, index)
         if name not in files:
             raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is missing")
         try:
-            part = np.load(files[name], mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IntegrityError(f"dataset {meta.dataset_id}: part {name} is unreadable ({exc})") from exc
-        if part.dtype.str != info.dtype or part.shape != (rows, *info.shape[1:]):
+            dtype = np.dtype(info.dtype)
+        except TypeError as exc:
             raise IntegrityError(
-                f"dataset {meta.dataset_id}: part {name} is {part.dtype.str} {list(part.shape)}, its "
-                f"metadata says {info.dtype} {[rows, *info.shape[1:]]}"
-            )
-        return part
+                f"dataset {meta.dataset_id}: array {info.name} has dtype {info.dtype!r}"
+            ) from exc
+        return StoredPart(meta.dataset_id, files[name], meta.part_rows[index], dtype, info.shape[1:])

@@ -1,5 +1,6 @@
 """Samples read back from a stored dataset in blocks: rows copied out of the memory-mapped parts, and for
-series the windows built on the fly, so no step ever holds the dataset (or its windows) whole.
+series the windows built on the fly, so no step ever holds the dataset (or its windows) whole. A part is
+mapped only while its rows are copied, so reading holds one file descriptor, however many parts.
 
 Windowing (series): sample i is x[i] = rows[i*stride : i*stride+window] of the input columns and
 y[i] = rows[i*stride+window : i*stride+window+horizon] of the target columns: (targets,) for horizon 1,
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_service.datasets.dataset_store import SERIES, OpenedDataset
+from model_service.datasets.dataset_store import SERIES, OpenedDataset, StoredPart
 from model_service.forecasting.config import ForecastConfig, Strategy
 from model_service.spec import ModelSpec
 from service_common.errors import InvalidArgument, echo
@@ -25,31 +26,44 @@ BLOCK_BYTES = 16 << 20
 
 
 class ChunkedArray:
-    """The parts of one stored array as one array of rows (only the rows asked for are read)."""
+    """The parts of one stored array as one array of rows (only the rows asked for are read). Parts are
+    stored ones (mapped while read) or arrays in memory."""
 
-    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+    def __init__(self, parts: Sequence[StoredPart | np.ndarray]) -> None:
         self._parts = list(parts)
-        self._starts = np.cumsum([0, *(p.shape[0] for p in self._parts)])
+        self._starts = np.cumsum([0, *(_rows(p) for p in self._parts)])
         self.rows = int(self._starts[-1])
-        self.sample_shape: tuple[int, ...] = tuple(self._parts[0].shape[1:]) if self._parts else ()
-        self.dtype = self._parts[0].dtype if self._parts else np.dtype(np.float64)
+        first = self._parts[0] if self._parts else None
+        self.sample_shape: tuple[int, ...] = () if first is None else _sample_shape(first)
+        self.dtype = np.dtype(np.float64) if first is None else np.dtype(first.dtype)
 
     def take(self, start: int, stop: int, columns: Sequence[int] | None = None) -> np.ndarray:
         """A copy of rows [start, stop) (of ``columns`` only, for 2-D arrays)."""
-        stop = min(stop, self.rows)
-        pieces = []
+        start, stop = max(start, 0), min(stop, self.rows)
+        shape = self.sample_shape if columns is None else (len(columns),)
+        out = np.empty((max(stop - start, 0), *shape), dtype=self.dtype)
+        if stop <= start:
+            return out
         first = int(np.searchsorted(self._starts, start, side="right")) - 1
         for index in range(max(first, 0), len(self._parts)):
             offset = int(self._starts[index])
             if offset >= stop:
                 break
-            part = self._parts[index]
+            stored = self._parts[index]
+            part = stored.load() if isinstance(stored, StoredPart) else stored
             lo, hi = max(start - offset, 0), min(stop - offset, part.shape[0])
             piece = part[lo:hi] if columns is None else part[lo:hi][:, list(columns)]
-            pieces.append(np.asarray(piece))
-        if not pieces:
-            return np.empty((0, *self.sample_shape), dtype=self.dtype)
-        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0].copy()
+            out[offset + lo - start : offset + hi - start] = piece
+            del part, piece  # the part's mapping goes before the next one is made
+        return out
+
+
+def _rows(part: StoredPart | np.ndarray) -> int:
+    return part.rows if isinstance(part, StoredPart) else int(part.shape[0])
+
+
+def _sample_shape(part: StoredPart | np.ndarray) -> tuple[int, ...]:
+    return part.sample_shape if isinstance(part, StoredPart) else tuple(part.shape[1:])
 
 
 @dataclass(frozen=True)

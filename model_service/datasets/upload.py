@@ -5,6 +5,10 @@ finite numbers. The id is a sha256 over the header (kind, columns, each array's 
 and each array's row-major bytes as one stream, so it does not depend on how the rows were chunked:
 the same data uploaded twice gives the same id. Nothing is listed until ``finish``; a failed or
 abandoned upload removes what it wrote (``abort``).
+
+Rows are buffered until they fill a part of about ``PART_BYTES``, so the number of parts follows the
+dataset's size, not how many chunks the client cut it into: thousands of one-row chunks make one part,
+not thousands of files to fsync, verify and read back.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from service_common.errors import InvalidArgument, ResourceExhausted, echo
 # Dtypes a dataset may hold (the codec's): training narrows floats to float32 block by block.
 DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8"})
 MAX_COLUMNS = 4096
+# Bytes of rows (every array of the dataset together) written as one part. A part is read a block at a
+# time, so this bounds the upload's buffer, not what training holds.
+PART_BYTES = 8 << 20
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -68,7 +75,9 @@ def check_header(kind: str, columns: list[str]) -> tuple[str, ...]:
 class DatasetUpload:
     """One upload in progress. ``add`` each chunk, then ``finish``; ``abort`` if it does not complete."""
 
-    def __init__(self, store: DatasetStore, kind: str, columns: list[str]) -> None:
+    def __init__(
+        self, store: DatasetStore, kind: str, columns: list[str], part_bytes: int | None = None
+    ) -> None:
         self.kind = kind
         self.columns = check_header(kind, columns)
         self._store = store
@@ -78,10 +87,15 @@ class DatasetUpload:
         self._hashes = {name: hashlib.sha256() for name in self._names}
         self._part_rows: list[int] = []
         self._size = 0
+        self._part_bytes = max(1, PART_BYTES if part_bytes is None else part_bytes)
+        # Checked rows not written yet: name -> arrays in order, all names with the same row counts.
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self._names}
+        self._pending_rows = 0
+        self._pending_bytes = 0
 
     @property
     def rows(self) -> int:
-        return sum(self._part_rows)
+        return sum(self._part_rows) + self._pending_rows
 
     @contextmanager
     def _disk(self) -> Iterator[None]:
@@ -91,7 +105,7 @@ class DatasetUpload:
             if exc.errno in _DISK_FULL:
                 self.abort()
                 raise ResourceExhausted(
-                    f"the dataset store ran out of disk space after {self.rows} row(s) "
+                    f"the dataset store ran out of disk space after {sum(self._part_rows)} row(s) "
                     f"({exc.strerror}); nothing of this upload was kept"
                 ) from None
             raise
@@ -160,15 +174,32 @@ class DatasetUpload:
         n = next(iter(rows.values()))
         if n == 0:
             return
+        for name, array in checked.items():
+            self._first.setdefault(name, (array.dtype.str, array.shape[1:]))
+            self._hashes[name].update(array.data)  # C-contiguous: the row-major bytes
+            # A copy when the chunk's rows are a view into a larger buffer the caller may reuse.
+            self._pending[name].append(array if array.base is None else array.copy())
+            self._pending_bytes += array.nbytes
+        self._pending_rows += n
+        if self._pending_bytes >= self._part_bytes:
+            self._write_part()
+
+    def _write_part(self) -> None:
+        """The buffered rows as the next part (one file per array)."""
+        if not self._pending_rows:
+            return
         part = len(self._part_rows)
         with self._disk():
-            for name, array in checked.items():
-                self._first.setdefault(name, (array.dtype.str, array.shape[1:]))
-                self._hashes[name].update(array.data)  # C-contiguous: the row-major bytes
+            for name in self._names:
+                pieces = self._pending[name]
+                array = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
                 with self._draft.create(part_name(name, part)) as fh:
                     np.lib.format.write_array(fh, array, allow_pickle=False)
                 self._size += array.nbytes
-        self._part_rows.append(n)
+        self._part_rows.append(self._pending_rows)
+        self._pending = {name: [] for name in self._names}
+        self._pending_rows = 0
+        self._pending_bytes = 0
 
     def _content_id(self) -> str:
         header = {
@@ -183,6 +214,7 @@ class DatasetUpload:
 
     def finish(self) -> DatasetMeta:
         """Commit (or, when the same data is stored already, drop this copy); the dataset's metadata."""
+        self._write_part()
         if not self._part_rows:
             self.abort()
             raise InvalidArgument("the upload carried no rows; send at least one chunk with data")

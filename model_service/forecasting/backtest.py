@@ -137,7 +137,8 @@ async def score(model: ServedModel, plan: BacktestPlan, indices: list[int]) -> l
     config = config_of(model)
     starts = [plan.origins[i] for i in indices]
     histories = np.stack([plan.rows[o - config.window : o] for o in starts])
-    result = await forecast_async(model, histories, plan.horizon)
+    # Each window travels in an event of its own: no reply holds this batch of forecasts whole.
+    result = await forecast_async(model, histories, plan.horizon, reply=False)
     targets = list(config.target_columns)
     out = []
     for k, (index, origin) in enumerate(zip(indices, starts, strict=True)):

@@ -2,6 +2,9 @@
 compiled predictor (ServedModel.infer / infer_async), never model.predict.
 
 Direct models answer in one pass; recursive ones take one pass per step, each fed the steps before.
+A forecast whose reply could not be sent is refused before its first pass: its size follows from the
+number of series, the horizon and the model's quantiles, and a recursive model's passes are each far
+smaller than the forecast they add up to.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model_service.cost import Admission, forecast_reply_bytes
 from model_service.forecasting.calibration import widen
 from model_service.forecasting.config import ForecastConfig, Strategy, check_history, check_horizon
 from model_service.forecasting.quantiles import coverage, median_of, sorted_levels
@@ -81,14 +85,41 @@ def _result(
     )
 
 
-def forecast(model: ServedModel, history: np.ndarray, horizon: int = 0) -> Forecast:
-    """The next ``horizon`` steps after each series in ``history`` (raw units), from a worker thread."""
+def _admission_of(model: ServedModel) -> Admission | None:
+    # ServedModel keeps its admission private; read it where it is until it is exposed as ``admission``.
+    admission = getattr(model, "admission", None) or getattr(model, "_admission", None)
+    return admission if isinstance(admission, Admission) else None
+
+
+def check_reply(model: ServedModel, config: ForecastConfig, series: int, horizon: int) -> None:
+    """ResourceExhausted, naming the sizes, when the forecast of ``series`` series over ``horizon``
+    steps would make a reply above the message limit; nothing has been computed yet."""
+    admission = _admission_of(model)
+    if admission is None:
+        return
+    levels = len(config.quantiles)
+    shape = f"{series} series x {horizon} step(s) x {config.targets} target(s)"
+    if levels:
+        shape += f" x (1 point + {levels} quantiles)"
+    admission.check_reply(
+        f"a forecast of {shape} on model {model.model_id!r} v{model.version}",
+        forecast_reply_bytes(series, horizon, config.targets, levels),
+        "send fewer series per call",
+    )
+
+
+def forecast(model: ServedModel, history: np.ndarray, horizon: int = 0, reply: bool = True) -> Forecast:
+    """The next ``horizon`` steps after each series in ``history`` (raw units), from a worker thread.
+    With ``reply`` the forecast is sent back whole: refused first when it would not fit in a message."""
     config = config_of(model)
     rows = check_history(history, config)
     horizon = check_horizon(horizon, config)
+    if reply:
+        check_reply(model, config, rows.shape[0], horizon)
 
     def infer(x: np.ndarray) -> np.ndarray:
-        values = model.infer(x).values
+        # The passes' outputs are not sent as they are: the forecast's own reply was checked above.
+        values = model.infer(x, reply=False).values
         assert values is not None  # series models are regressions
         return values
 
@@ -102,11 +133,15 @@ def forecast(model: ServedModel, history: np.ndarray, horizon: int = 0) -> Forec
     return _result(config, horizon, np.stack(steps, axis=1), None)
 
 
-async def forecast_async(model: ServedModel, history: np.ndarray, horizon: int = 0) -> Forecast:
+async def forecast_async(
+    model: ServedModel, history: np.ndarray, horizon: int = 0, reply: bool = True
+) -> Forecast:
     """``forecast`` from the event loop: the passes run on the batcher's thread."""
     config = config_of(model)
     rows = check_history(history, config)
     horizon = check_horizon(horizon, config)
+    if reply:
+        check_reply(model, config, rows.shape[0], horizon)
     infer: Callable[[np.ndarray], Awaitable[np.ndarray]] = _async_values(model)
     if config.strategy is Strategy.DIRECT:
         return _result(config, horizon, *head_to_steps(await infer(_inputs(rows, config)), config))
@@ -120,7 +155,7 @@ async def forecast_async(model: ServedModel, history: np.ndarray, horizon: int =
 
 def _async_values(model: ServedModel) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
     async def infer(x: np.ndarray) -> np.ndarray:
-        values = (await model.infer_async(x)).values
+        values = (await model.infer_async(x, reply=False)).values
         assert values is not None
         return values
 

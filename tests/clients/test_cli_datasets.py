@@ -32,7 +32,8 @@ def test_upload_a_csv_series_list_get_train_on_it_and_delete_it(stack: Stack, tm
     )
     assert code == 0, err
     info = json.loads(out)
-    assert (info["rows"], info["chunks"], info["columns"]) == ("120", 3, ["load", "temp"])
+    # 3 chunks, stored as one part.
+    assert (info["rows"], info["chunks"], info["columns"]) == ("120", 1, ["load", "temp"])
     dataset_id = info["id"]
     # The same series as a memory-mapped .npy with --columns: the same dataset.
     np.save(tmp_path / "series.npy", series)
@@ -46,7 +47,7 @@ def test_upload_a_csv_series_list_get_train_on_it_and_delete_it(stack: Stack, tm
         "load,temp",
     )
     assert code == 0, err
-    assert out.startswith(f"dataset {dataset_id}: series, 120 rows in 3 part(s)")  # the CSV upload's parts
+    assert out.startswith(f"dataset {dataset_id}: series, 120 rows in 1 part(s)")  # the CSV upload's parts
     code, out, err = run_cli(*stack.cli_args(), "dataset", "list")
     assert code == 0 and dataset_id in out and "load,temp" in out
     code, out, err = run_cli(*stack.cli_args(), "dataset", "get", "--id", dataset_id)

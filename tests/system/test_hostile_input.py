@@ -10,10 +10,19 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
+from grpc_health.v1 import health_pb2
 
 from protos.inference import grpc_service_pb2 as inference_pb2
 from protos.inference import grpc_service_pb2_grpc as inference_pb2_grpc
-from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_pb2_grpc, tensor_pb2
+from protos.lstm_stack.v1 import (
+    dataset_pb2,
+    model_pb2,
+    model_pb2_grpc,
+    scaler_pb2,
+    scaler_pb2_grpc,
+    tensor_pb2,
+)
 from service_common import codec
 from tests.system import workloads
 from tests.system.conftest import MODEL_MAX_MESSAGE_MB, MODEL_MEMORY_BUDGET_MB
@@ -368,4 +377,161 @@ def test_a_ten_thousand_character_id_gets_invalid_argument_with_a_short_message_
     infer.inputs.add(name="y" * 10_000, datatype="Z" * 10_000, shape=[1, 3, 1])
     code, details = failure(lambda: oip_stub.ModelInfer(infer, timeout=30))
     assert code == INVALID and len(details) < 400, details
+    assert_still_serving(model_stack)
+
+
+# ---- 8. undecodable requests are INVALID_ARGUMENT naming the type -----------------------------------
+
+# Bytes no message parses: a varint whose continuation never ends, and field 1 announcing 100 bytes
+# where 2 follow.
+UNDECODABLE = {"0xff x16": b"\xff" * 16, "length overrun": b"\x0a\x64ab"}
+
+
+def _undecodable_payloads(method: MethodDescriptor) -> dict[str, bytes]:
+    payloads = dict(UNDECODABLE)
+    strings = [field for field in method.input_type.fields if field.type == FieldDescriptor.TYPE_STRING]
+    if strings:  # invalid UTF-8 in a proto3 string field
+        payloads["invalid UTF-8"] = bytes([strings[0].number << 3 | 2, 2]) + b"\xff\xfe"
+    return payloads
+
+
+def _methods(service_descriptor: Any) -> list[tuple[str, MethodDescriptor]]:
+    return [(f"/{service_descriptor.full_name}/{m.name}", m) for m in service_descriptor.methods]
+
+
+def _call_raw(channel: grpc.Channel, path: str, method: MethodDescriptor, messages: list[bytes]) -> Any:
+    """One call with raw bytes as its request message(s), no serializer: the server gets them as sent."""
+    if method.client_streaming:
+        factory = channel.stream_stream if method.server_streaming else channel.stream_unary
+        return lambda: factory(path)(iter(messages), timeout=30)
+    factory = channel.unary_stream if method.server_streaming else channel.unary_unary
+    return lambda: factory(path)(messages[0], timeout=30)
+
+
+def test_undecodable_requests_are_invalid_argument_naming_the_type_on_every_method(model_stack) -> None:
+    """16 bytes of 0xff, a length overrun or invalid UTF-8 were answered UNKNOWN ("Unexpected <class
+    DecodeError>") with a traceback in the log, by every method of every service."""
+    scaler, model = model_stack
+    served = {
+        scaler: [scaler_pb2.DESCRIPTOR.services_by_name["ScalerService"]],
+        model: [
+            model_pb2.DESCRIPTOR.services_by_name["ModelService"],
+            dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"],
+            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        ],
+    }
+    log_sizes = {service: service.log_path.stat().st_size for service in served}
+    checked = []
+    for service, descriptors in served.items():
+        methods = [m for d in descriptors for m in _methods(d)]
+        methods += _methods(health_pb2.DESCRIPTOR.services_by_name["Health"])
+        with service.channel() as channel:
+            for path, method in methods:
+                for label, payload in _undecodable_payloads(method).items():
+                    # A request stream: the garbage arrives as its first message.
+                    code, details = failure(_call_raw(channel, path, method, [payload]))
+                    expected = f"the request is not a valid {method.input_type.full_name} ("
+                    assert (code, expected in details) == (INVALID, True), (path, label, code, details)
+                    checked.append((path, label))
+    assert len({path for path, _ in checked}) >= 37, checked  # 35 service methods and Health's 2
+    assert any(label == "invalid UTF-8" for _, label in checked)
+    for service, size in log_sizes.items():
+        with open(service.log_path, "rb") as log:
+            log.seek(size)
+            added = log.read().decode(errors="replace")
+        assert "Traceback" not in added and "Unexpected" not in added, added[-3000:]
+    assert_still_serving(model_stack)
+
+
+def test_an_undecodable_message_later_in_a_request_stream_ends_the_call_with_invalid_argument(
+    model_stack,
+) -> None:
+    scaler, model = model_stack
+    fit_first = scaler_pb2.FitChunk(
+        scaler_id="ended-by-garbage",
+        spec=scaler_pb2.ScalerSpec(kind=scaler_pb2.STANDARD),
+        data=codec.from_numpy(np.ones((4, 2))),
+    ).SerializeToString()
+    infer_first = inference_pb2.ModelInferRequest(model_name="no-such-model").SerializeToString()
+    cases = [
+        (scaler, "/lstm_stack.v1.ScalerService/FitStream", "lstm_stack.v1.FitChunk", fit_first),
+        (
+            model,
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            "inference.ModelInferRequest",
+            infer_first,
+        ),
+    ]
+    for service, path, type_name, first in cases:
+        with service.channel() as channel:
+            descriptor = _method_descriptor(path)
+            code, details = failure(_call_raw(channel, path, descriptor, [first, b"\xff" * 16]))
+        assert code == INVALID, (path, code, details)
+        assert f"the request is not a valid {type_name} (16 bytes came)" in details, details
+    with scaler.channel() as channel:
+        code, details = failure(
+            lambda: scaler_pb2_grpc.ScalerServiceStub(channel).GetScaler(
+                scaler_pb2.GetScalerRequest(scaler_id="ended-by-garbage"), timeout=30
+            )
+        )
+    assert code == grpc.StatusCode.NOT_FOUND, "a FitStream ended by garbage stores nothing"
+    assert_still_serving(model_stack)
+
+
+def _method_descriptor(path: str) -> MethodDescriptor:
+    service_name, method_name = path.strip("/").split("/")
+    for module in (scaler_pb2, model_pb2, dataset_pb2, inference_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            if service.full_name == service_name:
+                return service.methods_by_name[method_name]
+    raise AssertionError(f"no service {service_name}")
+
+
+# ---- 9. a forecast whose reply could not be sent is refused before it is computed ------------------
+
+
+def test_a_forecast_whose_reply_is_past_the_message_limit_is_refused_before_any_pass(
+    model_stack, stubs
+) -> None:
+    """A recursive model's passes are each small (one step), so each passed the per-pass reply check;
+    the forecast they add up to was computed in full, then the transport refused to send it."""
+    _scaler, model_stub, _oip = stubs
+    series = 50 + 10 * np.sin(np.arange(64.0) / 3)
+    request = model_pb2.TrainRequest(
+        model_id="recursive-reply",
+        spec=model_pb2.ModelSpec(
+            input=model_pb2.InputShape(timesteps=4, features=1),
+            layers=[model_pb2.Layer(lstm=model_pb2.LstmLayer(units=4))],
+            head=model_pb2.Head(task=model_pb2.REGRESSION),
+        ),
+        series=model_pb2.SeriesData(series=codec.from_numpy(series), window=4, strategy=model_pb2.RECURSIVE),
+        epochs=1,
+        batch_size=16,
+    )
+    with model_stack[1].channel() as channel:
+        workloads.train_when_a_slot_is_free(channel, request)
+    histories = np.tile(series[-4:], (2000, 1))[..., None]  # 64 KB of request
+    expected_bytes = 2000 * 100 * 8 + 64 * 1024  # 2000 series x 100 steps, 8 bytes a value
+
+    def forecast(horizon: int) -> Any:
+        return model_stub.Forecast(
+            model_pb2.ForecastRequest(
+                model_id="recursive-reply", history=codec.from_numpy(histories), horizon=horizon
+            ),
+            timeout=120,
+        )
+
+    started = time.monotonic()
+    code, details = failure(lambda: forecast(100))
+    assert code == EXHAUSTED, (code, details)
+    assert (
+        "a forecast of 2000 series x 100 step(s) x 1 target(s) on model 'recursive-reply' v1: "
+        f"the reply would be about {expected_bytes} bytes, above the max message size of "
+        f"{MODEL_MAX_MESSAGE_MB * 1024 * 1024} bytes"
+    ) in details, details
+    assert "send fewer series per call" in details, details
+    assert time.monotonic() - started < 5, "refused before the 100 passes"
+    # A reply that fits goes through.
+    assert codec.to_numpy(forecast(10).point).shape == (2000, 10, 1)
+    model_stub.DeleteModel(model_pb2.DeleteModelRequest(model_id="recursive-reply"), timeout=30)
     assert_still_serving(model_stack)

@@ -22,7 +22,14 @@ from protos.lstm_stack.v1 import model_pb2, model_pb2_grpc, scaler_pb2, scaler_p
 from service_common import codec
 from service_common.channels import open_channel
 from tests.system import workloads
-from tests.system.procs import CHANNEL_OPTIONS, ServiceProcess, model_process, running, scaler_process
+from tests.system.procs import (
+    CHANNEL_OPTIONS,
+    ServiceProcess,
+    child_env,
+    model_process,
+    running,
+    scaler_process,
+)
 
 # Clients retry UNAVAILABLE on idempotent calls, as a client of a replicated service should.
 RETRYING = json.dumps(
@@ -104,6 +111,35 @@ def test_two_workers_share_one_port_and_the_metrics_endpoint_adds_their_calls_up
         }
         key = ("grpc_server_handled_total", frozenset(labels.items()))
         assert service.scrape().get(key) == calls
+
+
+def test_a_clean_sigterm_stop_removes_the_metrics_directory(tmp_path: Path) -> None:
+    """The supervisor's prometheus multiprocess directory (lstm-metrics-* in TMPDIR) goes with it."""
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    service = scaler_process(
+        tmp_path / "store",
+        tmp_path / "logs",
+        "--workers",
+        "2",
+        metrics=True,
+        env=child_env(TMPDIR=str(private_tmp)),
+    )
+    service.start()
+    try:
+        made = list(private_tmp.glob("lstm-metrics-*"))
+        assert len(made) == 1, list(private_tmp.iterdir())
+        for _ in range(10):  # the workers write their samples into it
+            with service.channel() as channel:
+                scaler_pb2_grpc.ScalerServiceStub(channel).ListScalers(
+                    scaler_pb2.ListScalersRequest(), timeout=10
+                )
+        assert list(made[0].glob("*.db")), "the workers wrote no samples there"
+        service.send(signal.SIGTERM)
+        assert service.wait_exit(timeout=60) == 0
+    finally:
+        service.stop()
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_killed_worker_is_restarted_and_clients_retrying_unavailable_see_no_failure(

@@ -156,7 +156,7 @@ class DatasetInfo(_message.Message):
     kind: Global___DatasetKind.ValueType
     rows: _builtins.int
     chunks: _builtins.int
-    """stored parts (the chunks of the first upload)"""
+    """stored parts: the rows of the first upload, in parts of about 8 MiB"""
     size_bytes: _builtins.int
     created_at: _builtins.str
     """RFC 3339, UTC"""

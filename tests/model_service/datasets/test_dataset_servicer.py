@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
+from model_service.datasets import upload as upload_module
 from protos.lstm_stack.v1 import dataset_pb2, dataset_pb2_grpc, tensor_pb2
 from service_common import codec
 from tests.model_service.conftest import ModelServerHandle
@@ -41,7 +42,7 @@ def test_a_series_uploaded_in_chunks_is_described_listed_and_deleted(
     series = toy_series(250, 3, seed=5)
     info = upload(datasets, series_chunks(series, ["t", "u", "v"], 64))
     assert info.id.startswith("ds-") and info.kind == dataset_pb2.DATASET_SERIES
-    assert (list(info.columns), info.rows, info.chunks) == (["t", "u", "v"], 250, 4)
+    assert (list(info.columns), info.rows, info.chunks) == (["t", "u", "v"], 250, 1)  # 4 chunks, one part
     assert [(a.name, a.dtype, list(a.shape)) for a in info.arrays] == [
         ("series", tensor_pb2.FLOAT32, [250, 3])
     ]
@@ -50,7 +51,7 @@ def test_a_series_uploaded_in_chunks_is_described_listed_and_deleted(
     # The same data again, chunked otherwise: the same dataset, stored once.
     assert upload(datasets, series_chunks(series, ["t", "u", "v"], 250)).id == info.id
     parts = sorted(p.name for p in (model_server.store / "datasets" / info.id / "1").iterdir())
-    assert parts == ["SIGNATURE", "meta.json", *(f"series-{i:05d}.npy" for i in range(4))]
+    assert parts == ["SIGNATURE", "meta.json", "series-00000.npy"]
     assert (
         datasets.DeleteDataset(dataset_pb2.DeleteDatasetRequest(dataset_id=info.id), timeout=10).dataset_id
         == info.id
@@ -69,7 +70,7 @@ def test_a_supervised_dataset_keeps_x_and_y(datasets: dataset_pb2_grpc.DatasetSe
     x = np.random.default_rng(2).normal(size=(90, 3, 2))
     y = x.sum(axis=(1, 2))
     info = upload(datasets, supervised_chunks(x, y, 40))
-    assert info.kind == dataset_pb2.DATASET_SUPERVISED and (info.rows, info.chunks) == (90, 3)
+    assert info.kind == dataset_pb2.DATASET_SUPERVISED and (info.rows, info.chunks) == (90, 1)
     assert [(a.name, list(a.shape)) for a in info.arrays] == [("x", [90, 3, 2]), ("y", [90])]
 
 
@@ -186,8 +187,11 @@ def _wait_until(condition: object, what: str, timeout: float = 20.0) -> None:
 
 
 def test_an_upload_cancelled_midway_lists_nothing_and_leaves_nothing_on_disk(
-    datasets: dataset_pb2_grpc.DatasetServiceStub, model_server: ModelServerHandle
+    datasets: dataset_pb2_grpc.DatasetServiceStub,
+    model_server: ModelServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(upload_module, "PART_BYTES", 1)  # the server (in this process): a part per chunk
     sent = threading.Event()
     release = threading.Event()
     series = np.random.default_rng(9).normal(size=(300, 2))
@@ -231,6 +235,7 @@ def test_a_full_disk_is_resource_exhausted_leaves_nothing_and_the_server_stays_h
         real(fh, array, **kwargs)
 
     monkeypatch.setattr(np.lib.format, "write_array", write_until_full)
+    monkeypatch.setattr(upload_module, "PART_BYTES", 1)  # a part per chunk
     before = datasets.ListDatasets(dataset_pb2.ListDatasetsRequest(page_size=1000), timeout=10).datasets
     series = np.random.default_rng(12).normal(size=(30, 2))
     code, details = status_of(datasets.Upload, series_chunks(series, ["a", "b"], 10), timeout=30)

@@ -343,7 +343,7 @@ def test_a_forecast_can_read_its_history_from_a_stored_series_dataset(
     model_server: ModelServerHandle, direct: model_pb2.ModelInfo
 ) -> None:
     datasets = dataset_pb2_grpc.DatasetServiceStub(model_server.channel)
-    # Chunks of 7 rows: the model's window (8) spans two parts of the stored dataset.
+    # Chunks of 7 rows, stored as one part (a window across parts: datasets/test_upload.py).
     info = upload(datasets, series_chunks(SEASONAL[:80, None], ["y"], rows_per_chunk=7))
     by_dataset = model_server.stub.Forecast(
         model_pb2.ForecastRequest(model_id=direct.id, dataset_id=info.id), timeout=30
