@@ -212,6 +212,11 @@ class ServedModel:
         return self._batcher.max_batch_size
 
     @property
+    def admission(self) -> Admission | None:
+        """The memory budget and reply limit this version's calls are admitted under (None: all)."""
+        return self._admission
+
+    @property
     def loaded(self) -> bool:
         """Whether the version holds a session now (its next call pays no load)."""
         return self._session is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_service.cost import Admission, forecast_reply_bytes
+from model_service.cost import forecast_reply_bytes
 from model_service.forecasting.calibration import widen
 from model_service.forecasting.config import ForecastConfig, Strategy, check_history, check_horizon
 from model_service.forecasting.quantiles import coverage, median_of, sorted_levels
@@ -85,16 +85,10 @@ def _result(
     )
 
 
-def _admission_of(model: ServedModel) -> Admission | None:
-    # ServedModel keeps its admission private; read it where it is until it is exposed as ``admission``.
-    admission = getattr(model, "admission", None) or getattr(model, "_admission", None)
-    return admission if isinstance(admission, Admission) else None
-
-
 def check_reply(model: ServedModel, config: ForecastConfig, series: int, horizon: int) -> None:
     """ResourceExhausted, naming the sizes, when the forecast of ``series`` series over ``horizon``
     steps would make a reply above the message limit; nothing has been computed yet."""
-    admission = _admission_of(model)
+    admission = model.admission
     if admission is None:
         return
     levels = len(config.quantiles)
