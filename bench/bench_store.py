@@ -11,11 +11,15 @@ What runs, on 127.0.0.1, in a temp directory:
   runs every --store-poll-seconds when nothing changed) and a full scan (what runs when something did),
   in this process, wall and CPU;
 - per store, a fresh model replica (``python -m model_service --workers 1``): seconds until it answers
-  SERVING (it opens its port once every stored version is verified and loaded), its resident memory,
-  then one Predict on every model (the first call of each), then its idle CPU over a window once the
-  background warm-up is over (what following the store costs it: polls every second, inotify).
+  SERVING (it opens its port once every stored version's record is verified and listed; no session is
+  built), its resident memory, then one Predict on every model (the first call of each builds that
+  version's ONNX Runtime session: each call's latency, p50/p99/max), the process tree's memory after
+  them, then its idle CPU over a window (what following the store costs it: polls every second, inotify).
 
-Usage: .venv/bin/python bench/bench_store.py               # N = 1000 (~10 min on 2 cores)
+Targets: a fresh replica over 1 000 models SERVING within 5 s, its process tree within 400 MiB after one
+Predict on every model, each first call within 20 ms; over 10 000 models SERVING within 30 s.
+
+Usage: .venv/bin/python bench/bench_store.py               # N = 1000 and 10000 (~15 min on 2 cores)
        .venv/bin/python bench/bench_store.py --quick       # N = 100
 """
 
@@ -111,22 +115,32 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def tree_rss_mib(pid: int) -> float:
+    """VmRSS of ``pid`` and its children (a trainer, had one started)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid] + ([int(c) for c in children.read_text().split()] if children.exists() else [])
+    return sum(rss_mib(each) for each in pids)
+
+
 def replica_figures(store: Path, key: str, scaler: str, count: int, logs: Path, idle_seconds: float) -> dict:
     args = ["--store", str(store), "--scaler-address", scaler, "--signing-key", key, "--workers", "1"]
     args += ["--store-poll-seconds", "1"]
     began = time.monotonic()
-    # It opens its port once every stored version is loaded: minutes for a thousand on 2 cores.
     log = logs / f"replica-{count}.log"
     with service_process("model_service", args, log, start_timeout=3600) as (process, address):
         ready = time.monotonic() - began
         rss = rss_mib(process.pid)
+        latencies = []
         with grpc.insecure_channel(address) as channel:
             stub = model_pb2_grpc.ModelServiceStub(channel)
             x = codec.from_numpy(np.array([[[1.0], [2.0], [3.0]]]))
             first = time.monotonic()
             for index in range(count):
+                call = time.perf_counter()
                 stub.Predict(model_pb2.PredictRequest(model_id=f"m{index:06d}", x=x), timeout=60)
+                latencies.append((time.perf_counter() - call) * 1000)
             first_calls = time.monotonic() - first
+        tree_after = tree_rss_mib(process.pid)
         # Idle once the background warm-up is over: under 5 % of a core for 2 s running.
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < 600:
@@ -142,6 +156,10 @@ def replica_figures(store: Path, key: str, scaler: str, count: int, logs: Path, 
         "ready_s": ready,
         "rss_mib_at_ready": rss,
         "first_predict_each_s": first_calls,
+        "first_call_p50_ms": float(np.percentile(latencies, 50)),
+        "first_call_p99_ms": float(np.percentile(latencies, 99)),
+        "first_call_max_ms": max(latencies),
+        "tree_rss_mib_after_calls": tree_after,
         "rss_mib_after_calls": rss_after,
         "idle_cpu_share": idle_cpu,
     }
@@ -151,13 +169,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", type=int, default=1000, help="models in the large store")
+    parser.add_argument("--models", default="1000,10000", help="models in the large stores, comma-separated")
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU window per replica")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--quick", action="store_true", help="100 models, 10 s idle windows")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.idle_seconds = 100, 10.0
+        args.models, args.idle_seconds = "100", 10.0
     print(f"machine: {os.cpu_count()} cpus; load average {os.getloadavg()}", flush=True)
     key = secrets.token_hex(32)
     figures: dict[str, dict] = {}
@@ -192,7 +210,7 @@ def main() -> int:
         graph = stored.read("template", done.version, (GRAPH_FILE,))[GRAPH_FILE]
         template = (record, keras_bytes, graph)
         print(f"template: model.keras {len(keras_bytes)} bytes, model.onnx {len(graph)} bytes", flush=True)
-        for count in (10, args.models):
+        for count in (10, *(int(n) for n in args.models.split(","))):
             store = root / f"store-{count}"
             per_version = fill(store, key.encode(), template, count)
             artifacts = ArtifactStore(store / ARTIFACT_DIR, key.encode())
@@ -227,12 +245,27 @@ def main() -> int:
         ("fresh replica SERVING after, s", "ready_s", 1),
         ("its RSS at SERVING, MiB", "rss_mib_at_ready", 0),
         ("first Predict on every model, s", "first_predict_each_s", 2),
-        ("its RSS after those, MiB", "rss_mib_after_calls", 0),
+        ("  one first call, p50 ms", "first_call_p50_ms", 2),
+        ("  one first call, p99 ms", "first_call_p99_ms", 2),
+        ("  one first call, max ms", "first_call_max_ms", 2),
+        ("its process tree's RSS after, MiB", "tree_rss_mib_after_calls", 0),
+        ("its RSS after those (idle), MiB", "rss_mib_after_calls", 0),
         ("its idle CPU, % of a core", "idle_cpu_share", 2),
     ]
     for label, name, digits in rows:
         scale = 100 if name == "idle_cpu_share" else 1
         print(f"  {label:32}" + "".join(f"{figures[c][name] * scale:16.{digits}f}" for c in figures))
+    print()
+    checks = [
+        ("1000", "ready_s", 5.0, "fresh replica over 1 000 models SERVING, s"),
+        ("1000", "tree_rss_mib_after_calls", 400.0, "its tree after one Predict on every model, MiB"),
+        ("1000", "first_call_max_ms", 20.0, "its slowest first call, ms"),
+        ("10000", "ready_s", 30.0, "fresh replica over 10 000 models SERVING, s"),
+    ]
+    for count, name, limit, label in checks:
+        if count in figures:
+            value = figures[count][name]
+            print(f"  {label:50}{value:10.2f}  <= {limit:g}  {'yes' if value <= limit else 'NO'}")
     print(f"\n(every figure from this run; load average now {os.getloadavg()})")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
