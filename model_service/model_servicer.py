@@ -116,7 +116,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     def _dataset_tail(self, model: ServedModel, dataset_id: str) -> np.ndarray:
         if self._datasets is None:
             raise FailedPrecondition(NEEDS_A_DIRECTORY)
-        return self._datasets.tail(dataset_id, config_of(model).window)
+        config = config_of(model)
+        return self._datasets.tail(dataset_id, config.window, config.column_names)
 
     @map_errors
     async def Backtest(

@@ -47,7 +47,10 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                         raise InvalidArgument("the first chunk must carry the header (kind, columns)")
                     header = chunk.header
                     upload = await asyncio.to_thread(
-                        DatasetUpload, self._store, dataset_messages.kind_from_proto(header.kind), list(header.columns)
+                        DatasetUpload,
+                        self._store,
+                        dataset_messages.kind_from_proto(header.kind),
+                        list(header.columns),
                     )
                 elif chunk.HasField("header"):
                     raise InvalidArgument(f"chunk {index} carries a header; only the first chunk may")

@@ -292,8 +292,9 @@ class DatasetStore:
             self._verified[dataset_id] = (identity, meta, files)
         return meta, files
 
-    def tail(self, dataset_id: str, rows: int) -> np.ndarray:
+    def tail(self, dataset_id: str, rows: int, columns: tuple[str, ...] = ()) -> np.ndarray:
         """The last ``rows`` rows of a series dataset, float64 (rows, columns): a forecast's history.
+        With ``columns`` (the ones a model was trained on), a dataset with other columns is refused.
         The dataset is verified on its first tail (cached: _verified_once), held while read, and only
         the parts holding those rows are opened and copied."""
         hold = self._hold(dataset_id)
@@ -303,6 +304,11 @@ class DatasetStore:
                 raise FailedPrecondition(
                     f"dataset {dataset_id} holds supervised samples; a forecast reads the tail of a series "
                     "dataset (uploaded with columns)"
+                )
+            if columns and tuple(meta.columns) != columns:
+                raise InvalidArgument(
+                    f"dataset {dataset_id} has columns {echo(list(meta.columns))}; the model was trained on "
+                    f"{echo(list(columns))}: a forecast reads the same columns in the same order"
                 )
             if rows > meta.rows:
                 raise InvalidArgument(

@@ -144,7 +144,7 @@ class DatasetSamples:
             yield self.block(lo, hi)
 
 
-def dataset_forecast_config(windowing: Windowing, series_columns: int) -> ForecastConfig:
+def dataset_forecast_config(windowing: Windowing, columns: tuple[str, ...]) -> ForecastConfig:
     """How a model trained on a series dataset's windows forecasts: the same windows read from a
     history of the dataset's columns (by index, in the dataset's order), one direct pass."""
     return ForecastConfig(
@@ -153,8 +153,9 @@ def dataset_forecast_config(windowing: Windowing, series_columns: int) -> Foreca
         strategy=Strategy.DIRECT,
         input_columns=windowing.inputs,
         target_columns=windowing.targets,
-        series_columns=series_columns,
+        series_columns=len(columns),
         stride=windowing.stride,
+        column_names=columns,
     )
 
 

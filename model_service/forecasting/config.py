@@ -45,6 +45,9 @@ class ForecastConfig:
     calibration_fraction: float = 0.0
     widening: tuple[float, ...] = ()
     calibration_windows: int = 0
+    # The series dataset's column names a model trained by reference read (empty for inline series):
+    # a forecast by dataset id reads only a dataset with the same columns in the same order.
+    column_names: tuple[str, ...] = ()
 
     @property
     def targets(self) -> int:
@@ -76,6 +79,7 @@ class ForecastConfig:
             "calibration_fraction": self.calibration_fraction,
             "widening": list(self.widening),
             "calibration_windows": self.calibration_windows,
+            "column_names": list(self.column_names),
         }
 
     @classmethod
@@ -93,6 +97,7 @@ class ForecastConfig:
             calibration_fraction=float(data.get("calibration_fraction", 0.0)),
             widening=tuple(float(w) for w in data.get("widening", ())),
             calibration_windows=int(data.get("calibration_windows", 0)),
+            column_names=tuple(str(c) for c in data.get("column_names", ())),  # absent before it was kept
         )
 
 

@@ -138,7 +138,11 @@ def _tensor_metadata(spec: TensorSpec) -> Any:
 def model_metadata(models: ServedModels, request: Any) -> Any:
     model = served_by_name(models, request.name, request.version)
     versions = sorted(
-        {int(e.version) for e in models.index() if e.model_id == model.model_id and e.state is VersionState.READY}
+        {
+            int(e.version)
+            for e in models.index()
+            if e.model_id == model.model_id and e.state is VersionState.READY
+        }
         | {int(model.version)}
     )
     return pb.ModelMetadataResponse(

@@ -290,5 +290,5 @@ def prepare_streamed(
     except BaseException:
         opened.close()
         raise
-    forecast = None if windowing is None else dataset_forecast_config(windowing, len(opened.meta.columns))
+    forecast = None if windowing is None else dataset_forecast_config(windowing, tuple(opened.meta.columns))
     return StreamedPrepared(spec, options, samples, opened, n_train, dataset_options, estimate, forecast)

@@ -77,6 +77,7 @@ class ServiceProcess:
         self.env = env or child_env()
         self.channel_kwargs = dict(channel_kwargs or {})
         self.log_dir = log_dir
+        self.cwd = REPO  # the code that runs: `-m module` imports from here first
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -111,7 +112,7 @@ class ServiceProcess:
             log.write(f"\n===== start {self.starts}: {' '.join(self.command())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.command(), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.command(), cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         if wait:
             self.wait_serving()

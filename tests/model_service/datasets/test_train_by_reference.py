@@ -89,6 +89,16 @@ def test_a_series_dataset_trains_as_the_same_series_sent_inline(
     np.testing.assert_allclose(
         codec.to_numpy(by_history.point), codec.to_numpy(inline_forecast.point), rtol=1e-4, atol=1e-4
     )
+    # The same numbers under other column names are not the series the model was trained on.
+    renamed = upload(
+        dataset_pb2_grpc.DatasetServiceStub(model_server.channel), series_chunks(SERIES, ["temp", "load"], 70)
+    )
+    code, message = status_of(
+        model_server.stub.Forecast,
+        model_pb2.ForecastRequest(model_id=done.id, dataset_id=renamed.id),
+        timeout=30,
+    )
+    assert code == INVALID and "['temp', 'load']" in message and "['load', 'temp']" in message, message
     backtest = model_server.stub.Backtest(
         model_pb2.BacktestRequest(model_id=done.id, series=codec.from_numpy(SERIES), windows=3), timeout=60
     )
