@@ -125,7 +125,7 @@ class ModelRegistry:
         self.publisher = ModelPublisher(store)
         self._options = options
         self._observe_batch = observe_batch  # every served version's batcher reports to it
-        self.budget = budget or SessionBudget(DEFAULT_MAX_LOADED_MODELS)
+        self.budget = budget if budget is not None else SessionBudget(DEFAULT_MAX_LOADED_MODELS)
         self._make_graph = make_graph
         self._preload = preload
         self._lock = threading.RLock()  # guards _entries; never held while loading

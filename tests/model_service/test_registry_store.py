@@ -25,7 +25,7 @@ from model_service import builder, serving
 from model_service.model_registry import ModelRegistry, VersionState
 from model_service.model_store import GRAPH_FILE, ModelWriter
 from model_service.records import ModelRecord
-from model_service.serving import ServingOptions
+from model_service.serving import ServingOptions, SessionBudget
 from model_service.spec import Head, Lstm, ModelSpec, Task, with_defaults
 from model_service.training.graph import serving_graph
 from service_common.artifacts import ArtifactStore
@@ -326,3 +326,26 @@ def test_a_restart_sees_every_version_and_never_reuses_a_number_even_after_delet
     assert listed(restarted) == [("m", 1, VersionState.READY), ("m", 3, VersionState.READY)]
     assert restarted.reserve("m", SPEC, 1).version == 5
     assert restarted.delete("m", 1) == [1] and restarted.count() == 1
+
+
+def test_preloaded_ids_are_loaded_at_start_and_never_dropped(tmp_path: Path, keras_bytes: bytes) -> None:
+    for model_id in ("pinned", "a", "b"):
+        publish(tmp_path, keras_bytes, model_id)
+    registry = ModelRegistry(
+        ArtifactStore(tmp_path, KEY), OPTIONS, budget=SessionBudget(1), preload=frozenset({"pinned"})
+    )
+    try:
+        registry.load_all()
+        assert registry.served("pinned").loaded  # built before the replica answers anything
+        assert not registry.served("a").loaded and not registry.served("b").loaded
+        registry.served("a").infer(X)
+        registry.served("b").infer(X)  # the budget of one: "a" drops its session, "pinned" keeps its
+        assert registry.served("pinned").loaded and registry.served("b").loaded
+        assert not registry.served("a").loaded
+        assert [(e.model_id, e.state) for e in registry.index()] == [
+            ("a", VersionState.READY),
+            ("b", VersionState.READY),
+            ("pinned", VersionState.READY),
+        ]  # listed and loadable is READY, loaded or not
+    finally:
+        registry.close()
