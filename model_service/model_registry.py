@@ -30,6 +30,7 @@ from typing import Protocol
 from model_service.model_store import (
     ModelPublisher,
     check_model_id,
+    has_made_graph,
     logdir,
     read_graph,
     read_record,
@@ -128,6 +129,10 @@ class ModelRegistry:
         self.budget = budget if budget is not None else SessionBudget(DEFAULT_MAX_LOADED_MODELS)
         self._make_graph = make_graph
         self._preload = preload
+        # Listed versions stored without a serving graph: the trainer makes theirs in the background,
+        # one at a time, so a version it cannot make one for is refused soon after it is first seen.
+        self._graphless: set[Key] = set()
+        self._upgrader: threading.Thread | None = None
         self._lock = threading.RLock()  # guards _entries; never held while loading
         self._sync_lock = threading.Lock()  # one refresh at a time, so no version is loaded twice
         self._entries: dict[str, dict[int, _Entry]] = {}
@@ -271,7 +276,34 @@ class ModelRegistry:
                 self._generation = token
         for served, reason in closing:
             served.close(reason)
+        self._upgrade_in_background()
         return len(loaded), len(loads) - len(loaded)
+
+    def _upgrade_in_background(self) -> None:
+        if self._make_graph is None or self._closed.is_set():
+            return
+        with self._lock:
+            if not self._graphless or (self._upgrader is not None and self._upgrader.is_alive()):
+                return
+            self._upgrader = threading.Thread(target=self._upgrade, name="serving-graphs", daemon=True)
+            self._upgrader.start()
+
+    def _upgrade(self) -> None:
+        """Have the trainer make the serving graph of every listed version stored without one."""
+        while not self._closed.is_set():
+            with self._lock:
+                if not self._graphless:
+                    return
+                key = self._graphless.pop()
+                entry = self._entries.get(key[0], {}).get(key[1])
+            if entry is None or entry.state is VersionState.TRAINING:
+                continue
+            try:
+                self._graph(*key)
+            except IntegrityError as exc:
+                self._refuse(key, exc)
+            except Exception as exc:  # noqa: BLE001 - its first call tries again, and says why
+                log.warning("could not make the serving graph of %s v%d yet: %s", key[0], key[1], exc)
 
     def _load(self, load: _Load) -> _Entry | None:
         """The version's entry, or None when it is refused (logged; not read again until deleted)."""
@@ -280,7 +312,9 @@ class ModelRegistry:
 
     def _read(self, load: _Load) -> _Entry:
         model_id, version = load.key
-        record = read_record(self._store, model_id, version)  # verifies the signature
+        record, has_graph = read_record(self._store, model_id, version)  # verifies every file
+        if not has_graph and not has_made_graph(self._graphs, model_id, version):
+            self._graphless.add(load.key)
         if not load.serve:
             return _Entry(record, VersionState.UNAVAILABLE)
         served = ServedModel(
@@ -442,7 +476,7 @@ class ModelRegistry:
                     f"model {model_id!r} version {version} is still training; export it once its Train "
                     "call has finished"
                 )
-        return read_record(self._store, model_id, version)
+        return read_record(self._store, model_id, version)[0]
 
     def graph(self, model_id: str, version: int) -> bytes:
         """A stored version's serving graph, verified (made by the trainer first when it has none)."""

@@ -83,13 +83,19 @@ def read_version(store: StoredArtifacts, model_id: str, version: int) -> tuple[M
     return ModelRecord.from_json(meta, model_id, version), keras_bytes
 
 
-def read_record(store: StoredArtifacts, model_id: str, version: int) -> ModelRecord:
-    """A stored version's record (what listing a replica's store reads), signature verified, and its
-    serving graph's digest checked too when it holds one: a version listed as servable can be loaded."""
-    files = store.read(model_id, version, (META_FILE, GRAPH_FILE))
+def read_record(store: StoredArtifacts, model_id: str, version: int) -> tuple[ModelRecord, bool]:
+    """A stored version's record (what listing a replica's store reads), with every file of the
+    artifact checked against its signature (a version with a tampered file is refused whole, the Keras
+    file the trainer reads included), and whether the artifact holds its serving graph."""
+    files = store.read(model_id, version)
     if META_FILE not in files:
         raise IntegrityError(f"{model_id} v{version}: {META_FILE} is missing from the artifact")
-    return ModelRecord.from_json(files[META_FILE], model_id, version)
+    return ModelRecord.from_json(files[META_FILE], model_id, version), GRAPH_FILE in files
+
+
+def has_made_graph(graphs: StoredArtifacts, model_id: str, version: int) -> bool:
+    """Whether the trainer already made the serving graph of a version stored without one."""
+    return _has_version(graphs, model_id, version)
 
 
 def read_graph(store: StoredArtifacts, graphs: StoredArtifacts, model_id: str, version: int) -> bytes | None:
