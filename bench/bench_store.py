@@ -262,9 +262,9 @@ def main() -> int:
         ("1000", "first_call_max_ms", 20.0, "its slowest first call, ms"),
         ("10000", "ready_s", 30.0, "fresh replica over 10 000 models SERVING, s"),
     ]
-    for count, name, limit, label in checks:
-        if count in figures:
-            value = figures[count][name]
+    for models, name, limit, label in checks:
+        if models in figures:
+            value = figures[models][name]
             print(f"  {label:50}{value:10.2f}  <= {limit:g}  {'yes' if value <= limit else 'NO'}")
     print(f"\n(every figure from this run; load average now {os.getloadavg()})")
     if args.json:
