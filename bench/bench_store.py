@@ -141,9 +141,10 @@ def replica_figures(store: Path, key: str, scaler: str, count: int, logs: Path, 
                 latencies.append((time.perf_counter() - call) * 1000)
             first_calls = time.monotonic() - first
         tree_after = tree_rss_mib(process.pid)
-        # Idle once the background warm-up is over: under 5 % of a core for 2 s running.
+        # Idle once the calls are over: under 5 % of a core for 2 s running, or after a minute at most
+        # (at thousands of models a poll alone can take more than that, and the figure says so).
         quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < 600:
+        while time.monotonic() - quiet_since < 60:
             before = tree_cpu_seconds(process.pid)
             time.sleep(2.0)
             if tree_cpu_seconds(process.pid) - before < 0.1:

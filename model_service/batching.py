@@ -28,6 +28,8 @@ from service_common.errors import FailedPrecondition
 log = logging.getLogger(__name__)
 
 Forward = Callable[[np.ndarray], np.ndarray]
+# A batcher thread with nothing to do for this long ends; the next request starts a new one.
+IDLE_EXIT_SECONDS = 30.0
 
 
 class _Pending:
@@ -96,7 +98,8 @@ class AdaptiveBatcher:
         # Held while a forward pass runs (worker or fast path): one pass per model at a time.
         self._running = threading.Lock()
         # The event loop hands it every forward pass, batching or not. Started by the first request
-        # that queues: a replica lists thousands of versions, and most are never called.
+        # that queues, and gone again after IDLE_EXIT_SECONDS without one: a replica serves thousands
+        # of versions, and one thread per version ever called would pile up.
         self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._started = False
 
@@ -117,6 +120,7 @@ class AdaptiveBatcher:
                 raise FailedPrecondition(self._closed_reason)
             if not self._started:
                 self._started = True
+                self._worker = threading.Thread(target=self._loop, name=f"batcher-{self.name}", daemon=True)
                 self._worker.start()
             self._queue.append(pending)
             self._cond.notify()
@@ -187,11 +191,15 @@ class AdaptiveBatcher:
                 self._cond.wait(remaining)
 
     def _wait_for_work(self) -> bool:
+        """True when there is work; False when closed, or idle long enough for this thread to end (the
+        next request starts another)."""
         with self._cond:
             while not self._queue:
                 if self._closed_reason is not None:
                     return False
-                self._cond.wait()
+                if not self._cond.wait(IDLE_EXIT_SECONDS) and not self._queue:
+                    self._started = False
+                    return False
             return True
 
     def _loop(self) -> None:

@@ -121,3 +121,32 @@ def test_batch_size_one_runs_every_request_on_its_own() -> None:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: batcher.submit(np.ones((1, 1))), range(8)))
     assert calls == [1] * 8
+
+
+def test_an_idle_worker_thread_ends_and_the_next_request_starts_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import time
+
+    from model_service import batching
+
+    monkeypatch.setattr(batching, "IDLE_EXIT_SECONDS", 0.2)
+    batcher = AdaptiveBatcher(lambda x: x * 2, max_batch_size=8, max_wait_seconds=0.0, name="idle")
+
+    def batcher_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "batcher-idle")
+
+    async def one(value: float) -> np.ndarray:
+        return await batcher.submit_async(np.full((1, 2), value))
+
+    assert batcher_threads() == 0  # nothing started before the first request
+    np.testing.assert_array_equal(asyncio.run(one(1.0)), np.full((1, 2), 2.0))
+    assert batcher_threads() == 1
+    deadline = time.monotonic() + 10
+    while batcher_threads():
+        assert time.monotonic() < deadline, "the idle batcher thread did not end"
+        time.sleep(0.05)
+    np.testing.assert_array_equal(asyncio.run(one(3.0)), np.full((1, 2), 6.0))  # a new one serves it
+    batcher.close("done")
+    assert batcher_threads() == 0
