@@ -6,7 +6,8 @@ metadata_props["lstm_stack"]. It takes x in raw units, FLOAT64 (batch, timesteps
 ``values`` in original units for regression, or ``probabilities`` and ``labels`` (INT64) for
 classification. A SavedModel needs TensorFlow: the trainer process writes it (saved_model.py).
 
-Domain code: no grpc, no TensorFlow, no onnx package (the metadata is appended as protobuf bytes).
+Domain code: no grpc, no TensorFlow, no onnx package (the metadata is appended as protobuf bytes,
+lstm_stack_client.wire).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass
+
+from lstm_stack_client.wire import length_delimited
 
 from model_service.records import ModelRecord
 from model_service.spec import Task
@@ -63,27 +66,11 @@ def metadata(record: ModelRecord) -> str:
     return json.dumps(body, sort_keys=True)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
 def with_metadata(graph: bytes, key: str, value: str) -> bytes:
     """``graph`` (a serialized ModelProto) with one more metadata_props entry. Protobuf parsers
     concatenate a repeated field's occurrences wherever they stand, so appending is the same as adding."""
-    entry = _length_delimited(1, key.encode()) + _length_delimited(2, value.encode())
-    return graph + _length_delimited(_METADATA_PROPS_FIELD, entry)
+    entry = length_delimited(1, key.encode()) + length_delimited(2, value.encode())
+    return graph + length_delimited(_METADATA_PROPS_FIELD, entry)
 
 
 def onnx_export(record: ModelRecord, graph: bytes) -> Exported:

@@ -40,26 +40,24 @@ ARTIFACT_DIR = "models"
 GRAPH_ARTIFACT_DIR = "serving-graphs"
 
 
-def open_model_store(settings: ModelSettings) -> StoredArtifacts:
-    """The signed store of model versions the settings name (serving and trainer processes alike)."""
+def _open(settings: ModelSettings, directory: str) -> StoredArtifacts:
     return open_artifact_store(
         settings.store,
-        ARTIFACT_DIR,
+        directory,
         settings.signing_key,
         settings.signing_key_file,
         settings.store_lease_seconds,
     )
+
+
+def open_model_store(settings: ModelSettings) -> StoredArtifacts:
+    """The signed store of model versions the settings name (serving and trainer processes alike)."""
+    return _open(settings, ARTIFACT_DIR)
 
 
 def open_graph_store(settings: ModelSettings) -> StoredArtifacts:
     """The signed store of serving graphs made for versions stored before they carried one."""
-    return open_artifact_store(
-        settings.store,
-        GRAPH_ARTIFACT_DIR,
-        settings.signing_key,
-        settings.signing_key_file,
-        settings.store_lease_seconds,
-    )
+    return _open(settings, GRAPH_ARTIFACT_DIR)
 
 
 def check_model_id(model_id: str) -> str:

@@ -9,40 +9,17 @@ from collections.abc import Callable
 
 import grpc
 
+from lstm_stack_client.wire import length_delimited, read_varint
+
 CHECK_METHOD = "/grpc.health.v1.Health/Check"
 # HealthCheckResponse.ServingStatus, by number.
 STATUS_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint in a health reply")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def encode_request(service: str) -> bytes:
     """A serialized HealthCheckRequest (an empty service name is the empty message, as protobuf has it)."""
     name = service.encode("utf-8")
-    return b"\x0a" + _varint(len(name)) + name if name else b""
+    return length_delimited(1, name) if name else b""
 
 
 def decode_status(data: bytes) -> str:
@@ -50,14 +27,14 @@ def decode_status(data: bytes) -> str:
     status = 0
     pos = 0
     while pos < len(data):
-        key, pos = _read_varint(data, pos)
+        key, pos = read_varint(data, pos)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(data, pos)
+            value, pos = read_varint(data, pos)
             if field == 1:
                 status = value
         elif wire == 2:
-            length, pos = _read_varint(data, pos)
+            length, pos = read_varint(data, pos)
             pos += length
         elif wire == 1:
             pos += 8
