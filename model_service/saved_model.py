@@ -26,6 +26,7 @@ import tensorflow as tf
 from model_service.affine_scalers import PER_COLUMN, AffineScaler
 from model_service.export import INPUT_NAME, METADATA_FILE, Exported, metadata, output_names
 from model_service.records import ModelRecord
+from model_service.serving_graph import y_affine
 from model_service.spec import Task
 
 SIGNATURE_KEY = "serving_default"
@@ -48,17 +49,16 @@ def _transform(scaler: AffineScaler, x: tf.Tensor) -> tf.Tensor:
     return out if shape is None else tf.reshape(out, shape)
 
 
-def _inverse(scaler: AffineScaler, y: tf.Tensor) -> tf.Tensor:
-    columns, shape = _columns(scaler, y)
-    safe = np.where(scaler.scale == 0, 1.0, scaler.scale)
-    out = (columns - tf.constant(scaler.offset, tf.float64)) / tf.constant(safe, tf.float64)
-    return out if shape is None else tf.reshape(out, shape)
+def _inverse(affine: tuple[np.ndarray, np.ndarray], y: tf.Tensor) -> tf.Tensor:
+    # Per head output, quantile levels included (the serving graph's y_affine).
+    scale, offset = affine
+    return (y - tf.constant(offset, tf.float64)) / tf.constant(scale, tf.float64)
 
 
 def serving_function(record: ModelRecord, model: keras.Model) -> Any:
     """Raw-unit float64 x -> {output name: tensor}, what Predict computes, as one tf.function."""
     spec = record.spec
-    x_scaler, y_scaler, task = record.x_scaler, record.y_scaler, spec.task
+    x_scaler, y_inverse, task = record.x_scaler, y_affine(record), spec.task
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, spec.timesteps, spec.features], tf.float64, name=INPUT_NAME)]
@@ -68,7 +68,7 @@ def serving_function(record: ModelRecord, model: keras.Model) -> Any:
             x = _transform(x_scaler, x)
         out = tf.cast(model(tf.cast(x, tf.float32), training=False), tf.float64)
         if task is Task.REGRESSION:
-            return {"values": _inverse(y_scaler, out) if y_scaler is not None else out}
+            return {"values": _inverse(y_inverse, out) if y_inverse is not None else out}
         if task is Task.BINARY:
             labels = tf.cast(out[:, 0] >= 0.5, tf.int64)
         else:

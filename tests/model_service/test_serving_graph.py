@@ -304,6 +304,11 @@ def test_a_quantile_head_unscales_every_level_of_a_value_as_that_value() -> None
     x = np.random.default_rng(11).normal(size=(5, 4, 2))
     got = run(build_graph(record, keras_weights(model, spec)), x)["values"]
     np.testing.assert_allclose(got, predicted_values(record, model, x), rtol=RTOL, atol=ATOL)
+    # The SavedModel export folds the same inverse in (trainer process; TensorFlow).
+    from model_service.saved_model import serving_function
+
+    exported = serving_function(record, model)(x)["values"].numpy()
+    np.testing.assert_allclose(exported, got, rtol=RTOL, atol=ATOL)
 
 
 def test_a_weight_of_the_wrong_shape_is_refused_naming_the_layer() -> None:
