@@ -23,6 +23,7 @@ protos: $(STAMP)
 	$(PY) scripts/api_overview.py
 
 lint: $(STAMP) buf-deps
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(PY) -m mypy
 	bash scripts/check_protos.sh

@@ -17,7 +17,7 @@ dataset either. For each size and each windowing (the seed's 3-step windows, and
   growth over the idle baseline of private memory (RssAnon) and of all resident memory (VmRSS, which
   also counts pages of the memory-mapped dataset: page cache the kernel can drop).
 
-Targets (issue 13): training >= 0.9x model.fit; RSS growth flat in the number of rows (the 1 M and
+Targets: training >= 0.9x model.fit; RSS growth flat in the number of rows (the 1 M and
 10 M runs within 1.5x of each other).
 
 Usage: .venv/bin/python bench/bench_datasets.py                 # 1 M and 10 M rows (long: see --help)

@@ -14,7 +14,7 @@ OS); clients run in separate processes (no TensorFlow in them) so they do not sh
    data and settings.
 3. The same service with batching off (max_batch_size 1) and with a 1 ms batch wait, for 32 clients.
 
-Targets (issue 3): gRPC p50 >= 30x faster than model.predict and within +1 ms of the compiled call;
+Targets: gRPC p50 >= 30x faster than model.predict and within +1 ms of the compiled call;
 32 clients >= 3x the unbatched throughput with p99 <= 30 ms; training <= 1.10x model.fit.
 Reference (MLServer 1.7.1, same model, these 2-core machines): p50 1.8 ms, 550 req/s sequential,
 700-780 req/s with 32 clients.

@@ -219,9 +219,7 @@ class StoredArtifacts(Protocol):
 
     def commit(self, reservation: HeldVersion, files: dict[str, bytes]) -> object: ...
 
-    def read(
-        self, artifact_id: str, version: int, names: Collection[str] | None = None
-    ) -> dict[str, bytes]:
+    def read(self, artifact_id: str, version: int, names: Collection[str] | None = None) -> dict[str, bytes]:
         """Every payload file of a verified artifact, or only those of ``names`` that it holds (a name it
         does not hold is left out, so callers can tell an older artifact's layout)."""
         ...
@@ -591,9 +589,7 @@ class ArtifactStore:
         reservation.release()
         return path
 
-    def read(
-        self, artifact_id: str, version: int, names: Collection[str] | None = None
-    ) -> dict[str, bytes]:
+    def read(self, artifact_id: str, version: int, names: Collection[str] | None = None) -> dict[str, bytes]:
         """Every payload file of a verified artifact (or those of ``names`` it holds); IntegrityError
         when anything read does not match."""
         path = self.root / artifact_id / str(version)

@@ -367,9 +367,7 @@ class S3ArtifactStore:
         reservation.release()
         return location
 
-    def read(
-        self, artifact_id: str, version: int, names: Collection[str] | None = None
-    ) -> dict[str, bytes]:
+    def read(self, artifact_id: str, version: int, names: Collection[str] | None = None) -> dict[str, bytes]:
         """Every payload of a verified version (or those of ``names`` it holds); FileNotFoundError when
         it is not stored (deleted), IntegrityError when the manifest or any part read does not match."""
         where = self.location(artifact_id, version)

@@ -83,6 +83,14 @@ def _check(repo: Path, buf: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _refused(repo: Path, buf: Path) -> str:
+    """The check's output, once it has failed (as a breaking change must make it)."""
+    result = _check(repo, buf)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    return output
+
+
 def test_buf_lint_passes_on_the_contract(buf: Path) -> None:
     result = subprocess.run([buf, "lint"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -99,9 +107,7 @@ def test_buf_lint_still_checks_what_is_not_excepted(buf: Path, contract_repo: Pa
 def test_renumbered_field_committed_on_main_fails_naming_it(buf: Path, contract_repo: Path) -> None:
     _edit(contract_repo, "bytes raw = 3;", "bytes raw = 5;")
     _git(contract_repo, "commit", "-q", "-am", "renumber raw")
-    result = _check(contract_repo, buf)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    output = _refused(contract_repo, buf)
     assert 'field "3" with name "raw" on message "Tensor"' in output, output
     assert "tensor.proto" in output, output
 
@@ -114,9 +120,7 @@ def test_a_branch_is_checked_from_where_it_left_main(buf: Path, contract_repo: P
     (contract_repo / "notes.txt").write_text("unrelated\n")
     _git(contract_repo, "add", "notes.txt")
     _git(contract_repo, "commit", "-q", "-m", "notes")
-    result = _check(contract_repo, buf)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    output = _refused(contract_repo, buf)
     assert '"shape" on message "Tensor"' in output, output
 
 
@@ -133,7 +137,5 @@ def test_an_uncommitted_break_is_caught_too(buf: Path, contract_repo: Path) -> N
     _git(contract_repo, "add", "notes.txt")
     _git(contract_repo, "commit", "-q", "-m", "notes")
     _edit(contract_repo, "DType dtype = 1;", "DType dtype = 6;")
-    result = _check(contract_repo, buf)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    output = _refused(contract_repo, buf)
     assert 'field "1" with name "dtype"' in output, output

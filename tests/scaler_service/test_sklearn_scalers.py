@@ -16,7 +16,9 @@ ALL_KINDS = [k.value for k in Kind]
 def test_make_spec_fills_defaults() -> None:
     assert sklearn_scalers.make_spec("minmax").params == MinMaxParams(0.0, 1.0, False)
     assert sklearn_scalers.make_spec("standard").params == StandardParams(True, True)
-    assert sklearn_scalers.make_spec("robust", "per_column", {"unit_variance": True}) == sklearn_scalers.ScalerSpec(
+    assert sklearn_scalers.make_spec(
+        "robust", "per_column", {"unit_variance": True}
+    ) == sklearn_scalers.ScalerSpec(
         Kind.ROBUST, Layout.PER_COLUMN, RobustParams(25.0, 75.0, True, True, True)
     )
     assert sklearn_scalers.make_spec("maxabs").layout is Layout.PER_FEATURE
@@ -92,7 +94,9 @@ def test_statistics_only_name_what_the_kind_has(kind: str, params: dict, names: 
 
 
 def test_minmax_clip_is_applied_on_transform_only() -> None:
-    fitted = sklearn_scalers.fit(sklearn_scalers.make_spec("minmax", None, {"clip": True}), np.array([[0.0], [10.0]]))
+    fitted = sklearn_scalers.fit(
+        sklearn_scalers.make_spec("minmax", None, {"clip": True}), np.array([[0.0], [10.0]])
+    )
     np.testing.assert_array_equal(fitted.transform(np.array([[-5.0], [5.0], [20.0]])), [[0.0], [0.5], [1.0]])
 
 
@@ -103,11 +107,15 @@ def test_fingerprint_depends_on_values_and_shape_not_on_chunking() -> None:
     for chunk in np.array_split(data, 7):
         stream.add(chunk, "chunk")
     assert stream.finish().fingerprint == whole
-    assert sklearn_scalers.fit(sklearn_scalers.make_spec("standard"), data).fingerprint == whole  # the data, not the spec
+    assert (
+        sklearn_scalers.fit(sklearn_scalers.make_spec("standard"), data).fingerprint == whole
+    )  # the data, not the spec
     changed = data.copy()
     changed[50, 1] += 1e-9
     assert sklearn_scalers.fit(sklearn_scalers.make_spec("minmax"), changed).fingerprint != whole
-    assert sklearn_scalers.fit(sklearn_scalers.make_spec("minmax"), data.reshape(100, 3, 1)).fingerprint != whole
+    assert (
+        sklearn_scalers.fit(sklearn_scalers.make_spec("minmax"), data.reshape(100, 3, 1)).fingerprint != whole
+    )
 
 
 @pytest.mark.parametrize("kind", ["minmax", "standard", "maxabs"])

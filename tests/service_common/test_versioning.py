@@ -39,7 +39,9 @@ def test_a_page_takes_the_keys_after_its_token_and_names_the_next_one() -> None:
         Page.of(-1, "", "ListScalers")
 
 
-def test_a_refused_version_stays_refused_until_it_is_no_longer_stored(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_version_stays_refused_until_it_is_no_longer_stored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     refused = RefusedVersions("scaler")
 
     def bad() -> int:
