@@ -196,7 +196,9 @@ class ScalerRegistry:
             self._store.commit(reservation, _serialize(record))
         finally:
             reservation.release()
-        with self._lock:
+        # Under the sync lock: a refresh that scanned the store before this commit must not find the
+        # new version in the cache afterwards and drop it as deleted.
+        with self._sync_lock, self._lock:
             self._versions.setdefault(scaler_id, {})[record.version] = record
         return record
 
